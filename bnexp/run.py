@@ -1,0 +1,282 @@
+"""`python -m bnexp.run [overrides]`: Hydra main -> train(cfg) -> dict of final metrics.
+
+train(cfg) is the one code path from config to result; the sweep calls it too. It writes the resolved
+config (`config.yaml`) and `metrics.json` into the run directory (Hydra's run dir, or `output_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.config import ConfigError, register_configs, validate
+
+log = logging.getLogger("bnexp")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_configs()
+
+
+def _quiet_lightning() -> None:
+    # Lightning's advice lines assume DataLoaders and epochs; ours are tensor-indexed streams by step.
+    for pat in (
+        ".*does not have many workers.*",
+        ".*Total length of .* across ranks is zero.*",
+        ".*`training_step` returned `None`.*",
+        ".*GPU available but not used.*",
+        ".*The number of training batches .* is smaller than the logging interval.*",
+        ".*LeafSpec.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+    ):
+        warnings.filterwarnings("ignore", message=pat)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_module(cfg: DictConfig):
+    from bnexp.module import BNExpModule
+
+    m, o = cfg.model, cfg.optim
+    return BNExpModule(
+        depth=m.depth,
+        bn=m.bn,
+        bias=m.bias,
+        bn_impl=m.bn_impl,
+        bn_momentum=m.bn_momentum,
+        bn_eps=m.bn_eps,
+        fc_units=m.fc_units,
+        init_std=m.init_std,
+        sync_bn=m.sync_bn,
+        optim=o.name,
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        loss=cfg.loss,
+        log_every=cfg.trainer.log_every,
+    )
+
+
+def build_datamodule(cfg: DictConfig):
+    from bnexp.data import load_mnist, make_splits
+    from bnexp.module import MNISTDataModule
+
+    d = cfg.data
+    raw = load_mnist(d.dir, download=d.download)
+    splits = make_splits(raw, d.limit_train, d.limit_val, d.limit_test)
+    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device)
+
+
+def _progress_bar(every: int) -> Any:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class StepBar(TQDMProgressBar):
+        """One training bar refreshed every `every` steps; no bars for the short evaluation passes."""
+
+        def init_validation_tqdm(self):
+            bar = super().init_validation_tqdm()
+            bar.disable = True
+            return bar
+
+        def init_test_tqdm(self):
+            bar = super().init_test_tqdm()
+            bar.disable = True
+            return bar
+
+    return StepBar(refresh_rate=every)
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) -> Any:
+    import lightning as L
+
+    t = cfg.trainer
+    if t.progress_bar:
+        callbacks = [*callbacks, _progress_bar(t.log_every)]
+    return L.Trainer(
+        max_steps=t.max_steps,
+        val_check_interval=t.val_every,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        sync_batchnorm=bool(cfg.model.sync_bn),
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=t.progress_bar,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out_dir),
+    )
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def train(
+    cfg: DictConfig,
+    output_dir: str | os.PathLike | None = None,
+    callbacks: list | None = None,
+    logger: Any = "from_cfg",
+    on_module: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Train one configuration; return (and write to metrics.json) its final metrics.
+
+    A non-finite loss is a result, not a crash: training stops, `diverged` is true, the metrics
+    so far are kept and the test metrics are still computed on the weights it ended with.
+    """
+    import lightning as L
+
+    from bnexp.tracking import build_logger, finish_logger
+
+    _quiet_lightning()
+    validate(cfg)
+    out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    t0 = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    dm = build_datamodule(cfg)  # data errors surface here, before any model is built
+    module = build_module(cfg)
+    if on_module is not None:
+        on_module(module)
+    lg = build_logger(cfg, out) if logger == "from_cfg" else logger
+    trainer = build_trainer(cfg, out, lg, list(callbacks or []))
+    log.info(
+        "training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s",
+        cfg.model.bn,
+        cfg.model.bias,
+        cfg.model.depth,
+        cfg.model.bn_impl,
+        cfg.optim.lr,
+        cfg.trainer.max_steps,
+        trainer.strategy.root_device,
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    train_s = time.perf_counter() - t_fit
+    if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
+        trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    steps = int(trainer.global_step)
+    metrics: dict[str, Any] = {k: _finite_or_none(float(v)) for k, v in module.final.items()}
+    metrics.update(
+        diverged=bool(module.diverged),
+        diverged_step=module.diverged_step,
+        step=steps,
+        wall_s=time.perf_counter() - t0,
+        train_s=train_s,
+        steps_per_s=steps / train_s if train_s > 0 else None,
+        bn=cfg.model.bn,
+        bias=cfg.model.bias,
+        depth=int(cfg.model.depth),
+        lr=float(cfg.optim.lr),
+        seed=int(cfg.seed),
+        val_history=[{k: _finite_or_none(v) for k, v in h.items()} for h in module.val_history],
+    )
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        finish_logger(lg, metrics)
+    return metrics
+
+
+def _hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    def f(k: str) -> str:
+        v = m.get(k)
+        return "nan" if v is None else f"{v:.4f}"
+
+    return (
+        f"bn={m['bn']} bias={m['bias']} depth={m['depth']} lr={m['lr']:g} seed={m['seed']} | "
+        f"steps={m['step']} diverged={m['diverged']} | val/acc={f('val/acc')} "
+        f"val/acc_batchstats={f('val/acc_batchstats')} val/acc_best={f('val/acc_best')} "
+        f"test/acc={f('test/acc')} test/acc_single={f('test/acc_single')} | {m['wall_s']:.1f}s"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    metrics = train(cfg)
+    print(summary_line(metrics), flush=True)
+    return metrics
+
+
+def fail(msg: str, code: int = 2) -> None:
+    print(f"bnexp: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _explain_hydra_error(e: BaseException) -> str:
+    """Hydra says "Could not override 'model.bm'. To append ... use +model.bm": name the valid keys instead."""
+    import dataclasses
+    import re
+
+    from bnexp.config import Config
+
+    msg = one_line(e)
+    m = re.search(r"Could not override '([\w.]+)'", msg)
+    if m:
+        key = m.group(1)
+        node: Any = Config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            f = {f.name: f for f in dataclasses.fields(node)}.get(part) if dataclasses.is_dataclass(node) else None
+            if f is None:
+                break
+            node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(node):
+            where = ".".join(parts[:-1]) or "the top level"
+            valid = ", ".join(f.name for f in dataclasses.fields(node))
+            return f"unknown config key '{key}'; valid keys under {where}: {valid}"
+    msg = msg.split(" Config search path:")[0]
+    if e.__cause__ is not None:  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
+        msg += ": " + str(e.__cause__).splitlines()[0]
+    return msg + " (python -m bnexp.run --cfg job shows every key and value)"
+
+
+def cli_guard(fn: Callable[[], Any]) -> Any:
+    """Run a Hydra entry point; config and data errors become one line and exit status 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bnexp.data import DataError
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so we can tell bad input from crashes
+    try:
+        return fn()
+    except (ConfigError, DataError) as e:
+        fail(one_line(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(_explain_hydra_error(e))
+
+
+def main() -> None:
+    cli_guard(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()
