@@ -1,0 +1,817 @@
+"""`python -m bnexp.sweep sweep=lr_stability [sweep.lr.points=24] [model.depth=8 ...]`: Optuna LR studies.
+
+A spec (sweeps/NAME.yaml, typed by `SweepSpec`) names the variant grid, the learning-rate range, the
+sampler, seeds, the stability rule, storage and study name. Arguments `sweep.X=...` override the spec;
+any other `key=value` is a training override added to every trial (after the spec's `fixed`).
+
+Work sharing and resume: the study is created once with every point of the design (variant x lr x seed)
+enqueued as a WAITING trial; workers pop waiting trials (Optuna flips WAITING -> RUNNING atomically in
+the storage), so each point is trained once however many workers share the storage, and a rerun only
+pops what is left. A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops: after the
+grace period it is failed and its point enqueued again (at most `sweep.retries` times). SIGTERM/SIGINT
+fail the current trial at once (reason "interrupted") and stop the worker; the point is retried later.
+
+Trials call bnexp.run.train(cfg) — the same code path as `python -m bnexp.run`. The objective is the
+*final* val/acc (population statistics): stability is about where training ends, not its best moment.
+A diverged trial is COMPLETE with diverged=true (an infeasible result, counted and plotted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.config import ConfigError, validate
+from bnexp.run import CONF_DIR, one_line
+
+log = logging.getLogger("bnexp.sweep")
+REPO = Path(__file__).resolve().parent.parent
+SWEEPS_DIR = REPO / "sweeps"
+SAMPLERS = ("grid", "qmc", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+
+
+@dataclass
+class LRRange:
+    low: float = 1e-5
+    high: float = 1.0
+    points: int = 24  # grid/qmc: points per variant and seed, log-spaced; tpe: trials per variant
+
+
+@dataclass
+class RuleSpec:
+    threshold: float = 0.9  # stable: not diverged and final val/acc >= threshold
+    mode: str = "threshold"  # threshold | relative (within epsilon of the variant's best)
+    epsilon: float = 0.02
+    seed_quorum: float = 0.5  # with several seeds: stable at an lr when this fraction of seeds is
+
+
+@dataclass
+class SweepSpec:
+    name: str = "lr_stability"  # Optuna study name
+    grid: dict = field(default_factory=lambda: {"model.bn": ["off", "pre", "post"]})
+    lr: LRRange = field(default_factory=LRRange)
+    sampler: str = "grid"  # grid (evenly log-spaced) | qmc (scrambled van der Corput) | tpe
+    seeds: list = field(default_factory=lambda: [0])
+    rule: RuleSpec = field(default_factory=RuleSpec)
+    fixed: dict = field(default_factory=dict)  # training overrides for every trial
+    storage: Optional[str] = None  # None: sqlite:///<out_dir>/study.db; any SQLAlchemy URL; journal:///path
+    out_dir: Optional[str] = None  # None: outputs/sweeps/<name>
+    pruner: str = "none"  # none | median | hyperband (off for stability studies: it biases the range)
+    population: int = 1  # K > 1: train K lrs of one variant as one model (bnexp.population)
+    heartbeat: int = 10  # seconds between heartbeats (RDB storage); 0 disables stale-trial detection
+    grace: int = 40  # a RUNNING trial without heartbeat for this long is failed and retried
+    retries: int = 2  # times a failed point is enqueued again
+    progress: bool = True
+
+
+# ---- spec --------------------------------------------------------------------------------------
+def _norm_value(key: str, v: Any) -> Any:
+    if key.endswith(".bn") and v is False:  # YAML reads `off` as false
+        return "off"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v
+
+
+def load_spec(name: str, overrides: list[str]) -> DictConfig:
+    """Load sweeps/NAME.yaml (or a path) into the typed schema and apply `sweep.X=...` overrides."""
+    path = Path(name)
+    if not path.suffix:
+        path = SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        avail = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise ConfigError(f"sweep spec {str(path)!r} not found; choose one of: {avail} (or a path to a .yaml)")
+    try:
+        raw = OmegaConf.load(path)
+        spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), raw)
+        rest = []
+        for o in overrides:  # grid keys contain dots (model.bn), so the dotlist parser can't place them
+            k, _, v = o.partition("=")
+            if k == "grid":
+                spec.grid = yaml.safe_load(v or "{}") or {}
+            elif k.startswith("grid."):
+                grid = OmegaConf.to_container(spec.grid)
+                grid[k[len("grid.") :]] = yaml.safe_load(v)
+                spec.grid = grid
+            elif k == "fixed" or k.startswith("fixed."):
+                fixed = OmegaConf.to_container(spec.fixed)
+                if k == "fixed":
+                    fixed = yaml.safe_load(v or "{}") or {}
+                else:
+                    fixed[k[len("fixed.") :]] = yaml.safe_load(v)
+                spec.fixed = fixed
+            else:
+                rest.append(o)
+        if rest:
+            spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(rest))
+    except Exception as e:  # YAML syntax, unknown key, wrong type
+        raise ConfigError(f"sweep spec {path}: {one_line(e)}") from e
+    grid = OmegaConf.to_container(spec.grid)
+    if isinstance(grid, dict):
+        grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    if not isinstance(grid, dict) or not grid or any(not v for v in grid.values()):
+        raise ConfigError("sweep.grid must map override keys to non-empty lists, e.g. grid: {model.bn: ['off', pre]}")
+    spec.grid = {k: [_norm_value(k, v) for v in vals] for k, vals in grid.items()}
+    lr = spec.lr
+    if not (lr.low > 0 and lr.high > 0 and math.isfinite(lr.low) and math.isfinite(lr.high)):
+        raise ConfigError(f"sweep.lr low={lr.low} high={lr.high} must be positive (e.g. sweep.lr.low=1e-5)")
+    if lr.low >= lr.high:
+        raise ConfigError(f"sweep.lr.low={lr.low} must be < sweep.lr.high={lr.high}")
+    if lr.points < 1:
+        raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1")
+    if spec.sampler not in SAMPLERS:
+        raise ConfigError(f"sweep.sampler={spec.sampler!r} is not allowed; choose one of: {', '.join(SAMPLERS)}")
+    if spec.pruner not in PRUNERS:
+        raise ConfigError(f"sweep.pruner={spec.pruner!r} is not allowed; choose one of: {', '.join(PRUNERS)}")
+    if spec.rule.mode not in ("threshold", "relative"):
+        raise ConfigError(f"sweep.rule.mode={spec.rule.mode!r}; choose threshold or relative")
+    if not spec.seeds:
+        raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0]")
+    if spec.population < 1:
+        raise ConfigError(f"sweep.population={spec.population} must be >= 1")
+    if not re.fullmatch(r"[\w.\-]+", spec.name):
+        raise ConfigError(f"sweep.name={spec.name!r}: use letters, digits, '.', '_' and '-'")
+    return spec
+
+
+def lr_points(spec: DictConfig) -> list[float]:
+    lo, hi, n = math.log10(spec.lr.low), math.log10(spec.lr.high), spec.lr.points
+    if spec.sampler == "qmc":  # base-2 van der Corput with a fixed shift: low discrepancy, reproducible
+        u = [(_vdc(i + 1) + 0.5 / n) % 1.0 for i in range(n)]
+        return sorted(float(f"{10 ** (lo + x * (hi - lo)):.6g}") for x in u)
+    if n == 1:
+        return [float(f"{10**lo:.6g}")]
+    return [float(f"{10 ** (lo + i * (hi - lo) / (n - 1)):.6g}") for i in range(n)]
+
+
+def _vdc(i: int) -> float:
+    x, d = 0.0, 0.5
+    while i:
+        x += d * (i & 1)
+        i >>= 1
+        d /= 2
+    return x
+
+
+def variants(spec: DictConfig) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{}]
+    for k, vals in spec.grid.items():
+        out = [{**v, k: x} for v in out for x in vals]
+    return out
+
+
+def design(spec: DictConfig) -> list[dict[str, Any]]:
+    """Every point of the study: variant x seed x lr (tpe: lr left to the sampler)."""
+    lrs = lr_points(spec) if spec.sampler != "tpe" else [None] * spec.lr.points
+    pts = []
+    for v in variants(spec):
+        for s in spec.seeds:
+            for i, lr in enumerate(lrs):
+                pts.append({"variant": v, "seed": int(s), "lr": lr, "key": _key(v, s, lr if lr is not None else i)})
+    return pts
+
+
+def _key(v: dict, seed: int, lr: Any) -> str:
+    return " ".join(f"{k}={x}" for k, x in v.items()) + f" seed={seed} lr={lr}"
+
+
+def spec_hash(spec: DictConfig, train_overrides: list[str]) -> str:
+    """What makes a study the same study: its design and the training settings, not storage or paths."""
+    ident = {
+        "grid": OmegaConf.to_container(spec.grid),
+        "lr": OmegaConf.to_container(spec.lr),
+        "sampler": spec.sampler,
+        "seeds": list(spec.seeds),
+        "fixed": OmegaConf.to_container(spec.fixed),
+        "train_overrides": list(train_overrides),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fixed_overrides(spec: DictConfig, train_overrides: list[str]) -> list[str]:
+    return [f"{k}={_fmt(_norm_value(k, v))}" for k, v in spec.fixed.items()] + list(train_overrides)
+
+
+def _fmt(v: Any) -> str:
+    return str(v)
+
+
+def trial_overrides(spec: DictConfig, train_overrides: list[str], point: dict, lr: float) -> list[str]:
+    return (
+        fixed_overrides(spec, train_overrides)
+        + [f"{k}={_fmt(x)}" for k, x in point["variant"].items()]
+        + [f"optim.lr={lr:.6g}", f"seed={point['seed']}"]
+    )
+
+
+def compose_trial_cfg(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bnexp.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return validate(cfg)
+
+
+# ---- storage and study ---------------------------------------------------------------------------
+def default_out_dir(spec: DictConfig) -> Path:
+    return Path(spec.out_dir) if spec.out_dir else Path("outputs") / "sweeps" / spec.name
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    # heartbeats with ask/tell and fail_stale_trials are supported, just flagged experimental
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
+    import optuna
+
+    _quiet_optuna()
+
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal://") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    kw: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kw["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # several workers on one file wait, not fail
+    if heartbeat > 0:
+        kw.update(heartbeat_interval=heartbeat, grace_period=max(grace, 2 * heartbeat))
+    try:
+        return optuna.storages.RDBStorage(url, **kw)
+    except Exception as e:
+        raise ConfigError(
+            f"cannot open storage {url!r}: {one_line(e)[:300]}; check the URL (e.g. sqlite:///study.db or "
+            f"postgresql://user:pw@host/db) and that the server is reachable"
+        ) from e
+
+
+def storage_url(spec: DictConfig, out_dir: Path) -> str:
+    return spec.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_study(spec: DictConfig, train_overrides: list[str], out_dir: Path, create: bool = True) -> Any:
+    """Load or create the study; on creation enqueue every design point once."""
+    import optuna
+
+    storage = make_storage(storage_url(spec, out_dir), spec.heartbeat, spec.grace)
+    h = spec_hash(spec, train_overrides)
+    sampler = optuna.samplers.TPESampler(seed=0) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
+    pruner = {
+        "none": optuna.pruners.NopPruner(),
+        "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner(),
+    }[spec.pruner]
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        if not create:
+            raise ConfigError(f"no study {spec.name!r} in {storage_url(spec, out_dir)}") from None
+        try:
+            study = optuna.create_study(
+                study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+            )
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
+            study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+    old = study.user_attrs.get("spec_hash")
+    if old is None:
+        study.set_user_attr("spec_hash", h)
+        study.set_user_attr("spec", json.loads(json.dumps(OmegaConf.to_container(spec, resolve=True))))
+        study.set_user_attr("train_overrides", list(train_overrides))
+        study.set_user_attr("design_size", len(design(spec)))
+        for p in design(spec):
+            params = {k: x for k, x in p["variant"].items()} | {"seed": p["seed"]}
+            if p["lr"] is not None:
+                params["lr"] = p["lr"]
+            study.enqueue_trial(params, user_attrs={"key": p["key"], "attempt": 0})
+        log.info("created study %s with %d points", spec.name, len(design(spec)))
+    elif old != h:
+        raise ConfigError(
+            f"study {spec.name!r} already exists in this storage with a different spec "
+            f"(grid/lr/sampler/seeds/fixed overrides differ); use sweep.name=<new name> or another sweep.out_dir"
+        )
+    return study
+
+
+def reconcile(study: Any, spec: DictConfig) -> int:
+    """Fail stale trials (dead workers) and enqueue again each point that has no live or finished trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    by_key: dict[str, list] = {}
+    for t in trials:
+        if "key" in t.user_attrs:
+            by_key.setdefault(t.user_attrs["key"], []).append(t)
+    added = 0
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    for key, ts in by_key.items():
+        if any(t.state in live for t in ts):
+            continue
+        failed = [t for t in ts if t.state == TrialState.FAIL]
+        if len(failed) > spec.retries:
+            continue
+        last = max(failed, key=lambda t: t.number)
+        params = {k: v for k, v in last.params.items()} or dict(last.system_attrs.get("fixed_params", {}))
+        study.enqueue_trial(params, user_attrs={"key": key, "attempt": len(failed)})
+        added += 1
+    if added:
+        log.info("re-enqueued %d failed point(s)", added)
+    return added
+
+
+# ---- trials -------------------------------------------------------------------------------------
+class Heartbeat:
+    """Record the trial's heartbeat from a thread so a dead worker's trial can be detected."""
+
+    def __init__(self, study: Any, trial_id: int, interval: int) -> None:
+        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+        if isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(self.storage):
+            self.storage.record_heartbeat(self.trial_id)
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # a missed beat is not fatal; the grace period covers it
+                log.warning("heartbeat failed: %s", one_line(e))
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _record(metrics: dict, point_cfg: DictConfig, overrides: list[str], grid: dict) -> dict[str, Any]:
+    rec = {
+        "bn": point_cfg.model.bn,
+        "bias": point_cfg.model.bias,
+        "depth": int(point_cfg.model.depth),
+        "lr": float(point_cfg.optim.lr),
+        "seed": int(point_cfg.seed),
+        "diverged": bool(metrics.get("diverged")),
+        "val_acc": metrics.get("val/acc"),
+        "val_acc_best": metrics.get("val/acc_best"),
+        "val_acc_batchstats": metrics.get("val/acc_batchstats"),
+        "val_loss": metrics.get("val/loss"),
+        "test_acc": metrics.get("test/acc"),
+        "test_acc_single": metrics.get("test/acc_single"),
+        "step": metrics.get("step"),
+        "wall_s": metrics.get("wall_s"),
+        "overrides": " ".join(overrides),
+    }
+    for k in grid:
+        rec[k] = str(OmegaConf.select(point_cfg, k))
+    return rec
+
+
+def _objective_value(metrics: dict) -> float:
+    v = metrics.get("val/acc")
+    return float(v) if v is not None and math.isfinite(v) else 0.0
+
+
+class PruneCallback:
+    """Report val/acc to Optuna after each validation; stop the run when the pruner says so."""
+
+    def __new__(cls, trial: Any):
+        import lightning as L
+
+        class _CB(L.Callback):
+            pruned = False
+
+            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.sanity_checking or "val/acc" not in pl_module.final:
+                    return
+                trial.report(pl_module.final["val/acc"], trainer.global_step)
+                if trial.should_prune():
+                    self.pruned = True
+                    trainer.should_stop = True
+
+        return _CB()
+
+
+class Worker:
+    def __init__(self, spec: DictConfig, train_overrides: list[str], out_dir: Path, study: Any) -> None:
+        self.spec, self.train_overrides, self.out_dir, self.study = spec, train_overrides, out_dir, study
+        self.interrupted = False
+        self.current: list[Any] = []
+
+    def _trial_dir(self, trial: Any, cfg: DictConfig) -> Path:
+        lab = f"{cfg.model.bn}-{cfg.model.bias}-d{cfg.model.depth}-lr{cfg.optim.lr:.1e}-s{cfg.seed}"
+        return self.out_dir / "trials" / f"{trial.number:04d}_{lab}"
+
+    def _point_cfg(self, trial: Any) -> tuple[DictConfig, list[str]]:
+        spec = self.spec
+        variant = {k: trial.suggest_categorical(k, list(vals)) for k, vals in spec.grid.items()}
+        seed = trial.suggest_categorical("seed", [int(s) for s in spec.seeds])
+        lr = trial.suggest_float("lr", spec.lr.low, spec.lr.high, log=True)
+        point = {"variant": variant, "seed": seed}
+        ov = trial_overrides(spec, self.train_overrides, point, lr)
+        cfg = compose_trial_cfg(ov)
+        cfg.logger.group = spec.name
+        cfg.logger.job_type = "trial"
+        cfg.trainer.progress_bar = False
+        return cfg, ov
+
+    def _is_duplicate(self, trial: Any) -> bool:
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.user_attrs.get("key") == key and t.number != trial.number:
+                if t.state == TrialState.COMPLETE or t.number < trial.number:
+                    return True
+        return False
+
+    def run_one(self, trial: Any) -> str:
+        from optuna.trial import TrialState
+
+        from bnexp.run import train
+
+        if self._is_duplicate(trial):  # two workers re-enqueued the same failed point
+            trial.set_user_attr("duplicate", True)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return "duplicate"
+        try:
+            cfg, ov = self._point_cfg(trial)
+        except ConfigError as e:
+            trial.set_user_attr("fail_reason", one_line(e))
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        out = self._trial_dir(trial, cfg)
+        trial.set_user_attr("overrides", " ".join(ov))
+        trial.set_user_attr("trial_dir", str(out))
+        cb = PruneCallback(trial) if self.spec.pruner != "none" else None
+        try:
+            with Heartbeat(self.study, trial._trial_id, self.spec.heartbeat):
+                metrics = train(cfg, output_dir=out, callbacks=[cb] if cb else None)
+        except Interrupted:
+            trial.set_user_attr("fail_reason", "interrupted (SIGTERM/SIGINT); the point will be retried")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return "interrupted"
+        except Exception as e:  # one broken trial (OOM, bug, bad data) never stops the sweep
+            reason = f"{type(e).__name__}: {one_line(e)[:500]}"
+            log.error("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr("fail_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            _free_accelerator_memory()
+            return "failed"
+        for k, v in _record(metrics, cfg, ov, self.spec.grid).items():
+            trial.set_user_attr(k, v)
+        if cb is not None and cb.pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return "pruned"
+        self.study.tell(trial, _objective_value(metrics))
+        return "diverged" if metrics["diverged"] else "complete"
+
+    def run_population(self, trials: list[Any]) -> list[str]:
+        from optuna.trial import TrialState
+
+        from bnexp.population import train_population
+
+        trials = [t for t in trials if not self._is_duplicate(t) or self.study.tell(t, state=TrialState.PRUNED)]
+        if not trials:
+            return []
+        cfgs, ovs, outs = [], [], []
+        for t in trials:
+            cfg, ov = self._point_cfg(t)
+            cfgs.append(cfg), ovs.append(ov), outs.append(self._trial_dir(t, cfg))
+            t.set_user_attr("overrides", " ".join(ov))
+            t.set_user_attr("trial_dir", str(outs[-1]))
+        try:
+            with Heartbeat(self.study, trials[0]._trial_id, self.spec.heartbeat):
+                # all members share the variant and seed; heartbeat the others too
+                for t in trials[1:]:
+                    self.study._storage.record_heartbeat(t._trial_id) if self.spec.heartbeat else None
+                results = train_population(cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs])
+        except Exception as e:
+            reason = f"{type(e).__name__}: {one_line(e)[:500]}"
+            for t in trials:
+                t.set_user_attr("fail_reason", reason)
+                self.study.tell(t, state=TrialState.FAIL)
+            _free_accelerator_memory()
+            return ["failed"] * len(trials)
+        states = []
+        for t, m, cfg, ov in zip(trials, results, cfgs, ovs):
+            for k, v in _record(m, cfg, ov, self.spec.grid).items():
+                t.set_user_attr(k, v)
+            t.set_user_attr("population", len(trials))
+            self.study.tell(t, _objective_value(m))
+            states.append("diverged" if m["diverged"] else "complete")
+        return states
+
+    def ask_group(self) -> list[Any]:
+        """Pop waiting trials: 1, or up to K of the same variant and seed for population training."""
+        first = self.study.ask()
+        if self._fixed(first) is None:  # nothing was waiting: Optuna sampled a new trial
+            from optuna.trial import TrialState
+
+            self.study.tell(first, state=TrialState.FAIL)
+            first.set_user_attr("fail_reason", "no waiting point (internal)")
+            return []
+        group = [first]
+        if self.spec.population > 1:
+            fp = self._fixed(first)
+            same = {k: v for k, v in fp.items() if k != "lr"}
+            while len(group) < self.spec.population and self._has_waiting():
+                t = self.study.ask()
+                fpt = self._fixed(t) or {}
+                if {k: v for k, v in fpt.items() if k != "lr"} == same and "lr" in fpt:
+                    group.append(t)
+                else:  # another variant: put it back by failing it; reconcile re-enqueues its point
+                    self._return(t)
+                    break
+        return group
+
+    def _return(self, t: Any) -> None:
+        from optuna.trial import TrialState
+
+        t.set_user_attr("fail_reason", "returned to the queue (population grouping)")
+        t.set_user_attr("returned", True)
+        self.study.tell(t, state=TrialState.FAIL)
+        self.study.enqueue_trial(self._fixed(t), user_attrs={"key": t.user_attrs.get("key"), "attempt": 0})
+
+    def _fixed(self, trial: Any) -> dict | None:
+        """The params an enqueued point fixed (None: Optuna sampled the trial itself)."""
+        return self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+
+    def _has_waiting(self) -> bool:
+        from optuna.trial import TrialState
+
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _has_running(self) -> bool:
+        from optuna.trial import TrialState
+
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def loop(self, progress: Any = None, max_trials: int | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        done = 0
+        while not self.interrupted and (max_trials is None or done < max_trials):
+            if not self._has_waiting():
+                reconcile(self.study, self.spec)
+                if not self._has_waiting():
+                    if not self._has_running():
+                        break
+                    time.sleep(min(5.0, max(1.0, self.spec.heartbeat / 2)))  # others still running
+                    continue
+            group = self.ask_group()
+            if not group:
+                continue
+            self.current = group
+            states = self.run_population(group) if len(group) > 1 else [self.run_one(group[0])]
+            self.current = []
+            for s in states:
+                counts[s] = counts.get(s, 0) + 1
+            done += len(states)
+            if progress is not None:
+                progress.update()
+        return counts
+
+
+def _free_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+# ---- records and report -------------------------------------------------------------------------
+def trial_records(study: Any) -> list[dict[str, Any]]:
+    """One dict per trial (finished or failed) for bnexp.stability; skips bookkeeping-only trials."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        if "key" not in ua or ua.get("returned") or ua.get("duplicate") or t.state.name in ("WAITING", "RUNNING"):
+            continue
+        rec = {"number": t.number, "state": t.state.name, "key": ua["key"]}
+        fp = t.params or t.system_attrs.get("fixed_params", {})
+        rec.update({"lr": fp.get("lr"), "seed": fp.get("seed")})
+        rec.update({k: v for k, v in ua.items() if k not in ("key", "attempt", "trial_dir")})
+        if "fail_reason" in ua:
+            rec["fail_reason"] = ua["fail_reason"]
+        out.append(rec)
+    return out
+
+
+def variant_keys(grid: dict) -> tuple[str, ...]:
+    extra = tuple(k for k in grid if k not in ("model.bn", "model.bias", "model.depth"))
+    return ("bn", "bias", "depth") + extra
+
+
+def write_study_report(study: Any, spec: DictConfig, out_dir: Path, commands: list[str]) -> dict:
+    from bnexp.stability import StabilityRule, write_report
+
+    r = spec.rule
+    rule = StabilityRule(threshold=r.threshold, mode=r.mode, epsilon=r.epsilon)
+    trials = trial_records(study)
+    kwargs: dict[str, Any] = {"variant_keys": variant_keys(spec.grid)}
+    try:
+        summary = write_report(out_dir, spec.name, trials, rule, commands, seed_quorum=r.seed_quorum, **kwargs)
+    except TypeError:  # stability.write_report without seed_quorum
+        summary = write_report(out_dir, spec.name, trials, rule, commands, **kwargs)
+    return summary
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[str, list[str], list[str], dict[str, Any]]:
+    name, spec_ov, train_ov = "lr_stability", [], []
+    flags: dict[str, Any] = {"create_only": False, "report_only": False, "max_trials": None, "dry_run": False}
+    for a in argv:
+        if a in ("-h", "--help"):
+            print(__doc__)
+            print("flags: --create-only  --dry-run  --report-only  --max-trials=N")
+            sys.exit(0)
+        elif a == "--create-only":
+            flags["create_only"] = True
+        elif a == "--report-only":
+            flags["report_only"] = True
+        elif a == "--dry-run":
+            flags["dry_run"] = True
+        elif a.startswith("--max-trials="):
+            flags["max_trials"] = int(a.split("=", 1)[1])
+        elif a.startswith("sweep="):
+            name = a.split("=", 1)[1]
+        elif a.startswith("sweep."):
+            spec_ov.append(a[len("sweep.") :])
+        elif "=" in a and not a.startswith("-"):
+            train_ov.append(a)
+        else:
+            raise ConfigError(f"unexpected argument {a!r}; use sweep=NAME, sweep.KEY=VALUE, KEY=VALUE or --help")
+    return name, spec_ov, train_ov, flags
+
+
+def _progress(study: Any, spec: DictConfig, total: int) -> Any:
+    from tqdm import tqdm
+
+    class Bar:
+        """Trials done / total, per variant: done and current stable range; ETA from tqdm."""
+
+        def __init__(self) -> None:
+            done = len([t for t in trial_records(study) if t["state"] == "COMPLETE"])
+            self.bar = tqdm(
+                total=total, initial=done, desc=spec.name, unit="trial", disable=not spec.progress, dynamic_ncols=True
+            )
+            self.update(0)
+
+        def update(self, n: int = 1) -> None:
+            from bnexp.stability import StabilityRule, analyse
+
+            recs = [t for t in trial_records(study)]
+            done = len([t for t in recs if t["state"] == "COMPLETE"])
+            self.bar.n = done
+            parts = []
+            try:
+                for v in analyse(recs, StabilityRule(threshold=spec.rule.threshold), variant_keys(spec.grid)):
+                    rng = f"[{v['stable_lr_min']:.0e},{v['stable_lr_max']:.0e}]" if v["stable_lr_min"] else "[]"
+                    parts.append(f"{v['label']} {v['n_trials']} {rng}")
+            except Exception:
+                pass
+            self.bar.set_postfix_str(" | ".join(parts)[:200])
+            self.bar.refresh()
+
+        def close(self) -> None:
+            self.bar.close()
+
+    return Bar()
+
+
+def run_sweep(argv: list[str]) -> dict[str, Any]:
+    name, spec_ov, train_ov, flags = parse_args(argv)
+    spec = load_spec(name, spec_ov)
+    out_dir = default_out_dir(spec)
+    # compose every variant once before anything starts: a bad override fails now, not in trial 40
+    for v in variants(spec):
+        compose_trial_cfg(trial_overrides(spec, train_ov, {"variant": v, "seed": spec.seeds[0]}, spec.lr.low))
+    pts = design(spec)
+    if flags["dry_run"]:
+        for p in pts:
+            print(p["key"])
+        return {"design_size": len(pts)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(spec, train_ov, out_dir)
+    (out_dir / "sweep.json").write_text(
+        json.dumps(
+            {
+                "study": spec.name,
+                "storage": storage_url(spec, out_dir),
+                "spec": OmegaConf.to_container(spec),
+                "train_overrides": train_ov,
+            },
+            indent=2,
+        )
+    )
+    cmd = "python -m bnexp.sweep " + " ".join(argv)
+    commands = [cmd, f"python -m bnexp.report {out_dir}"]
+    if flags["create_only"]:
+        print(f"study {spec.name!r} ready in {storage_url(spec, out_dir)}: {len(pts)} points")
+        return {"design_size": len(pts)}
+    if not flags["report_only"]:
+        worker = Worker(spec, train_ov, out_dir, study)
+        _install_signal_handlers(worker)
+        bar = _progress(study, spec, len(pts))
+        try:
+            counts = worker.loop(progress=bar, max_trials=flags["max_trials"])
+        finally:
+            bar.close()
+        log.info("worker done: %s", counts)
+        if worker.interrupted:
+            print("bnexp: sweep interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+    summary = write_study_report(study, spec, out_dir, commands)
+    _maybe_wandb_summary(spec, train_ov, out_dir, study, summary)
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _maybe_wandb_summary(spec: DictConfig, train_ov: list[str], out_dir: Path, study: Any, summary: dict) -> None:
+    cfg = compose_trial_cfg(fixed_overrides(spec, train_ov))
+    if cfg.logger.name != "wandb":
+        return
+    try:
+        from bnexp.wandb_logging import log_sweep_summary
+
+        log_sweep_summary(
+            spec.name, out_dir, trial_records(study), summary, OmegaConf.to_container(spec, resolve=True), cfg
+        )
+    except Exception as e:  # the report on disk is the result; W&B is a view of it
+        log.warning("W&B sweep summary not written: %s", one_line(e))
+
+
+def _print_summary(summary: dict, out_dir: Path) -> None:
+    print(f"study {summary.get('study')}: {summary.get('n_trials')} trials; report in {out_dir}/report.md")
+    for v in summary.get("variants", []):
+        lo, hi = v.get("stable_lr_min"), v.get("stable_lr_max")
+        rng = f"[{lo:.2g}, {hi:.2g}]" if lo else "none"
+        print(
+            f"  {v['label']:<24} trials={v['n_trials']:>3} stable={v['n_stable']:>3} diverged={v['n_diverged']:>3} "
+            f"stable lr {rng} = {v['stable_decades']:.2f} decades"
+        )
+
+
+def _install_signal_handlers(worker: Worker) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        worker.interrupted = True
+        if worker.current:  # end the trial in flight now; its point is retried on the next run
+            raise Interrupted(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("BNEXP_LOG", "INFO"), format="[%(asctime)s][%(name)s] %(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    from bnexp.run import cli_guard
+
+    cli_guard(lambda: run_sweep(list(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    main()

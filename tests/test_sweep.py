@@ -1,0 +1,194 @@
+"""The sweep CLI on real MNIST slices, real Optuna storage (SQLite), real worker processes."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import REPO, TINY
+
+from bnexp.sweep import design, load_spec, lr_points, main, run_sweep
+
+TRAIN = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=12", "trainer.val_every=6"]
+
+
+def sweep_args(out, name="t", points=2, extra=()):
+    return [
+        "sweep=lr_stability",
+        f"sweep.name={name}",
+        f"sweep.out_dir={out}",
+        "sweep.grid.model.bn=[off,pre]",
+        f"sweep.lr.points={points}",
+        "sweep.lr.low=1e-4",
+        "sweep.lr.high=1e-1",
+        "sweep.progress=false",
+        "sweep.rule.threshold=0.3",
+        *TRAIN,
+        *extra,
+    ]
+
+
+def completed_keys(out, name="t"):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out}/study.db")
+    done = [t.user_attrs["key"] for t in study.get_trials() if t.state.name == "COMPLETE"]
+    return study, collections.Counter(done)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["sweep.lr.low=1", "sweep.lr.high=0.1"], "sweep.lr.low=1.0 must be < sweep.lr.high=0.1"),
+        (["sweep.lr.low=-1"], "must be positive"),
+        (["sweep.lr.points=0"], "sweep.lr.points=0 must be >= 1"),
+        (["sweep.grid={}"], "sweep.grid must map override keys to non-empty lists"),
+        (["sweep.sampler=random"], "choose one of: grid, qmc, tpe"),
+        (["sweep=nonexistent"], "sweep spec"),
+        (["sweep.grid.model.bn=[off,foo]"], "model.bn='foo' is not allowed"),
+        (["model.bm=pre"], "unknown config key 'model.bm'"),
+        (["sweep.bogus=1"], "bogus"),
+        (["--frobnicate"], "unexpected argument"),
+    ],
+)
+def test_spec_errors_exit_2(args, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([f"sweep.out_dir={tmp_path}", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.startswith("bnexp: error:"), err
+    assert not (tmp_path / "study.db").exists()  # nothing started
+
+
+def test_spec_file_that_does_not_parse(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {model.bn: [off, pre]\nlr: [")
+    with pytest.raises(SystemExit) as e:
+        main([f"sweep={bad}"])
+    assert e.value.code == 2 and "bad.yaml" in capsys.readouterr().err
+
+
+def test_lr_grid_and_design():
+    spec = load_spec("lr_stability", ["lr.points=12"])
+    lrs = lr_points(spec)
+    assert len(lrs) == 12 and lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1.0)
+    ratios = {round(b / a, 4) for a, b in zip(lrs, lrs[1:])}
+    assert len(ratios) == 1  # evenly log-spaced
+    assert [v for v in spec.grid["model.bn"]] == ["off", "pre", "post"]  # YAML 'off' stays a string
+    assert len(design(spec)) == 36 and len({p["key"] for p in design(spec)}) == 36
+    qmc = lr_points(load_spec("lr_stability", ["sampler=qmc", "lr.points=8"]))
+    assert len(set(qmc)) == 8 and all(1e-5 <= x <= 1 for x in qmc)
+
+
+def test_tiny_sweep_end_to_end_and_report_rebuild(tmp_path):
+    out = tmp_path / "sw"
+    summary = run_sweep(sweep_args(out))
+    for f in ("summary.json", "trials.csv", "stability.png", "report.md", "sweep.json", "study.db"):
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert s["study"] == "t" and s["threshold"] == 0.3
+    labels = [v["label"] for v in s["variants"]]
+    assert labels == ["off-auto-d3", "pre-auto-d3"]
+    for v in s["variants"]:
+        assert v["n_trials"] == 2
+        for k in ("n_stable", "n_diverged", "stable_lr_min", "stable_lr_max", "stable_decades", "bn", "bias", "depth"):
+            assert k in v
+    rows = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4 and "optim.lr=" in rows[1]
+    # every trial's override list reruns it with bnexp.run, and it ran through train(): metrics.json exists
+    study, done = completed_keys(out)
+    assert sorted(done.values()) == [1, 1, 1, 1]
+    for t in study.get_trials():
+        assert (json.loads((REPO / t.user_attrs["trial_dir"] / "metrics.json").read_text())["step"]) == 12
+        assert t.user_attrs["overrides"].endswith(f"seed={t.params['seed']}")
+    # the report rebuilds from storage alone
+    (out / "summary.json").unlink()
+    r = subprocess.run([sys.executable, "-m", "bnexp.report", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["variants"] == summary["variants"]
+
+
+def test_resume_runs_no_finished_trial_again(tmp_path):
+    out = tmp_path / "sw"
+    run_sweep(sweep_args(out, extra=["--max-trials=2"]))  # stops early, like an interrupted run
+    _, done = completed_keys(out)
+    assert sum(done.values()) == 2
+    first_dirs = set(os.listdir(out / "trials"))
+    run_sweep(sweep_args(out))
+    _, done = completed_keys(out)
+    assert len(done) == 4 and set(done.values()) == {1}
+    assert len(os.listdir(out / "trials")) == 4 and first_dirs <= set(os.listdir(out / "trials"))
+
+
+def test_study_with_different_spec_is_refused(tmp_path, capsys):
+    out = tmp_path / "sw"
+    run_sweep(sweep_args(out, points=1))
+    with pytest.raises(SystemExit) as e:
+        main(sweep_args(out, points=3))
+    assert e.value.code == 2 and "different spec" in capsys.readouterr().err
+    assert (out / "summary.json").exists()  # nothing finished was lost
+
+
+def _cli(out, *extra, name="t", points=2):
+    return [sys.executable, "-m", "bnexp.sweep", *sweep_args(out, name=name, points=points), *extra]
+
+
+def test_two_workers_share_one_sqlite_storage(tmp_path):
+    out = tmp_path / "sw"
+    env = {**os.environ, "BNEXP_LOG": "WARNING"}
+    subprocess.run(_cli(out, "--create-only", points=3), check=True, cwd=REPO, env=env, capture_output=True)
+    procs = [
+        subprocess.Popen(
+            _cli(out, points=3), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    study, done = completed_keys(out)
+    assert len(done) == 6 and set(done.values()) == {1}  # every point, exactly once
+    assert len(study.get_trials()) == 6  # and no trial beyond the grid
+    workers_dirs = os.listdir(out / "trials")
+    assert len(workers_dirs) == 6
+
+
+def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
+    out = tmp_path / "sw"
+    hb = ["sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=200"]
+    p = subprocess.Popen(_cli(out, *hb), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "trials").is_dir():  # wait until the first trial is training
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    study, done = completed_keys(out)
+    running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(running) == 1 and sum(done.values()) < 4  # killed mid-trial: one trial left RUNNING
+    r = subprocess.run(_cli(out, *hb), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study, done = completed_keys(out)
+    assert len(done) == 4 and set(done.values()) == {1}
+    states = collections.Counter(t.state.name for t in study.get_trials())
+    assert states == {"COMPLETE": 4, "FAIL": 1}  # the killed trial is failed, its point retried once
+
+
+def test_sigterm_ends_trial_cleanly(tmp_path):
+    out = tmp_path / "sw"
+    p = subprocess.Popen(
+        _cli(out, "trainer.max_steps=400"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "trials").is_dir():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "rerun the same command to resume" in err
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
+    failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "interrupted" in failed[0].user_attrs["fail_reason"]
+    assert not [t for t in study.get_trials() if t.state.name == "RUNNING"]
