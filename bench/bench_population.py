@@ -1,0 +1,200 @@
+"""Population training vs. one run at a time: the same learning-rate points, timed in one process.
+
+    python bench/bench_population.py --device cpu --points 12 --depth 4 --steps 200 --threads 1
+    python bench/bench_population.py --device cuda --points 32 --depth 19 --steps 800 --solo-points 4
+
+Three arms train the same `--points` learning rates (log-spaced over [--lr-low, --lr-high]) of one
+variant on real MNIST ($BNEXP_DATA_DIR), with one validation at the end and the test pass:
+  lightning   bnexp.run.train, one point after another (what a plain sweep does)
+  plain       train_population with K=1, one point after another (a plain PyTorch loop, no Lightning)
+  population  train_population with K=points, all points in one model
+`--solo-points M` times only the first M points of the two one-at-a-time arms and scales their
+totals by points/M (say so in the table), to keep long GPU runs inside a time budget.
+Prints a table with ratios against the population and writes everything to --out as JSON. The
+per-point val/loss differences between the arms are printed too (a check, not a timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    import bnexp.config
+
+    bnexp.config.register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hcompose(config_name="config", overrides=overrides)
+
+
+def lr_grid(low: float, high: float, n: int) -> list[float]:
+    if n == 1:
+        return [low]
+    return [float(math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (n - 1))) for i in range(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--points", type=int, default=12, help="learning-rate points (the population size K)")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--bn", choices=["off", "pre", "post"], default="pre")
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--lr-low", type=float, default=1e-4)
+    p.add_argument("--lr-high", type=float, default=1e-1)
+    p.add_argument("--solo-points", type=int, default=None, help="time only this many points one at a time")
+    p.add_argument("--arms", default="lightning,plain,population")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides, e.g. data.batch_size=128")
+    p.add_argument("--out", default=None, help="JSON path (default outputs/bench/population_<device>.json)")
+    a = p.parse_args()
+
+    import logging
+    import warnings
+
+    import torch
+
+    from bnexp.population import train_population
+    from bnexp.run import _quiet_lightning, train
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_population: --device cuda but no CUDA device is visible")
+    _quiet_lightning()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("bnexp").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    over = [
+        f"model.depth={a.depth}",
+        f"model.bn={a.bn}",
+        f"trainer.max_steps={a.steps}",
+        f"trainer.val_every={a.steps}",
+        f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
+        "trainer.progress_bar=false",
+        "logger=none",
+        *a.set,
+    ]
+    lrs = lr_grid(a.lr_low, a.lr_high, a.points)
+    solo_n = min(a.solo_points or a.points, a.points)
+    arms = [s.strip() for s in a.arms.split(",") if s.strip()]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_population_"))
+    cfg = compose(over)
+    # warm-up (data load and cache, kernels, CUDA context): a few steps, not timed
+    train_population(compose(over + ["trainer.max_steps=5", "trainer.val_every=5"]), lrs[:2], [tmp / "w0", tmp / "w1"])
+
+    def sync() -> None:
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    results: dict[str, dict] = {}
+    per_point: dict[str, list] = {}
+    for arm in arms:
+        sync()
+        t0 = time.perf_counter()
+        if arm == "lightning":
+            ms = [
+                train(compose(over + [f"optim.lr={lr}"]), output_dir=tmp / f"l{i}") for i, lr in enumerate(lrs[:solo_n])
+            ]
+            n = solo_n
+        elif arm == "plain":
+            ms = [train_population(cfg, [lr], [tmp / f"p{i}"])[0] for i, lr in enumerate(lrs[:solo_n])]
+            n = solo_n
+        elif arm == "population":
+            if a.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            ms = train_population(cfg, lrs, [tmp / f"k{i}" for i in range(a.points)])
+            n = a.points
+        else:
+            sys.exit(f"bench_population: unknown arm {arm!r}; choose lightning, plain, population")
+        sync()
+        wall = time.perf_counter() - t0
+        scale = a.points / n
+        train_s = sum(m["train_s"] for m in ms) if arm != "population" else ms[0]["train_s"]
+        results[arm] = dict(
+            measured_points=n,
+            wall_s=wall,
+            wall_s_all_points=wall * scale,
+            train_s=train_s,
+            train_s_all_points=train_s * scale,
+            extrapolated=n < a.points,
+            diverged=sum(bool(m["diverged"]) for m in ms),
+        )
+        if arm == "population" and a.device == "cuda":
+            results[arm]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        per_point[arm] = [
+            dict(lr=m["lr"], val_loss=m["val/loss"], val_acc=m["val/acc"], diverged=m["diverged"]) for m in ms
+        ]
+        print(f"  {arm}: {wall:.1f}s for {n} point(s)", flush=True)
+
+    pop = results.get("population")
+    dev = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or platform.machine()
+    print(
+        f"\n{a.points} points, bn={a.bn} depth={a.depth} steps={a.steps} on {a.device} ({dev}), "
+        f"torch threads={torch.get_num_threads()}"
+    )
+    print(
+        f"{'arm':<12}{'points':>8}{'wall_s':>10}{'train_s':>10}{'s/point':>10}{'x pop (wall)':>14}{'x pop (train)':>15}"
+    )
+    for arm, r in results.items():
+        note = " (extrapolated)" if r["extrapolated"] else ""
+        xw = r["wall_s_all_points"] / pop["wall_s_all_points"] if pop else float("nan")
+        xt = r["train_s_all_points"] / pop["train_s_all_points"] if pop else float("nan")
+        print(
+            f"{arm:<12}{a.points:>8}{r['wall_s_all_points']:>10.1f}{r['train_s_all_points']:>10.1f}"
+            f"{r['wall_s_all_points'] / a.points:>10.2f}{xw:>14.2f}{xt:>15.2f}{note}"
+        )
+    # the arms train the same models, so their final val/loss agree; float32 with BN only to rounding
+    # chaos (~1e-3 relative, more near the unstable edge; see tests/test_population.py)
+    checks = {}
+    if "population" in per_point:
+        print(f"\n{'lr':>10}" + "".join(f"{arm + ' val/loss':>22}" for arm in per_point))
+        for i, lr in enumerate(lrs):
+            cells = [per_point[arm][i]["val_loss"] if i < len(per_point[arm]) else None for arm in per_point]
+            print(f"{lr:>10.3g}" + "".join(f"{'-' if c is None else f'{c:.6g}':>22}" for c in cells))
+        for arm in ("lightning", "plain"):
+            if arm in per_point:
+                pairs = zip(per_point[arm], per_point["population"][: len(per_point[arm])], strict=True)
+                rel = [
+                    abs(x["val_loss"] - y["val_loss"]) / max(abs(x["val_loss"]), 1e-12)
+                    for x, y in pairs
+                    if x["val_loss"] is not None and y["val_loss"] is not None
+                ]
+                checks[f"max_rel_dval_loss_{arm}_vs_population"] = max(rel) if rel else None
+                print(f"max relative val/loss difference, {arm} vs population: {max(rel) if rel else 'n/a'}")
+
+    out = Path(a.out or REPO / "outputs" / "bench" / f"population_{a.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = dict(
+        args=vars(a),
+        lrs=lrs,
+        device=dev,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        results=results,
+        per_point=per_point,
+        checks=checks,
+    )
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
