@@ -1,4 +1,4 @@
-"""Experiment tracking: CSV (default, no dependencies) or Weights & Biases, or nothing."""
+"""Experiment tracking: CSV (no dependencies) or Weights & Biases, or nothing; and the diagnostic callbacks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from bnexp.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,39 @@ def build_logger(cfg: DictConfig, out_dir: Path) -> Any:
     raise ValueError(f"unknown logger {name!r}; choose csv, wandb or none")
 
 
+def build_callbacks(cfg: DictConfig) -> list:
+    """The logging callbacks `cfg.logger` asks for (none with logger=none): throughput always, per-layer
+    statistics every `logger.diagnostics_every` steps, the landscape probe every `logger.landscape_every`."""
+    lc = cfg.logger
+    every = {k: int(lc.get(k, 0) or 0) for k in ("diagnostics_every", "landscape_every")}
+    for k, v in every.items():
+        if v < 0:
+            raise ConfigError(f"logger.{k}={v} must be >= 0 (0 turns it off; e.g. logger.{k}=100)")
+    if lc.name == "none":
+        return []
+    from bnexp.diagnostics import LandscapeProbe, LayerStats, Throughput, WandbFinishOnError
+
+    cbs: list = [Throughput(cfg.trainer.log_every)]
+    if every["diagnostics_every"]:
+        cbs.append(LayerStats(every["diagnostics_every"], histograms=bool(lc.get("log_histograms", True))))
+    if every["landscape_every"]:
+        scales = list(lc.get("landscape_scales") or [0.5, 1.0, 2.0, 4.0])
+        try:
+            cbs.append(LandscapeProbe(every["landscape_every"], scales))
+        except ValueError as e:
+            raise ConfigError(f"logger.landscape_scales={scales}: {e}") from None
+    if lc.name == "wandb":
+        cbs.append(WandbFinishOnError())
+    return cbs
+
+
 def finish_logger(logger: Any, metrics: dict[str, Any]) -> None:
     """Put the final metrics into the run summary and close the run."""
     if logger is False or logger is None:
         return
-    if type(logger).__name__ == "WandbLogger":
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
         from bnexp.wandb_logging import finish_wandb
 
         finish_wandb(logger, metrics)
