@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -44,8 +44,8 @@ def batch_stats(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, bufs, mode in zip(bns, saved, modes):
-            for b, s in zip(m.buffers(), bufs):
+        for m, bufs, mode in zip(bns, saved, modes, strict=False):
+            for b, s in zip(m.buffers(), bufs, strict=False):
                 b.copy_(s)
             m.train(mode)
 

@@ -6,6 +6,7 @@ config (`config.yaml`) and `metrics.json` into the run directory (Hydra's run di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,8 +14,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -46,7 +48,7 @@ def build_module(cfg: DictConfig):
     from bnexp.module import BNExpModule
 
     m, o = cfg.model, cfg.optim
-    return BNExpModule(
+    module = BNExpModule(
         depth=m.depth,
         bn=m.bn,
         bias=m.bias,
@@ -63,6 +65,14 @@ def build_module(cfg: DictConfig):
         loss=cfg.loss,
         log_every=cfg.trainer.log_every,
     )
+    if cfg.trainer.compile != "none":
+        # torch.compile the net (not the LightningModule): "reduce-overhead" captures the step in CUDA
+        # graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs (guards recompile).
+        import torch
+
+        log.info("torch.compile(model, mode=%s)", cfg.trainer.compile)
+        module.model = torch.compile(module.model, mode=cfg.trainer.compile)
+    return module
 
 
 def build_datamodule(cfg: DictConfig):
@@ -140,21 +150,29 @@ def train(
     """
     import lightning as L
 
-    from bnexp.tracking import build_logger, finish_logger
+    from bnexp.tracking import build_callbacks, build_logger, finish_logger
 
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     t0 = time.perf_counter()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
-    dm = build_datamodule(cfg)  # data errors surface here, before any model is built
+    dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
+    out.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg)
     if on_module is not None:
         on_module(module)
     lg = build_logger(cfg, out) if logger == "from_cfg" else logger
-    trainer = build_trainer(cfg, out, lg, list(callbacks or []))
+    trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or [])])
+    if cfg.model.sync_bn and trainer.world_size > 1 and trainer.strategy.root_device.type != "cuda":
+        # torch's DDP refuses SyncBatchNorm on CPU modules ("only work with GPU modules"); say so now,
+        # before any rank is started, instead of a traceback from every rank
+        raise ConfigError(
+            f"model.sync_bn=true needs CUDA devices (torch's SyncBatchNorm does not run on "
+            f"{trainer.strategy.root_device.type}); use trainer.accelerator=gpu, or model.sync_bn=false"
+        )
+    if trainer.is_global_zero:  # DDP ranks share the run dir; one writer (as for metrics.json)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
         "training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s",
         cfg.model.bn,
@@ -165,12 +183,13 @@ def train(
         cfg.trainer.max_steps,
         trainer.strategy.root_device,
     )
-    t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    train_s = time.perf_counter() - t_fit
-    if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
-        trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    with _ddp_job(trainer, out):
+        t_fit = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        train_s = time.perf_counter() - t_fit
+        if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
+            trainer.validate(module, datamodule=dm, verbose=False)
+        trainer.test(module, datamodule=dm, verbose=False)
     steps = int(trainer.global_step)
     metrics: dict[str, Any] = {k: _finite_or_none(float(v)) for k, v in module.final.items()}
     metrics.update(
@@ -191,6 +210,78 @@ def train(
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         finish_logger(lg, metrics)
     return metrics
+
+
+# ---- DDP: every rank in one run dir --------------------------------------------------------------
+# Lightning's DDP launcher starts the extra ranks of a node by running this command again (with
+# LOCAL_RANK set). Its Hydra hook re-passes sys.argv plus hydra.run.dir, which suffices for a single
+# run but not for `-m`: each child would run the whole multirun again into its own sweep dir
+# (lightning-hydra-template issue 393). So rank 0 leaves the exact job in the environment the
+# children inherit, and a child replaces its argv with it: this job's overrides, rank 0's run dir, no
+# .hydra/ of its own.
+_CHILD_ARGV = "BNEXP_DDP_CHILD_ARGV"
+_CONFIG_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+
+
+def is_rank_zero() -> bool:
+    """False in a process its launcher started as a DDP rank other than 0.
+
+    Known before any Trainer exists (Hydra's job, the summary line). LOCAL_RANK/NODE_RANK: Lightning's
+    launcher and torchrun; RANK: torchrun; SLURM_PROCID: srun with one task per device.
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and int(env.get("SLURM_PROCID", "0")) != 0:
+        return False
+    return int(env.get("LOCAL_RANK", 0)) == 0 and int(env.get("NODE_RANK", 0)) == 0
+
+
+def _share_run_dir_with_ranks(out: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not is_rank_zero():
+        return
+    hc = HydraConfig.get()
+    flags, argv = [], sys.argv[1:]
+    for i, a in enumerate(argv):  # keep --config-name/-cp/... (and their values); drop -m and sweeps
+        if a.split("=")[0] in _CONFIG_FLAGS:
+            flags += [a] if "=" in a else argv[i : i + 2]
+    rundir = str(out.resolve()).replace("\\", "\\\\").replace('"', '\\"')
+    child = [*flags, *hc.overrides.task, f'hydra.run.dir="{rundir}"', "hydra.output_subdir=null", "hydra.job.name=rank"]
+    os.environ[_CHILD_ARGV] = json.dumps(child)
+
+
+@contextlib.contextmanager
+def _ddp_job(trainer: Any, out: Path) -> Iterator[None]:
+    """One DDP job per process group: Lightning's launcher leaves LOCAL_RANK etc. in rank 0's environment
+    and the process group up, so a second job in the same process (the next `-m` job) would take itself
+    for an externally launched rank and talk to the exited children. Undo both when the job ends."""
+    if trainer.world_size <= 1:
+        yield
+        return
+    keys = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", _CHILD_ARGV)
+    saved = {k: os.environ.get(k) for k in keys}
+    _share_run_dir_with_ranks(out)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _adopt_rank0_argv() -> None:
+    """In a DDP child started by Lightning's launcher: run rank 0's job, not its command line."""
+    child = os.environ.get(_CHILD_ARGV)
+    if child and os.environ.get("LOCAL_RANK", "0") != "0":
+        sys.argv = [sys.argv[0], *json.loads(child)]
 
 
 def _hydra_output_dir() -> Path:
@@ -216,9 +307,33 @@ def summary_line(m: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
-    metrics = train(cfg)
-    print(summary_line(metrics), flush=True)
+    from bnexp.data import DataError
+
+    try:
+        metrics = train(cfg)
+    except (ConfigError, DataError):
+        _drop_empty_run_dir()
+        raise
+    if is_rank_zero():
+        print(summary_line(metrics), flush=True)
     return metrics
+
+
+def _drop_empty_run_dir() -> None:
+    """Bad input found inside the job: remove the run dir Hydra just made if it holds nothing but Hydra's
+    own bookkeeping (.hydra/, an empty run.log), so a typo leaves no empty run behind. A dir with
+    anything else in it (an earlier run's results) is left alone."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not is_rank_zero():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir)
+    names = {p.name for p in out.iterdir()} if out.is_dir() else {"?"}
+    log_file = out / f"{HydraConfig.get().job.name}.log"
+    if names <= {".hydra", log_file.name} and (not log_file.exists() or log_file.stat().st_size == 0):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -246,13 +361,15 @@ def _explain_hydra_error(e: BaseException) -> str:
         for part in parts[:-1]:
             f = {f.name: f for f in dataclasses.fields(node)}.get(part) if dataclasses.is_dataclass(node) else None
             if f is None:
+                node = None  # not under bnexp's schema (e.g. hydra.launcher.*): keep Hydra's words
                 break
             node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(node):
+        if node is not None and dataclasses.is_dataclass(node):
             where = ".".join(parts[:-1]) or "the top level"
             valid = ", ".join(f.name for f in dataclasses.fields(node))
             return f"unknown config key '{key}'; valid keys under {where}: {valid}"
     msg = msg.split(" Config search path:")[0]
+    msg = re.sub(r"\. To append to your config use [^\s:]+", "", msg)  # a typo wants fixing, not appending
     if e.__cause__ is not None:  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
         msg += ": " + str(e.__cause__).splitlines()[0]
     return msg + " (python -m bnexp.run --cfg job shows every key and value)"
@@ -275,6 +392,7 @@ def cli_guard(fn: Callable[[], Any]) -> Any:
 
 
 def main() -> None:
+    _adopt_rank0_argv()
     cli_guard(_hydra_main)
 
 

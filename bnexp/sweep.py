@@ -10,6 +10,11 @@ the storage), so each point is trained once however many workers share the stora
 pops what is left. A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops: after the
 grace period it is failed and its point enqueued again (at most `sweep.retries` times). SIGTERM/SIGINT
 fail the current trial at once (reason "interrupted") and stop the worker; the point is retried later.
+Any exception in a trial fails that trial only, with its reason; a GPU out-of-memory gets the reason
+"CUDA out of memory: ..." and its memory is released before the next trial. Each trial records the
+`worker` that ran it (host:pid, SLURM array task). Many workers (a SLURM array, containers) share one
+storage: create the study first (--create-only), run the workers with --no-report, report once
+(python -m bnexp.report); scripts/slurm_sweep_workers.sh does exactly that.
 
 Trials call bnexp.run.train(cfg) — the same code path as `python -m bnexp.run`. The objective is the
 *final* val/acc (population statistics): stability is about where training ends, not its best moment.
@@ -18,6 +23,7 @@ A diverged trial is COMPLETE with diverged=true (an infeasible result, counted a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -120,7 +126,10 @@ def load_spec(name: str, overrides: list[str]) -> DictConfig:
         if rest:
             spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(rest))
     except Exception as e:  # YAML syntax, unknown key, wrong type
-        raise ConfigError(f"sweep spec {path}: {one_line(e)}") from e
+        keys = ", ".join(f.name for f in dataclasses.fields(SweepSpec))
+        raise ConfigError(
+            f"sweep spec {path}: {one_line(e)}; fix the file's YAML or the sweep.KEY=VALUE override (keys: {keys})"
+        ) from e
     grid = OmegaConf.to_container(spec.grid)
     if isinstance(grid, dict):
         grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
@@ -131,7 +140,9 @@ def load_spec(name: str, overrides: list[str]) -> DictConfig:
     if not (lr.low > 0 and lr.high > 0 and math.isfinite(lr.low) and math.isfinite(lr.high)):
         raise ConfigError(f"sweep.lr low={lr.low} high={lr.high} must be positive (e.g. sweep.lr.low=1e-5)")
     if lr.low >= lr.high:
-        raise ConfigError(f"sweep.lr.low={lr.low} must be < sweep.lr.high={lr.high}")
+        raise ConfigError(
+            f"sweep.lr.low={lr.low} must be < sweep.lr.high={lr.high}; e.g. sweep.lr.low=1e-5 sweep.lr.high=1.0"
+        )
     if lr.points < 1:
         raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1")
     if spec.sampler not in SAMPLERS:
@@ -253,24 +264,55 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
 
     _quiet_optuna()
 
+    given = url
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
 
         path = url[len("journal://") :]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except OSError as e:
+            raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
     kw: dict[str, Any] = {}
+    url = _with_installed_driver(url)
     if url.startswith("sqlite"):
         kw["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # several workers on one file wait, not fail
+    elif url.startswith("postgresql"):
+        kw["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}, "pool_pre_ping": True}  # fail, not hang
     if heartbeat > 0:
         kw.update(heartbeat_interval=heartbeat, grace_period=max(grace, 2 * heartbeat))
     try:
         return optuna.storages.RDBStorage(url, **kw)
     except Exception as e:
+        why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(e))[:300]
         raise ConfigError(
-            f"cannot open storage {url!r}: {one_line(e)[:300]}; check the URL (e.g. sqlite:///study.db or "
+            f"cannot open storage {_masked(given)!r}: {why}; check the URL (e.g. sqlite:///study.db or "
             f"postgresql://user:pw@host/db) and that the server is reachable"
         ) from e
+
+
+def _masked(url: str) -> str:
+    """The URL with its password as ***: error messages end up in logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _with_installed_driver(url: str) -> str:
+    """postgresql://... -> postgresql+psycopg2://... when psycopg (3) is missing: SQLAlchemy 2.1 maps a bare
+    postgresql:// to psycopg, bnexp's [cluster] extra installs psycopg2-binary."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"  # SQLAlchemy does not know Heroku's postgres://
 
 
 def storage_url(spec: DictConfig, out_dir: Path) -> str:
@@ -482,7 +524,9 @@ class Worker:
         out = self._trial_dir(trial, cfg)
         trial.set_user_attr("overrides", " ".join(ov))
         trial.set_user_attr("trial_dir", str(out))
+        trial.set_user_attr("worker", worker_id())
         cb = PruneCallback(trial) if self.spec.pruner != "none" else None
+        reason = None
         try:
             with Heartbeat(self.study, trial._trial_id, self.spec.heartbeat):
                 metrics = train(cfg, output_dir=out, callbacks=[cb] if cb else None)
@@ -491,12 +535,13 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             return "interrupted"
         except Exception as e:  # one broken trial (OOM, bug, bad data) never stops the sweep
-            reason = f"{type(e).__name__}: {one_line(e)[:500]}"
+            reason = fail_reason(e)
+        if reason is not None:  # out of the except block: its traceback no longer pins the trial's tensors
+            _free_accelerator_memory()
             log.error("trial %d failed: %s", trial.number, reason)
             trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            _free_accelerator_memory()
-            return "failed"
+            return _state_of(reason)
         for k, v in _record(metrics, cfg, ov, self.spec.grid).items():
             trial.set_user_attr(k, v)
         if cb is not None and cb.pruned:
@@ -519,6 +564,8 @@ class Worker:
             cfgs.append(cfg), ovs.append(ov), outs.append(self._trial_dir(t, cfg))
             t.set_user_attr("overrides", " ".join(ov))
             t.set_user_attr("trial_dir", str(outs[-1]))
+            t.set_user_attr("worker", worker_id())
+        reason = None
         try:
             with Heartbeat(self.study, trials[0]._trial_id, self.spec.heartbeat):
                 # all members share the variant and seed; heartbeat the others too
@@ -526,14 +573,15 @@ class Worker:
                     self.study._storage.record_heartbeat(t._trial_id) if self.spec.heartbeat else None
                 results = train_population(cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs])
         except Exception as e:
-            reason = f"{type(e).__name__}: {one_line(e)[:500]}"
+            reason = fail_reason(e)
+        if reason is not None:
+            _free_accelerator_memory()
             for t in trials:
                 t.set_user_attr("fail_reason", reason)
                 self.study.tell(t, state=TrialState.FAIL)
-            _free_accelerator_memory()
-            return ["failed"] * len(trials)
+            return [_state_of(reason)] * len(trials)
         states = []
-        for t, m, cfg, ov in zip(trials, results, cfgs, ovs):
+        for t, m, cfg, ov in zip(trials, results, cfgs, ovs, strict=True):
             for k, v in _record(m, cfg, ov, self.spec.grid).items():
                 t.set_user_attr(k, v)
             t.set_user_attr("population", len(trials))
@@ -611,7 +659,49 @@ class Worker:
         return counts
 
 
+def _oom_kind(e: BaseException) -> str | None:
+    """The kind of out-of-memory error: CUDA (torch.OutOfMemoryError), other (cuDNN/cuBLAS/CPU allocator), None."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):  # = torch.cuda.OutOfMemoryError
+        return "CUDA out of memory"
+    msg = str(e).lower()
+    if isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg):
+        return "out of memory"
+    return None
+
+
+def fail_reason(e: BaseException) -> str:
+    """The one line a FAIL trial keeps (user attr fail_reason). Out of memory gets a fixed prefix, so a
+    report can count OOMs apart from bugs, and says what to shrink."""
+    msg = one_line(e)[:500]
+    kind = _oom_kind(e)
+    if kind is None:
+        return f"{type(e).__name__}: {msg}"
+    detail = msg.removeprefix("CUDA out of memory").lstrip(". ") or type(e).__name__
+    return f"{kind}: {detail} (try a smaller data.batch_size or data.eval_batch_size, or data.on_device=false)"
+
+
+def _state_of(reason: str) -> str:
+    return "oom" if reason.split(":")[0].endswith("out of memory") else "failed"
+
+
+def worker_id() -> str:
+    """host:pid, plus the SLURM job/array task when there is one: which worker ran (or died in) a trial."""
+    import socket
+
+    wid = f"{socket.gethostname()}:{os.getpid()}"
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        wid += f" slurm:{job}" + (f"_{task}" if task else "")
+    return wid
+
+
 def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()  # the failed trial's Trainer/module cycles hold its CUDA tensors
     try:
         import torch
 
@@ -661,20 +751,31 @@ def write_study_report(study: Any, spec: DictConfig, out_dir: Path, commands: li
 # ---- CLI ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> tuple[str, list[str], list[str], dict[str, Any]]:
     name, spec_ov, train_ov = "lr_stability", [], []
-    flags: dict[str, Any] = {"create_only": False, "report_only": False, "max_trials": None, "dry_run": False}
+    flags: dict[str, Any] = {
+        "create_only": False,
+        "report_only": False,
+        "no_report": False,
+        "max_trials": None,
+        "dry_run": False,
+    }
     for a in argv:
         if a in ("-h", "--help"):
             print(__doc__)
-            print("flags: --create-only  --dry-run  --report-only  --max-trials=N")
+            print("flags: --create-only  --dry-run  --report-only  --no-report  --max-trials=N")
             sys.exit(0)
         elif a == "--create-only":
             flags["create_only"] = True
         elif a == "--report-only":
             flags["report_only"] = True
+        elif a == "--no-report":  # many workers on one storage: train only, report once at the end
+            flags["no_report"] = True
         elif a == "--dry-run":
             flags["dry_run"] = True
         elif a.startswith("--max-trials="):
-            flags["max_trials"] = int(a.split("=", 1)[1])
+            v = a.split("=", 1)[1]
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"--max-trials={v}: give a positive whole number, e.g. --max-trials=10")
+            flags["max_trials"] = int(v)
         elif a.startswith("sweep="):
             name = a.split("=", 1)[1]
         elif a.startswith("sweep."):
@@ -727,7 +828,8 @@ def run_sweep(argv: list[str]) -> dict[str, Any]:
     out_dir = default_out_dir(spec)
     # compose every variant once before anything starts: a bad override fails now, not in trial 40
     for v in variants(spec):
-        compose_trial_cfg(trial_overrides(spec, train_ov, {"variant": v, "seed": spec.seeds[0]}, spec.lr.low))
+        cfg = compose_trial_cfg(trial_overrides(spec, train_ov, {"variant": v, "seed": spec.seeds[0]}, spec.lr.low))
+        _one_process_per_trial(cfg)
     pts = design(spec)
     if flags["dry_run"]:
         for p in pts:
@@ -763,10 +865,25 @@ def run_sweep(argv: list[str]) -> dict[str, Any]:
         if worker.interrupted:
             print("bnexp: sweep interrupted; rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
+        if flags["no_report"]:
+            print(f"worker done: {counts}; report: python -m bnexp.report {out_dir}")
+            return {"counts": counts}
     summary = write_study_report(study, spec, out_dir, commands)
     _maybe_wandb_summary(spec, train_ov, out_dir, study, summary)
     _print_summary(summary, out_dir)
     return summary
+
+
+def _one_process_per_trial(cfg: DictConfig) -> None:
+    # Lightning's DDP launcher would start each extra rank by re-running *this* command: a second sweep
+    # worker popping trials, not a rank. Parallelism in a sweep is more workers, not bigger trials.
+    t = cfg.trainer
+    if str(t.strategy).startswith("ddp") and (str(t.devices) not in ("1", "[0]") or int(t.num_nodes) > 1):
+        raise ConfigError(
+            f"sweep trials train in one process; trainer.strategy={t.strategy} with devices={t.devices} "
+            f"num_nodes={t.num_nodes} is for python -m bnexp.run. Start more sweep workers instead "
+            "(scripts/slurm_sweep_workers.sh), with trainer.devices=1"
+        )
 
 
 def _maybe_wandb_summary(spec: DictConfig, train_ov: list[str], out_dir: Path, study: Any, summary: dict) -> None:

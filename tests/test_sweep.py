@@ -75,7 +75,7 @@ def test_lr_grid_and_design():
     spec = load_spec("lr_stability", ["lr.points=12"])
     lrs = lr_points(spec)
     assert len(lrs) == 12 and lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1.0)
-    ratios = {round(b / a, 4) for a, b in zip(lrs, lrs[1:])}
+    ratios = {round(b / a, 4) for a, b in zip(lrs, lrs[1:], strict=False)}
     assert len(ratios) == 1  # evenly log-spaced
     assert [v for v in spec.grid["model.bn"]] == ["off", "pre", "post"]  # YAML 'off' stays a string
     assert len(design(spec)) == 36 and len({p["key"] for p in design(spec)}) == 36
@@ -132,13 +132,33 @@ def test_study_with_different_spec_is_refused(tmp_path, capsys):
     assert (out / "summary.json").exists()  # nothing finished was lost
 
 
+def env1():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}  # 2 cores: no oversubscription
+
+
+def _wait_running(out, p, timeout=300):
+    """Block until the worker has a trial RUNNING in storage (it is training), then a little longer."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if (out / "study.db").exists():
+            try:
+                study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
+                if any(t.state.name == "RUNNING" and "trial_dir" in t.user_attrs for t in study.get_trials()):
+                    time.sleep(0.5)
+                    return
+            except Exception:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("worker never started a trial")
+
+
 def _cli(out, *extra, name="t", points=2):
     return [sys.executable, "-m", "bnexp.sweep", *sweep_args(out, name=name, points=points), *extra]
 
 
 def test_two_workers_share_one_sqlite_storage(tmp_path):
     out = tmp_path / "sw"
-    env = {**os.environ, "BNEXP_LOG": "WARNING"}
+    env = env1()
     subprocess.run(_cli(out, "--create-only", points=3), check=True, cwd=REPO, env=env, capture_output=True)
     procs = [
         subprocess.Popen(
@@ -157,18 +177,15 @@ def test_two_workers_share_one_sqlite_storage(tmp_path):
 
 def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
     out = tmp_path / "sw"
-    hb = ["sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=200"]
-    p = subprocess.Popen(_cli(out, *hb), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out / "trials").is_dir():  # wait until the first trial is training
-        time.sleep(0.2)
-    time.sleep(1.0)
+    hb = ["sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=300"]
+    p = subprocess.Popen(_cli(out, *hb), cwd=REPO, env=env1(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_running(out, p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     study, done = completed_keys(out)
     running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(running) == 1 and sum(done.values()) < 4  # killed mid-trial: one trial left RUNNING
-    r = subprocess.run(_cli(out, *hb), cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_cli(out, *hb), cwd=REPO, env=env1(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     study, done = completed_keys(out)
     assert len(done) == 4 and set(done.values()) == {1}
@@ -179,12 +196,14 @@ def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
 def test_sigterm_ends_trial_cleanly(tmp_path):
     out = tmp_path / "sw"
     p = subprocess.Popen(
-        _cli(out, "trainer.max_steps=400"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cli(out, "trainer.max_steps=400"),
+        cwd=REPO,
+        env=env1(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out / "trials").is_dir():
-        time.sleep(0.2)
-    time.sleep(1.0)
+    _wait_running(out, p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "rerun the same command to resume" in err
