@@ -394,8 +394,9 @@ def reconcile(study: Any, spec: DictConfig) -> int:
 class Heartbeat:
     """Record the trial's heartbeat from a thread so a dead worker's trial can be detected."""
 
-    def __init__(self, study: Any, trial_id: int, interval: int) -> None:
-        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
+    def __init__(self, study: Any, trial_id: int | list[int], interval: int) -> None:
+        self.storage, self.interval = study._storage, interval
+        self.trial_ids = trial_id if isinstance(trial_id, list) else [trial_id]  # population: every member
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -403,7 +404,8 @@ class Heartbeat:
         from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
         if isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(self.storage):
-            self.storage.record_heartbeat(self.trial_id)
+            for tid in self.trial_ids:
+                self.storage.record_heartbeat(tid)
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
         return self
@@ -411,7 +413,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                for tid in self.trial_ids:
+                    self.storage.record_heartbeat(tid)
             except Exception as e:  # a missed beat is not fatal; the grace period covers it
                 log.warning("heartbeat failed: %s", one_line(e))
 
@@ -522,6 +525,8 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         out = self._trial_dir(trial, cfg)
+        for k, v in (("bn", cfg.model.bn), ("bias", cfg.model.bias), ("depth", int(cfg.model.depth))):
+            trial.set_user_attr(k, v)  # so that a trial that dies mid-way still names its variant
         trial.set_user_attr("overrides", " ".join(ov))
         trial.set_user_attr("trial_dir", str(out))
         trial.set_user_attr("worker", worker_id())
@@ -567,10 +572,7 @@ class Worker:
             t.set_user_attr("worker", worker_id())
         reason = None
         try:
-            with Heartbeat(self.study, trials[0]._trial_id, self.spec.heartbeat):
-                # all members share the variant and seed; heartbeat the others too
-                for t in trials[1:]:
-                    self.study._storage.record_heartbeat(t._trial_id) if self.spec.heartbeat else None
+            with Heartbeat(self.study, [t._trial_id for t in trials], self.spec.heartbeat):
                 results = train_population(cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs])
         except Exception as e:
             reason = fail_reason(e)
@@ -581,29 +583,28 @@ class Worker:
                 self.study.tell(t, state=TrialState.FAIL)
             return [_state_of(reason)] * len(trials)
         states = []
-        for t, m, cfg, ov in zip(trials, results, cfgs, ovs, strict=True):
+        for t, m, cfg, ov, out in zip(trials, results, cfgs, ovs, outs, strict=True):
             for k, v in _record(m, cfg, ov, self.spec.grid).items():
                 t.set_user_attr(k, v)
             t.set_user_attr("population", len(trials))
             self.study.tell(t, _objective_value(m))
+            _log_member(cfg, m, out)
             states.append("diverged" if m["diverged"] else "complete")
         return states
 
     def ask_group(self) -> list[Any]:
         """Pop waiting trials: 1, or up to K of the same variant and seed for population training."""
-        first = self.study.ask()
-        if self._fixed(first) is None:  # nothing was waiting: Optuna sampled a new trial
-            from optuna.trial import TrialState
-
-            self.study.tell(first, state=TrialState.FAIL)
-            first.set_user_attr("fail_reason", "no waiting point (internal)")
+        first = self._pop()
+        if first is None:  # another worker took the last waiting point
             return []
         group = [first]
         if self.spec.population > 1:
             fp = self._fixed(first)
             same = {k: v for k, v in fp.items() if k != "lr"}
             while len(group) < self.spec.population and self._has_waiting():
-                t = self.study.ask()
+                t = self._pop()
+                if t is None:
+                    break
                 fpt = self._fixed(t) or {}
                 if {k: v for k, v in fpt.items() if k != "lr"} == same and "lr" in fpt:
                     group.append(t)
@@ -619,6 +620,14 @@ class Worker:
         t.set_user_attr("returned", True)
         self.study.tell(t, state=TrialState.FAIL)
         self.study.enqueue_trial(self._fixed(t), user_attrs={"key": t.user_attrs.get("key"), "attempt": 0})
+
+    def _pop(self) -> Any:
+        """Claim one WAITING point (atomic in the storage) without ever sampling a new trial: study.ask()
+        would create an extra, unplanned trial when another worker took the last point first."""
+        from optuna.trial import Trial
+
+        trial_id = self.study._pop_waiting_trial_id()
+        return None if trial_id is None else Trial(self.study, trial_id)
 
     def _fixed(self, trial: Any) -> dict | None:
         """The params an enqueued point fixed (None: Optuna sampled the trial itself)."""
@@ -698,6 +707,18 @@ def worker_id() -> str:
     return wid
 
 
+def _log_member(cfg: DictConfig, metrics: dict, out: Path) -> None:
+    """Population members train outside Lightning: give each the W&B run train() would have given it."""
+    if cfg.logger.name != "wandb":
+        return
+    try:
+        from bnexp.wandb_logging import log_finished_run
+
+        log_finished_run(cfg, out, metrics)
+    except Exception as e:  # metrics.json on disk is the result; W&B is a view of it
+        log.warning("W&B run for a population member not written: %s", one_line(e))
+
+
 def _free_accelerator_memory() -> None:
     import gc
 
@@ -726,6 +747,14 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         if "fail_reason" in ua:
             rec["fail_reason"] = ua["fail_reason"]
         out.append(rec)
+    # a trial that died before it finished (kill -9, OOM) has no variant fields: take them from its point
+    by_key = {r["key"]: r for r in out if r.get("bn") is not None}
+    for r in out:
+        if r.get("bn") is None and r["key"] in by_key:
+            for k in ("bn", "bias", "depth", *[k for k in by_key[r["key"]] if "." in k and k != "overrides"]):
+                r.setdefault(k, by_key[r["key"]].get(k))
+                if r[k] is None:
+                    r[k] = by_key[r["key"]].get(k)
     return out
 
 

@@ -211,3 +211,16 @@ def test_sigterm_ends_trial_cleanly(tmp_path):
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert len(failed) == 1 and "interrupted" in failed[0].user_attrs["fail_reason"]
     assert not [t for t in study.get_trials() if t.state.name == "RUNNING"]
+
+
+def test_population_sweep_trains_k_points_as_one_model(tmp_path):
+    out = tmp_path / "sw"
+    summary = run_sweep(sweep_args(out, points=3, extra=["sweep.population=3"]))
+    study, done = completed_keys(out)
+    assert len(done) == 6 and set(done.values()) == {1}
+    assert len(study.get_trials()) == 6  # no bookkeeping trials left behind
+    assert {t.user_attrs["population"] for t in study.get_trials()} == {3}  # 3 lrs of a variant per model
+    for t in study.get_trials():
+        m = json.loads((REPO / t.user_attrs["trial_dir"] / "metrics.json").read_text())
+        assert m["lr"] == pytest.approx(t.params["lr"]) and m["step"] == 12
+    assert [v["n_trials"] for v in summary["variants"]] == [3, 3]
