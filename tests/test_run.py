@@ -91,3 +91,15 @@ def test_manual_bn_runs_like_torch_bn(tmp_path):
         output_dir=tmp_path / "b",
     )
     assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(tmp_path):
+    # trainer.compile: validation (population and batch statistics) and the batch-of-1 test stay correct
+    # under torch.compile; ~40 s of compilation on CPU, so slow. On a GPU, reduce-overhead adds CUDA graphs.
+    ov = TINY + ["trainer.max_steps=20"]
+    eager = train(compose_cfg(ov), output_dir=tmp_path / "eager")
+    comp = train(compose_cfg(ov + ["trainer.compile=default"]), output_dir=tmp_path / "compiled")
+    for k in ("val/loss", "val/loss_batchstats", "test/loss"):
+        assert comp[k] == pytest.approx(eager[k], rel=2e-2), k
+    assert abs(comp["test/acc_single"] - eager["test/acc_single"]) <= 0.1
