@@ -223,11 +223,14 @@ def _fmt(v: Any) -> str:
 
 
 def trial_overrides(spec: DictConfig, train_overrides: list[str], point: dict, lr: float) -> list[str]:
-    return (
+    """The trial's override list, each key once (the last setting wins, as Hydra would apply them)."""
+    ov = (
         fixed_overrides(spec, train_overrides)
         + [f"{k}={_fmt(x)}" for k, x in point["variant"].items()]
         + [f"optim.lr={lr:.6g}", f"seed={point['seed']}"]
     )
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(ov)}
+    return [o for i, o in enumerate(ov) if last[o.split("=", 1)[0]] == i]
 
 
 def compose_trial_cfg(overrides: list[str]) -> DictConfig:

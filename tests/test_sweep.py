@@ -224,3 +224,14 @@ def test_population_sweep_trains_k_points_as_one_model(tmp_path):
         m = json.loads((REPO / t.user_attrs["trial_dir"] / "metrics.json").read_text())
         assert m["lr"] == pytest.approx(t.params["lr"]) and m["step"] == 12
     assert [v["n_trials"] for v in summary["variants"]] == [3, 3]
+
+
+def test_trial_overrides_name_each_key_once_last_wins():
+    from bnexp.sweep import trial_overrides
+
+    spec = load_spec("lr_stability", [])  # its fixed: trainer.max_steps=800
+    ov = trial_overrides(spec, ["trainer.max_steps=40"], {"variant": {"model.bn": "off"}, "seed": 3}, 0.01)
+    keys = [o.split("=")[0] for o in ov]
+    assert len(keys) == len(set(keys))
+    assert "trainer.max_steps=40" in ov and "trainer.max_steps=800" not in ov
+    assert ov[-2:] == ["optim.lr=0.01", "seed=3"]
