@@ -194,17 +194,28 @@ def main() -> None:
 
         acc = "gpu" if a.device.startswith("cuda") else "cpu"
         cfg = compose(
-            [f"model.depth={a.depth}", f"trainer.accelerator={acc}", f"trainer.compile={a.compile}",
-             "trainer.progress_bar=false", "logger=csv"]
+            [
+                f"model.depth={a.depth}",
+                f"trainer.accelerator={acc}",
+                f"trainer.compile={a.compile}",
+                "trainer.progress_bar=false",
+                "logger=csv",
+            ]
         )
         plain_s = plain_trial(splits, "pre", a.depth, a.device, a.compile)
         t0 = time.perf_counter()
         m = train(cfg, output_dir=Path(tmp) / "trial")
         harness_s = time.perf_counter() - t0
-        result["trial"] = {"plain_s": plain_s, "harness_s": harness_s, "ratio": harness_s / plain_s,
-                           "val_acc": m["val/acc"]}
-        print(f"trial (800 steps, bn=pre): plain {plain_s:.1f}s  harness {harness_s:.1f}s  "
-              f"ratio {harness_s / plain_s:.3f}  val/acc {m['val/acc']:.4f}")
+        result["trial"] = {
+            "plain_s": plain_s,
+            "harness_s": harness_s,
+            "ratio": harness_s / plain_s,
+            "val_acc": m["val/acc"],
+        }
+        print(
+            f"trial (800 steps, bn=pre): plain {plain_s:.1f}s  harness {harness_s:.1f}s  "
+            f"ratio {harness_s / plain_s:.3f}  val/acc {m['val/acc']:.4f}"
+        )
 
     if a.sweep:
         from bnexp.sweep import run_sweep
@@ -212,18 +223,34 @@ def main() -> None:
         n = a.sweep_trials
         acc = "gpu" if a.device.startswith("cuda") else "cpu"
         t0 = time.perf_counter()
-        run_sweep(["sweep=lr_stability", "sweep.name=bench", f"sweep.out_dir={tmp}/sweep", "sweep.grid.model.bn=[pre]",
-                   f"sweep.lr.points={n}", "sweep.progress=false", f"model.depth={a.depth}",
-                   f"trainer.accelerator={acc}", f"trainer.compile={a.compile}"])
+        run_sweep(
+            [
+                "sweep=lr_stability",
+                "sweep.name=bench",
+                f"sweep.out_dir={tmp}/sweep",
+                "sweep.grid.model.bn=[pre]",
+                f"sweep.lr.points={n}",
+                "sweep.progress=false",
+                f"model.depth={a.depth}",
+                f"trainer.accelerator={acc}",
+                f"trainer.compile={a.compile}",
+            ]
+        )
         sweep_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(n):
             plain_trial(splits, "pre", a.depth, a.device, a.compile)
         plain_s = time.perf_counter() - t0
-        result["sweep"] = {"trials": n, "sweep_trials_per_min": 60 * n / sweep_s,
-                           "plain_trials_per_min": 60 * n / plain_s, "ratio": sweep_s / plain_s}
-        print(f"sweep ({n} trials): {60 * n / sweep_s:.2f} trials/min vs plain {60 * n / plain_s:.2f}  "
-              f"time ratio {sweep_s / plain_s:.3f}")
+        result["sweep"] = {
+            "trials": n,
+            "sweep_trials_per_min": 60 * n / sweep_s,
+            "plain_trials_per_min": 60 * n / plain_s,
+            "ratio": sweep_s / plain_s,
+        }
+        print(
+            f"sweep ({n} trials): {60 * n / sweep_s:.2f} trials/min vs plain {60 * n / plain_s:.2f}  "
+            f"time ratio {sweep_s / plain_s:.3f}"
+        )
 
     out = Path(a.out or REPO / "bench" / "results" / f"step-{a.device.split(':')[0]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

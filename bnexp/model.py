@@ -36,9 +36,7 @@ def conv_plan(depth: int, in_hw: int = 28) -> list[dict]:
         stride = 2 if i % 3 == 0 else 1
         out = math.ceil(hw / stride)
         total = max((out - 1) * stride + 3 - hw, 0)
-        plan.append(
-            dict(i=i, c_in=c_in, c_out=4 * i, stride=stride, pad=(total // 2, total - total // 2), hw_out=out)
-        )
+        plan.append(dict(i=i, c_in=c_in, c_out=4 * i, stride=stride, pad=(total // 2, total - total // 2), hw_out=out))
         hw, c_in = out, 4 * i
     return plan
 

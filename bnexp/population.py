@@ -523,17 +523,9 @@ def train_population(
         splits = type(splits)(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in vars(splits).items()})
     if d.on_device:
         splits = splits.to(device)
-    arch = dict(
-        depth=m.depth,
-        bn=m.bn,
-        bias=m.bias,
-        bn_impl=m.bn_impl,
-        bn_momentum=m.bn_momentum,
-        bn_eps=m.bn_eps,
-        fc_units=m.fc_units,
-        init_std=m.init_std,
-    )
-    net = PopulationNet.from_seeds(seeds, **arch).to(device=device, dtype=dtype)
+    from bnexp.run import model_kwargs
+
+    net = PopulationNet.from_seeds(seeds, **model_kwargs(cfg)).to(device=device, dtype=dtype)
     opt = build_optimizer(net, lrs, cfg.optim)
     if t.compile != "none":
         log.warning("trainer.compile=%s is not applied in population training (plain eager loop)", t.compile)

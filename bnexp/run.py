@@ -44,20 +44,20 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """cfg.model -> the net's constructor arguments (DeepConvNet, PopulationNet)."""
+    m = cfg.model
+    keys = ("depth", "bn", "bias", "bn_impl", "bn_momentum", "bn_eps", "fc_units", "init_std")
+    return {k: m[k] for k in keys}
+
+
 def build_module(cfg: DictConfig):
     from bnexp.module import BNExpModule
 
-    m, o = cfg.model, cfg.optim
+    o = cfg.optim
     module = BNExpModule(
-        depth=m.depth,
-        bn=m.bn,
-        bias=m.bias,
-        bn_impl=m.bn_impl,
-        bn_momentum=m.bn_momentum,
-        bn_eps=m.bn_eps,
-        fc_units=m.fc_units,
-        init_std=m.init_std,
-        sync_bn=m.sync_bn,
+        **model_kwargs(cfg),
+        sync_bn=cfg.model.sync_bn,
         optim=o.name,
         lr=o.lr,
         momentum=o.momentum,

@@ -12,8 +12,13 @@ import sys
 import optuna
 from conftest import CONF_DIR, REPO, TINY
 
+
 # several training processes on 2 cores: one thread each, or OpenMP oversubscription slows each step 20-50x
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}
+def child_env() -> dict:
+    # read at call time: the autouse fixture in conftest.py sets BNEXP_DATA_DIR for the test
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}
+
+
 SMALL = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every", "data.limit_train"))]
 SMALL += ["trainer.max_steps=10", "trainer.val_every=5", "data.limit_train=512"]
 
@@ -22,7 +27,7 @@ def test_submitit_local_fans_out_one_process_per_job(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "bnexp.run", "-m", "hydra/launcher=slurm_local", "model.bn=off,pre", *SMALL],
         cwd=tmp_path,
-        env=ENV,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=240,
@@ -92,7 +97,7 @@ def test_slurm_sweep_workers_script(tmp_path):
     (bin_dir / "sbatch").chmod(stat.S_IRWXU)
     storage = f"sqlite:///{tmp_path}/study.db"
     env = {
-        **ENV,
+        **child_env(),
         "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
         "BNEXP_STORAGE": storage,
         "FAKE_SLURM_LOG": str(logs),

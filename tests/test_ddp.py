@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
+
 # 2 processes on 2 cores: one thread each, or OpenMP oversubscription makes every step 20-50x slower
-def env() -> dict:
+def child_env() -> dict:
     # read at call time: the autouse fixture in conftest.py sets BNEXP_DATA_DIR for the test
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 SMALL = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every", "data.limit_train"))]
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *SMALL]
 DDP += ["trainer.max_steps=10", "trainer.val_every=5", "data.limit_train=512"]
@@ -22,7 +25,12 @@ DDP += ["trainer.max_steps=10", "trainer.val_every=5", "data.limit_train=512"]
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # cwd=tmp_path: Hydra's default, timestamped run dirs land there, so stray per-rank dirs would show
     return subprocess.run(
-        [sys.executable, "-m", "bnexp.run", *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "bnexp.run", *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 

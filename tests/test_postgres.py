@@ -23,8 +23,13 @@ from bnexp.sweep import make_storage
 
 pytestmark = pytest.mark.postgres
 
+
 # 3 training processes on 2 cores: one thread each, or OpenMP oversubscription slows each step 20-50x
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}
+def child_env() -> dict:
+    # read at call time: the autouse fixture in conftest.py sets BNEXP_DATA_DIR for the test
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}
+
+
 TRAIN = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every", "data.limit_train"))]
 TRAIN += ["trainer.max_steps=10", "trainer.val_every=5", "data.limit_train=512"]
 
@@ -87,9 +92,11 @@ def worker_cmd(url, name, out, *extra):
 
 
 def start_workers(cmd, n):
-    subprocess.run([*cmd, "--create-only"], check=True, cwd=REPO, env=ENV, capture_output=True, timeout=120)
+    subprocess.run([*cmd, "--create-only"], check=True, cwd=REPO, env=child_env(), capture_output=True, timeout=120)
     return [
-        subprocess.Popen([*cmd, "--no-report"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [*cmd, "--no-report"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         for _ in range(n)
     ]
 
@@ -114,7 +121,7 @@ def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "bnexp.report", "--storage", pg_url, "--study", study_name, "--out", tmp_path / "rep"],
         cwd=REPO,
-        env=ENV,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=120,
