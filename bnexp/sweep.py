@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import signal
 import sys
@@ -285,14 +286,30 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
         kw["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}, "pool_pre_ping": True}  # fail, not hang
     if heartbeat > 0:
         kw.update(heartbeat_interval=heartbeat, grace_period=max(grace, 2 * heartbeat))
-    try:
-        return optuna.storages.RDBStorage(url, **kw)
-    except Exception as e:
-        why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(e))[:300]
-        raise ConfigError(
-            f"cannot open storage {_masked(given)!r}: {why}; check the URL (e.g. sqlite:///study.db or "
-            f"postgresql://user:pw@host/db) and that the server is reachable"
-        ) from e
+    err: BaseException | None = None
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(url, **kw)
+        except Exception as e:
+            if attempt < 9 and _schema_race(e):  # another process is creating the same schema right now
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+                continue
+            err = e
+            break
+    why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
+    raise ConfigError(
+        f"cannot open storage {_masked(given)!r}: {why}; check the URL (e.g. sqlite:///study.db or "
+        f"postgresql://user:pw@host/db) and that the server is reachable"
+    ) from err
+
+
+_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked", "is locked")
+
+
+def _schema_race(e: BaseException) -> bool:
+    """True for the errors two processes get when they create Optuna's tables in one database at once
+    (CREATE TABLE / alembic_version INSERT colliding): opening again finds the finished schema."""
+    return any(s in str(e).lower() for s in _RACE)
 
 
 def _masked(url: str) -> str:
@@ -322,8 +339,13 @@ def storage_url(spec: DictConfig, out_dir: Path) -> str:
     return spec.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
-def open_study(spec: DictConfig, train_overrides: list[str], out_dir: Path, create: bool = True) -> Any:
-    """Load or create the study; on creation enqueue every design point once."""
+def open_study(
+    spec: DictConfig, train_overrides: list[str], out_dir: Path, create: bool = True, wait_s: float = 60.0
+) -> Any:
+    """Load or create the study; its creator enqueues every design point once, then records the spec.
+
+    Workers started together on a fresh storage race to create the study: one wins (create_study is atomic),
+    the others wait until the winner has recorded the spec, so no point is enqueued twice."""
     import optuna
 
     storage = make_storage(storage_url(spec, out_dir), spec.heartbeat, spec.grace)
@@ -334,6 +356,7 @@ def open_study(spec: DictConfig, train_overrides: list[str], out_dir: Path, crea
         "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
         "hyperband": optuna.pruners.HyperbandPruner(),
     }[spec.pruner]
+    created = False
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
@@ -343,26 +366,46 @@ def open_study(spec: DictConfig, train_overrides: list[str], out_dir: Path, crea
             study = optuna.create_study(
                 study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
             )
+            created = True
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
             study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     old = study.user_attrs.get("spec_hash")
-    if old is None:
-        study.set_user_attr("spec_hash", h)
-        study.set_user_attr("spec", json.loads(json.dumps(OmegaConf.to_container(spec, resolve=True))))
-        study.set_user_attr("train_overrides", list(train_overrides))
-        study.set_user_attr("design_size", len(design(spec)))
-        for p in design(spec):
+    if old is None and not created:
+        old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
+    if old is None:  # we created it (or its creator died before finishing): plan the design
+        design_pts = design(spec)
+        have = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
+        for p in design_pts:
+            if p["key"] in have:
+                continue
             params = {k: x for k, x in p["variant"].items()} | {"seed": p["seed"]}
             if p["lr"] is not None:
                 params["lr"] = p["lr"]
             study.enqueue_trial(params, user_attrs={"key": p["key"], "attempt": 0})
-        log.info("created study %s with %d points", spec.name, len(design(spec)))
+        study.set_user_attr("spec", json.loads(json.dumps(OmegaConf.to_container(spec, resolve=True))))
+        study.set_user_attr("train_overrides", list(train_overrides))
+        study.set_user_attr("design_size", len(design_pts))
+        study.set_user_attr("spec_hash", h)  # last: a study with a spec_hash has its whole design enqueued
+        log.info("created study %s with %d points", spec.name, len(design_pts))
     elif old != h:
         raise ConfigError(
             f"study {spec.name!r} already exists in this storage with a different spec "
             f"(grid/lr/sampler/seeds/fixed overrides differ); use sweep.name=<new name> or another sweep.out_dir"
         )
     return study
+
+
+def _wait_for_spec(study: Any, wait_s: float) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        old = study._storage.get_study_user_attrs(study._study_id).get("spec_hash")
+        if old is not None:
+            return old
+        time.sleep(0.5)
+    log.warning(
+        "study %s has no recorded spec after %.0f s; planning its missing points here", study.study_name, wait_s
+    )
+    return None
 
 
 def reconcile(study: Any, spec: DictConfig) -> int:
@@ -429,6 +472,9 @@ class Heartbeat:
 
 class Interrupted(Exception):
     pass
+
+
+INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
 
 
 def _record(metrics: dict, point_cfg: DictConfig, overrides: list[str], grid: dict) -> dict[str, Any]:
@@ -539,7 +585,7 @@ class Worker:
             with Heartbeat(self.study, trial._trial_id, self.spec.heartbeat):
                 metrics = train(cfg, output_dir=out, callbacks=[cb] if cb else None)
         except Interrupted:
-            trial.set_user_attr("fail_reason", "interrupted (SIGTERM/SIGINT); the point will be retried")
+            trial.set_user_attr("fail_reason", INTERRUPTED)
             self.study.tell(trial, state=TrialState.FAIL)
             return "interrupted"
         except Exception as e:  # one broken trial (OOM, bug, bad data) never stops the sweep
@@ -577,6 +623,8 @@ class Worker:
         try:
             with Heartbeat(self.study, [t._trial_id for t in trials], self.spec.heartbeat):
                 results = train_population(cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs])
+        except Interrupted:
+            reason = INTERRUPTED
         except Exception as e:
             reason = fail_reason(e)
         if reason is not None:
@@ -615,6 +663,17 @@ class Worker:
                     self._return(t)
                     break
         return group
+
+    def _fail_unfinished(self, group: list[Any], reason: str) -> list[str]:
+        from optuna.trial import TrialState
+
+        states = []
+        for t in group:
+            if self.study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                t.set_user_attr("fail_reason", reason)
+                self.study.tell(t, state=TrialState.FAIL)
+                states.append("interrupted")
+        return states
 
     def _return(self, t: Any) -> None:
         from optuna.trial import TrialState
@@ -661,8 +720,12 @@ class Worker:
             if not group:
                 continue
             self.current = group
-            states = self.run_population(group) if len(group) > 1 else [self.run_one(group[0])]
-            self.current = []
+            try:
+                states = self.run_population(group) if len(group) > 1 else [self.run_one(group[0])]
+            except Interrupted:  # the signal came outside train(): before it started or after it ended
+                states = self._fail_unfinished(group, INTERRUPTED)
+            finally:
+                self.current = []
             for s in states:
                 counts[s] = counts.get(s, 0) + 1
             done += len(states)
@@ -695,6 +758,8 @@ def fail_reason(e: BaseException) -> str:
 
 
 def _state_of(reason: str) -> str:
+    if reason == INTERRUPTED:
+        return "interrupted"
     return "oom" if reason.split(":")[0].endswith("out of memory") else "failed"
 
 

@@ -175,6 +175,64 @@ def test_two_workers_share_one_sqlite_storage(tmp_path):
     assert len(workers_dirs) == 6
 
 
+def _open_at_barrier(argv, out, barrier, q):
+    from bnexp.sweep import load_spec, open_study, parse_args
+
+    try:
+        name, spec_ov, train_ov, _ = parse_args(argv)
+        spec = load_spec(name, spec_ov)
+        barrier.wait(timeout=120)
+        open_study(spec, train_ov, out)
+        q.put("ok")
+    except BaseException as e:
+        q.put(repr(e)[:400])
+
+
+def test_workers_started_together_on_a_fresh_storage_plan_each_point_once(tmp_path):
+    """No --create-only first: six processes open a fresh SQLite storage at the same moment, racing to create
+    the schema and the study (CI once saw a worker exit 2 on 'table studies already exists'). All must
+    succeed, and exactly one plans the design."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    bad = []
+    for r in range(2):
+        out = tmp_path / f"sw{r}"
+        out.mkdir()
+        barrier, q = ctx.Barrier(6), ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_at_barrier, args=(sweep_args(out, points=6), out, barrier, q)) for _ in range(6)
+        ]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=300) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        bad += [x for x in results if x != "ok"]
+        study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
+        keys = collections.Counter(t.user_attrs["key"] for t in study.get_trials())
+        assert len(keys) == 12 and set(keys.values()) == {1}, keys
+        assert study.user_attrs["design_size"] == 12 and "spec_hash" in study.user_attrs
+    assert not bad, bad
+
+
+def test_a_study_without_recorded_spec_is_completed_by_the_next_worker(tmp_path):
+    """A creator that died while enqueueing leaves a study with some points and no spec_hash: the next
+    worker (after waiting for it) enqueues only the missing points."""
+    from bnexp.sweep import load_spec, open_study, parse_args
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    name, spec_ov, train_ov, _ = parse_args(sweep_args(out, points=3))
+    spec = load_spec(name, spec_ov)
+    study = optuna.create_study(study_name="t", storage=f"sqlite:///{out}/study.db", direction="maximize")
+    first = design(spec)[0]
+    study.enqueue_trial({"lr": first["lr"]}, user_attrs={"key": first["key"], "attempt": 0})
+    study = open_study(spec, train_ov, out, wait_s=1.0)
+    keys = collections.Counter(t.user_attrs["key"] for t in study.get_trials())
+    assert len(keys) == 6 and set(keys.values()) == {1} and study.user_attrs["design_size"] == 6
+
+
 def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
     out = tmp_path / "sw"
     hb = ["sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=300"]
@@ -196,7 +254,7 @@ def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
 def test_sigterm_ends_trial_cleanly(tmp_path):
     out = tmp_path / "sw"
     p = subprocess.Popen(
-        _cli(out, "trainer.max_steps=400"),
+        _cli(out, "trainer.max_steps=100000"),  # minutes of training: the signal surely lands mid-trial
         cwd=REPO,
         env=env1(),
         stdout=subprocess.DEVNULL,
