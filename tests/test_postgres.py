@@ -131,7 +131,8 @@ def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
 
 
 def test_kill_9_mid_trial_loses_and_duplicates_nothing(pg_url, study_name, tmp_path):
-    cmd = worker_cmd(pg_url, study_name, tmp_path / "sw", "sweep.heartbeat=1", "sweep.grace=3")
+    # trials of 150 steps: a few seconds each, so the kill lands inside one rather than just after it ends
+    cmd = worker_cmd(pg_url, study_name, tmp_path / "sw", "sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=150")
     procs = start_workers(cmd, 3)
     victim = procs[0]
     study = optuna.load_study(study_name=study_name, storage=make_storage(pg_url))
