@@ -13,7 +13,8 @@ fail the current trial at once (reason "interrupted") and stop the worker; the p
 Any exception in a trial fails that trial only, with its reason; a GPU out-of-memory gets the reason
 "CUDA out of memory: ..." and its memory is released before the next trial. Each trial records the
 `worker` that ran it (host:pid, SLURM array task). Many workers (a SLURM array, containers) share one
-storage: create the study first (--create-only), run the workers with --no-report, report once
+storage (workers that start together agree on one creator; creating it first with --create-only is
+still tidier), run the workers with --no-report, report once
 (python -m bnexp.report); scripts/slurm_sweep_workers.sh does exactly that.
 
 Trials call bnexp.run.train(cfg) — the same code path as `python -m bnexp.run`. The objective is the
@@ -414,6 +415,8 @@ def reconcile(study: Any, spec: DictConfig) -> int:
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
+    if not _native_heartbeat(study._storage) and spec.heartbeat > 0:
+        _fail_stale_by_attr(study, max(spec.grace, 2 * spec.heartbeat))
     trials = study.get_trials(deepcopy=False)
     by_key: dict[str, list] = {}
     for t in trials:
@@ -436,9 +439,44 @@ def reconcile(study: Any, spec: DictConfig) -> int:
     return added
 
 
+HEARTBEAT_ATTR = "bnexp:heartbeat"  # unix time of the last beat, for storages without Optuna heartbeats
+
+
+def _native_heartbeat(storage: Any) -> bool:
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+
+
+def _fail_stale_by_attr(study: Any, grace: float) -> int:
+    """JournalStorage has no Optuna heartbeat: fail RUNNING trials whose bnexp heartbeat (a trial system
+    attr, or the start time before the first beat) is older than grace seconds. Clocks of the workers'
+    hosts are compared, so they must agree to well within the grace period (NTP)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    now, failed = time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = t.system_attrs.get(HEARTBEAT_ATTR)
+        if last is None and t.datetime_start is not None:
+            last = t.datetime_start.timestamp()
+        if last is None or now - float(last) <= grace:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"no heartbeat for {now - last:.0f} s")
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed += 1
+        except (UpdateFinishedTrialError, RuntimeError):  # finished, or another worker failed it first
+            continue
+    if failed:
+        log.warning("failed %d trial(s) whose worker stopped beating", failed)
+    return failed
+
+
 # ---- trials -------------------------------------------------------------------------------------
 class Heartbeat:
-    """Record the trial's heartbeat from a thread so a dead worker's trial can be detected."""
+    """Record the trial's heartbeat from a thread so a dead worker's trial can be detected: Optuna's own
+    heartbeat where the storage has one (RDB), else a trial system attr (JournalStorage)."""
 
     def __init__(self, study: Any, trial_id: int | list[int], interval: int) -> None:
         self.storage, self.interval = study._storage, interval
@@ -447,20 +485,24 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Heartbeat:
-        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-        if isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(self.storage):
-            for tid in self.trial_ids:
-                self.storage.record_heartbeat(tid)
+        self.native = _native_heartbeat(self.storage)
+        if self.native or self.interval > 0:
+            self._record()
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
         return self
 
+    def _record(self) -> None:
+        for tid in self.trial_ids:
+            if self.native:
+                self.storage.record_heartbeat(tid)
+            else:
+                self.storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time())
+
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                for tid in self.trial_ids:
-                    self.storage.record_heartbeat(tid)
+                self._record()
             except Exception as e:  # a missed beat is not fatal; the grace period covers it
                 log.warning("heartbeat failed: %s", one_line(e))
 

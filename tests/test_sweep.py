@@ -33,8 +33,17 @@ def sweep_args(out, name="t", points=2, extra=()):
     ]
 
 
-def completed_keys(out, name="t"):
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out}/study.db")
+def _storage(out, journal=False):
+    """The sweep's storage as the workers see it: SQLite by default, or an Optuna journal file."""
+    if journal:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.log")))
+    return f"sqlite:///{out}/study.db"
+
+
+def completed_keys(out, name="t", journal=False):
+    study = optuna.load_study(study_name=name, storage=_storage(out, journal))
     done = [t.user_attrs["key"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     return study, collections.Counter(done)
 
@@ -136,13 +145,13 @@ def env1():
     return {**os.environ, "OMP_NUM_THREADS": "1", "BNEXP_LOG": "WARNING"}  # 2 cores: no oversubscription
 
 
-def _wait_running(out, p, timeout=300):
+def _wait_running(out, p, timeout=300, journal=False):
     """Block until the worker has a trial RUNNING in storage (it is training), then a little longer."""
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None:
-        if (out / "study.db").exists():
+        if (out / ("study.log" if journal else "study.db")).exists():
             try:
-                study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
+                study = optuna.load_study(study_name="t", storage=_storage(out, journal))
                 if any(t.state.name == "RUNNING" and "trial_dir" in t.user_attrs for t in study.get_trials()):
                     time.sleep(0.5)
                     return
@@ -233,22 +242,30 @@ def test_a_study_without_recorded_spec_is_completed_by_the_next_worker(tmp_path)
     assert len(keys) == 6 and set(keys.values()) == {1} and study.user_attrs["design_size"] == 6
 
 
-def test_kill_9_mid_trial_then_rerun_completes(tmp_path):
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
+def test_kill_9_mid_trial_then_rerun_completes(tmp_path, journal):
+    """SQLite uses Optuna's heartbeat; the journal file has none, so bnexp beats in a trial system attr.
+    Either way the rerun fails the dead worker's trial and retries its point instead of waiting forever."""
     out = tmp_path / "sw"
     hb = ["sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=300"]
+    if journal:
+        hb.append(f"sweep.storage=journal://{out}/study.log")
     p = subprocess.Popen(_cli(out, *hb), cwd=REPO, env=env1(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_running(out, p)
+    _wait_running(out, p, journal=journal)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    study, done = completed_keys(out)
+    study, done = completed_keys(out, journal=journal)
     running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(running) == 1 and sum(done.values()) < 4  # killed mid-trial: one trial left RUNNING
-    r = subprocess.run(_cli(out, *hb), cwd=REPO, env=env1(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_cli(out, *hb), cwd=REPO, env=env1(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    study, done = completed_keys(out)
+    study, done = completed_keys(out, journal=journal)
     assert len(done) == 4 and set(done.values()) == {1}
     states = collections.Counter(t.state.name for t in study.get_trials())
     assert states == {"COMPLETE": 4, "FAIL": 1}  # the killed trial is failed, its point retried once
+    killed = next(t for t in study.get_trials() if t.state.name == "FAIL")
+    if journal:
+        assert "no heartbeat" in killed.user_attrs["fail_reason"]
 
 
 def test_sigterm_ends_trial_cleanly(tmp_path):
