@@ -415,7 +415,7 @@ def reconcile(study: Any, spec: DictConfig) -> int:
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
-    if not _native_heartbeat(study._storage) and spec.heartbeat > 0:
+    if spec.heartbeat > 0:
         _fail_stale_by_attr(study, max(spec.grace, 2 * spec.heartbeat))
     trials = study.get_trials(deepcopy=False)
     by_key: dict[str, list] = {}
@@ -448,16 +448,46 @@ def _native_heartbeat(storage: Any) -> bool:
     return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
 
 
+def _trials_with_native_beat(study: Any) -> set[int]:
+    """Ids of the study's RUNNING trials that have an Optuna heartbeat row (one query)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    hb, tr = models.TrialHeartbeatModel, models.TrialModel
+    rdb = getattr(study._storage, "_backend", study._storage)  # load_study wraps RDBStorage in a cache
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = (
+            session.query(hb.trial_id)
+            .join(tr, hb.trial_id == tr.trial_id)
+            .filter(tr.study_id == study._study_id, tr.state == TrialState.RUNNING)
+            .all()
+        )
+    return {r[0] for r in rows}
+
+
 def _fail_stale_by_attr(study: Any, grace: float) -> int:
-    """JournalStorage has no Optuna heartbeat: fail RUNNING trials whose bnexp heartbeat (a trial system
-    attr, or the start time before the first beat) is older than grace seconds. Clocks of the workers'
-    hosts are compared, so they must agree to well within the grace period (NTP)."""
+    """Fail RUNNING trials whose worker stopped beating, where Optuna's own check cannot see it:
+    JournalStorage has no Optuna heartbeat (bnexp beats in a trial system attr there), and Optuna skips
+    trials that never recorded a first beat (a worker killed between claiming a trial and its first
+    beat). For those, the start time stands in for the last beat. Clocks of the workers' hosts are
+    compared, so they must agree to well within the grace period (NTP)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    native = _native_heartbeat(study._storage)
+    beating = _trials_with_native_beat(study) if native else set()
     now, failed = time.time(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = t.system_attrs.get(HEARTBEAT_ATTR)
+    for t in running:
+        if native:
+            if t._trial_id in beating:
+                continue  # Optuna's fail_stale_trials judges it
+            last = None
+        else:
+            last = t.system_attrs.get(HEARTBEAT_ATTR)
         if last is None and t.datetime_start is not None:
             last = t.datetime_start.timestamp()
         if last is None or now - float(last) <= grace:
@@ -483,9 +513,9 @@ class Heartbeat:
         self.trial_ids = trial_id if isinstance(trial_id, list) else [trial_id]  # population: every member
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.native = _native_heartbeat(self.storage)
 
     def __enter__(self) -> Heartbeat:
-        self.native = _native_heartbeat(self.storage)
         if self.native or self.interval > 0:
             self._record()
             self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -731,7 +761,11 @@ class Worker:
         from optuna.trial import Trial
 
         trial_id = self.study._pop_waiting_trial_id()
-        return None if trial_id is None else Trial(self.study, trial_id)
+        if trial_id is None:
+            return None
+        if self.spec.heartbeat > 0:  # beat at once: a worker dying before its first beat is caught sooner
+            Heartbeat(self.study, trial_id, self.spec.heartbeat)._record()
+        return Trial(self.study, trial_id)
 
     def _fixed(self, trial: Any) -> dict | None:
         """The params an enqueued point fixed (None: Optuna sampled the trial itself)."""

@@ -158,3 +158,24 @@ def test_kill_9_mid_trial_loses_and_duplicates_nothing(pg_url, study_name, tmp_p
     retried = [t for t in trials if t.user_attrs["key"] == killed.user_attrs["key"] and t.state.name == "COMPLETE"]
     assert len(retried) == 1 and retried[0].user_attrs["worker"] != killed.user_attrs["worker"]  # ... and redone
     assert states["COMPLETE"] == 12 and states["FAIL"] == 1 and not states.get("RUNNING")
+
+
+def test_worker_dead_before_its_first_heartbeat_is_failed(pg_url, study_name, tmp_path):
+    """The claim made, then death before the first beat: no heartbeat row, which Optuna's stale check
+    skips (this test module once hung 300 s on such a trial). bnexp judges it by its start time."""
+    from bnexp.sweep import load_spec, open_study, parse_args, reconcile
+
+    argv = worker_cmd(pg_url, study_name, tmp_path / "sw", "sweep.heartbeat=1", "sweep.grace=1")[3:]
+    name, spec_ov, train_ov, _ = parse_args(argv)
+    spec = load_spec(name, spec_ov)
+    study = open_study(spec, train_ov, tmp_path / "sw")
+    claimed = study._pop_waiting_trial_id()
+    assert reconcile(study, spec) == 0  # fresh: not stale yet
+    time.sleep(2.5)  # > grace = max(sweep.grace, 2 * sweep.heartbeat) = 2 s
+    assert reconcile(study, spec) == 1
+    t = next(t for t in study.get_trials() if t._trial_id == claimed)
+    assert t.state.name == "FAIL" and "no heartbeat" in t.user_attrs["fail_reason"]
+    waiting = [
+        x for x in study.get_trials() if x.state.name == "WAITING" and x.user_attrs["key"] == t.user_attrs["key"]
+    ]
+    assert len(waiting) == 1  # its point is queued again

@@ -268,6 +268,30 @@ def test_kill_9_mid_trial_then_rerun_completes(tmp_path, journal):
         assert "no heartbeat" in killed.user_attrs["fail_reason"]
 
 
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
+def test_worker_dead_before_its_first_heartbeat_is_failed_and_retried(tmp_path, journal):
+    """A worker killed between claiming a trial and its first beat leaves a RUNNING trial with no beat at
+    all; Optuna's stale check skips such trials (the PostgreSQL kill -9 test once hung on one). bnexp
+    judges it by its start time instead."""
+    from bnexp.sweep import open_study, parse_args, reconcile
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    extra = ["sweep.heartbeat=1", "sweep.grace=1"] + ([f"sweep.storage=journal://{out}/study.log"] if journal else [])
+    name, spec_ov, train_ov, _ = parse_args(sweep_args(out, points=1, extra=extra))
+    spec = load_spec(name, spec_ov)
+    study = open_study(spec, train_ov, out)
+    claimed = study._pop_waiting_trial_id()  # the claim a worker makes, and then it dies: no beat
+    assert claimed is not None
+    assert reconcile(study, spec) == 0  # a fresh claim is not stale
+    time.sleep(2.5)  # > grace = max(sweep.grace, 2 * sweep.heartbeat) = 2 s
+    assert reconcile(study, spec) == 1  # failed and its point enqueued again
+    trials = {t._trial_id: t for t in study.get_trials()}
+    assert trials[claimed].state.name == "FAIL" and "no heartbeat" in trials[claimed].user_attrs["fail_reason"]
+    key = trials[claimed].user_attrs["key"]
+    assert [t.state.name for t in trials.values() if t.user_attrs["key"] == key] == ["FAIL", "WAITING"]
+
+
 def test_sigterm_ends_trial_cleanly(tmp_path):
     out = tmp_path / "sw"
     p = subprocess.Popen(
