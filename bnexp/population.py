@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +485,7 @@ def train_population(
     lrs: Sequence[float],
     output_dirs: Sequence[str | os.PathLike],
     seeds: Sequence[int] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train K = len(lrs) learning rates of one variant together; return each member's `run.train` metrics.
 
@@ -597,6 +598,8 @@ def train_population(
     done = 0
     try:
         for s in range(t.max_steps):
+            if on_step is not None:  # e.g. a sweep worker's stop check: it may raise to end the run
+                on_step()
             if shared:
                 x, y = next(streams[uniq[0]])  # (N, 1, 28, 28), (N,)
             else:

@@ -546,6 +546,14 @@ class Interrupted(Exception):
     pass
 
 
+def _lightning_sigterm() -> type[BaseException]:
+    """Lightning's own SIGTERM handler makes its loops raise SIGTERMException (a SystemExit) at the next
+    batch: for a sweep worker that is the same interruption as ours."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return SIGTERMException
+
+
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
 
 
@@ -593,6 +601,24 @@ class PruneCallback:
                 if trial.should_prune():
                     self.pruned = True
                     trainer.should_stop = True
+
+        return _CB()
+
+
+class StopCallback:
+    """Raise Interrupted from ordinary code at the next batch once a signal asked the worker to stop.
+
+    The signal handler also raises at once, but an exception raised from a handler can be swallowed
+    where the interpreter happens to be (a __del__ finaliser, logging's emit): then this ends the trial."""
+
+    def __new__(cls, worker: Worker):
+        import lightning as L
+
+        class _CB(L.Callback):
+            def _check(self, *_: Any) -> None:
+                worker.check_interrupted()
+
+            on_train_batch_start = on_validation_batch_start = on_test_batch_start = _check
 
         return _CB()
 
@@ -652,11 +678,12 @@ class Worker:
         trial.set_user_attr("trial_dir", str(out))
         trial.set_user_attr("worker", worker_id())
         cb = PruneCallback(trial) if self.spec.pruner != "none" else None
+        self.check_interrupted()  # a signal that came while the trial was being set up
         reason = None
         try:
             with Heartbeat(self.study, trial._trial_id, self.spec.heartbeat):
-                metrics = train(cfg, output_dir=out, callbacks=[cb] if cb else None)
-        except Interrupted:
+                metrics = train(cfg, output_dir=out, callbacks=[StopCallback(self), *([cb] if cb else [])])
+        except (Interrupted, _lightning_sigterm()):
             trial.set_user_attr("fail_reason", INTERRUPTED)
             self.study.tell(trial, state=TrialState.FAIL)
             return "interrupted"
@@ -694,7 +721,9 @@ class Worker:
         reason = None
         try:
             with Heartbeat(self.study, [t._trial_id for t in trials], self.spec.heartbeat):
-                results = train_population(cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs])
+                results = train_population(
+                    cfgs[0], [c.optim.lr for c in cfgs], outs, [c.seed for c in cfgs], on_step=self.check_interrupted
+                )
         except Interrupted:
             reason = INTERRUPTED
         except Exception as e:
@@ -735,6 +764,10 @@ class Worker:
                     self._return(t)
                     break
         return group
+
+    def check_interrupted(self) -> None:
+        if self.interrupted:
+            raise Interrupted("stop requested")
 
     def _fail_unfinished(self, group: list[Any], reason: str) -> list[str]:
         from optuna.trial import TrialState
