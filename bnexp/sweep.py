@@ -9,7 +9,8 @@ enqueued as a WAITING trial; workers pop waiting trials (Optuna flips WAITING ->
 the storage), so each point is trained once however many workers share the storage, and a rerun only
 pops what is left. A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops: after the
 grace period it is failed and its point enqueued again (at most `sweep.retries` times). SIGTERM/SIGINT
-fail the current trial at once (reason "interrupted") and stop the worker; the point is retried later.
+fail the current trial at its next batch (reason "interrupted") and stop the worker; the point is retried
+later. A second signal stops at once (KeyboardInterrupt).
 Any exception in a trial fails that trial only, with its reason; a GPU out-of-memory gets the reason
 "CUDA out of memory: ..." and its memory is released before the next trial. Each trial records the
 `worker` that ran it (host:pid, SLURM array task). Many workers (a SLURM array, containers) share one
@@ -546,12 +547,11 @@ class Interrupted(Exception):
     pass
 
 
-def _lightning_sigterm() -> type[BaseException]:
-    """Lightning's own SIGTERM handler makes its loops raise SIGTERMException (a SystemExit) at the next
-    batch: for a sweep worker that is the same interruption as ours."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    return SIGTERMException
+def _is_stop(e: BaseException) -> bool:
+    """Our Interrupted, or Lightning's SIGTERMException (a SystemExit its loops raise at the next batch
+    after its own SIGTERM hook ran): for a sweep worker the same interruption. Matched by name so that
+    the except clause imports nothing."""
+    return isinstance(e, Interrupted) or (isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException")
 
 
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
@@ -608,8 +608,8 @@ class PruneCallback:
 class StopCallback:
     """Raise Interrupted from ordinary code at the next batch once a signal asked the worker to stop.
 
-    The signal handler also raises at once, but an exception raised from a handler can be swallowed
-    where the interpreter happens to be (a __del__ finaliser, logging's emit): then this ends the trial."""
+    The signal handler only sets the flag: an exception raised from a handler lands wherever the
+    interpreter happens to be (an import half done, a __del__ finaliser that swallows it)."""
 
     def __new__(cls, worker: Worker):
         import lightning as L
@@ -683,12 +683,14 @@ class Worker:
         try:
             with Heartbeat(self.study, trial._trial_id, self.spec.heartbeat):
                 metrics = train(cfg, output_dir=out, callbacks=[StopCallback(self), *([cb] if cb else [])])
-        except (Interrupted, _lightning_sigterm()):
-            trial.set_user_attr("fail_reason", INTERRUPTED)
-            self.study.tell(trial, state=TrialState.FAIL)
-            return "interrupted"
-        except Exception as e:  # one broken trial (OOM, bug, bad data) never stops the sweep
-            reason = fail_reason(e)
+        except BaseException as e:
+            if _is_stop(e):
+                trial.set_user_attr("fail_reason", INTERRUPTED)
+                self.study.tell(trial, state=TrialState.FAIL)
+                return "interrupted"
+            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
+                raise
+            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
         if reason is not None:  # out of the except block: its traceback no longer pins the trial's tensors
             _free_accelerator_memory()
             log.error("trial %d failed: %s", trial.number, reason)
@@ -1119,9 +1121,12 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
 
 def _install_signal_handlers(worker: Worker) -> None:
     def handler(signum: int, frame: Any) -> None:
+        """Only set the flag: the trial in flight checks it at every batch and ends itself, failed as
+        "interrupted". Raising here instead would land in whatever the interpreter is doing (an import
+        half done, a __del__ that swallows it); a second signal does raise, for a user who insists."""
+        if worker.interrupted:
+            raise KeyboardInterrupt
         worker.interrupted = True
-        if worker.current:  # end the trial in flight now; its point is retried on the next run
-            raise Interrupted(signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)

@@ -309,7 +309,7 @@ def test_sigterm_ends_trial_cleanly(tmp_path):
     except subprocess.TimeoutExpired:
         p.kill()
         pytest.fail(f"worker still running 120 s after SIGTERM; its stderr:\n{p.communicate()[1][-3000:]}")
-    assert p.returncode == 130 and "rerun the same command to resume" in err
+    assert p.returncode == 130 and "rerun the same command to resume" in err, err[-3000:]
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert len(failed) == 1 and "interrupted" in failed[0].user_attrs["fail_reason"]
