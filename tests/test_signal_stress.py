@@ -4,13 +4,12 @@ worker exit 1 (the handler's exception landed inside `import lightning` and brok
 2 minutes, so it runs with `python -m pytest -m slow`."""
 
 import random
-import signal
 import subprocess
 import sys
 
 import optuna
 import pytest
-from test_sweep import REPO, _cli, _wait_running, env1
+from test_sweep import sigterm_worker
 
 pytestmark = pytest.mark.slow
 
@@ -21,26 +20,11 @@ def test_sigterm_at_random_moments_under_load_always_exits_130(tmp_path):
     try:
         for i in range(12):
             out = tmp_path / f"sw{i}"
-            p = subprocess.Popen(
-                _cli(out, "trainer.max_steps=100000"),
-                cwd=REPO,
-                env=env1(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            _wait_running(out, p)
             delay = rng.choice([0.0, 0.25, 0.5, 1.0, 2.0])
-            subprocess.run(["sleep", str(delay)])
-            p.send_signal(signal.SIGTERM)
-            try:
-                _, err = p.communicate(timeout=120)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                err = "still running 120 s after SIGTERM\n" + p.communicate()[1]
+            rc, err = sigterm_worker(out, delay)
             study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
             states = sorted(t.state.name for t in study.get_trials() if t.state.name != "WAITING")
-            results.append((delay, p.returncode, states, err[-1500:]))
+            results.append((delay, rc, states, err[-1500:]))
     finally:
         for h in hogs:
             h.kill()

@@ -292,10 +292,11 @@ def test_worker_dead_before_its_first_heartbeat_is_failed_and_retried(tmp_path, 
     assert [t.state.name for t in trials.values() if t.user_attrs["key"] == key] == ["FAIL", "WAITING"]
 
 
-def test_sigterm_ends_trial_cleanly(tmp_path):
-    out = tmp_path / "sw"
+def sigterm_worker(out, delay=0.0):
+    """Start a worker on a trial long enough (100000 steps) that the signal surely lands inside it, SIGTERM
+    it `delay` s after its trial is RUNNING; (exit code, stderr). A worker outliving the signal is killed."""
     p = subprocess.Popen(
-        _cli(out, "trainer.max_steps=100000"),  # minutes of training: the signal surely lands mid-trial
+        _cli(out, "trainer.max_steps=100000"),
         cwd=REPO,
         env=env1(),
         stdout=subprocess.DEVNULL,
@@ -303,13 +304,20 @@ def test_sigterm_ends_trial_cleanly(tmp_path):
         text=True,
     )
     _wait_running(out, p)
+    time.sleep(delay)
     p.send_signal(signal.SIGTERM)
     try:
         _, err = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         p.kill()
-        pytest.fail(f"worker still running 120 s after SIGTERM; its stderr:\n{p.communicate()[1][-3000:]}")
-    assert p.returncode == 130 and "rerun the same command to resume" in err, err[-3000:]
+        err = "still running 120 s after SIGTERM\n" + p.communicate()[1]
+    return p.returncode, err
+
+
+def test_sigterm_ends_trial_cleanly(tmp_path):
+    out = tmp_path / "sw"
+    rc, err = sigterm_worker(out)
+    assert rc == 130 and "rerun the same command to resume" in err, err[-3000:]
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{out}/study.db")
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert len(failed) == 1 and "interrupted" in failed[0].user_attrs["fail_reason"]
