@@ -72,12 +72,10 @@ def account(steps: int, depth: int, work: Path) -> dict:
     import functools
     from collections import defaultdict
 
-    sys.path.insert(0, str(REPO / "tests"))
     os.environ.update(WANDB_SILENT="true", WANDB_DIR=str(work), WANDB_CONFIG_DIR=str(work / "wandb-config"))
     os.environ.update(WANDB_CACHE_DIR=str(work / "wandb-cache"), WANDB_DATA_DIR=str(work / "wandb-data"))
-    from conftest import compose_cfg
-
-    from bnexp.run import train
+    from bnexp.conf import compose as compose_cfg
+    from bnexp.core.train import train
 
     spent: dict[str, float] = defaultdict(float)
     depth_guard = [0]  # count the outermost timed call only (callbacks call log_metrics themselves)
@@ -102,8 +100,8 @@ def account(steps: int, depth: int, work: Path) -> dict:
     spent["import wandb"] = time.perf_counter() - t
     from lightning.pytorch.loggers import WandbLogger
 
-    import bnexp.diagnostics as diag
-    import bnexp.wandb_logging as wl
+    import bnexp.tracking.diagnostics as diag
+    import bnexp.tracking.wandb_runs as wl
 
     wl.build_wandb_logger = timed(wl.build_wandb_logger, "wandb start")
     wl.finish_wandb = timed(wl.finish_wandb, "wandb finish")

@@ -5,7 +5,7 @@
 
 Three arms train the same `--points` learning rates (log-spaced over [--lr-low, --lr-high]) of one
 variant on real MNIST ($BNEXP_DATA_DIR), with one validation at the end and the test pass:
-  lightning   bnexp.run.train, one point after another (what a plain sweep does)
+  lightning   bnexp.core.train.train, one point after another (what a plain sweep does)
   plain       train_population with K=1, one point after another (a plain PyTorch loop, no Lightning)
   population  train_population with K=points, all points in one model
 `--solo-points M` times only the first M points of the two one-at-a-time arms and scales their
@@ -31,14 +31,9 @@ sys.path.insert(0, str(REPO))
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
+    from bnexp.conf import compose as compose_config
 
-    import bnexp.config
-
-    bnexp.config.register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hcompose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def lr_grid(low: float, high: float, n: int) -> list[float]:
@@ -68,8 +63,8 @@ def main() -> None:
 
     import torch
 
-    from bnexp.population import train_population
-    from bnexp.run import _quiet_lightning, train
+    from bnexp.core.train import _quiet_lightning, train
+    from bnexp.population.train import train_population
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -8,7 +8,7 @@
 (a) times steps [warmup, warmup + steps) inside trainer.fit (a callback reads the clock, so Lightning's
     per-step loop overhead is in, its setup is not) against the same steps of a plain loop. Rounds
     alternate which goes first; the table reports the median ratio harness / plain.
-(b) times bnexp.run.train(cfg) (800 steps, 8 validations with population and batch statistics, test,
+(b) times bnexp.core.train.train(cfg) (800 steps, 8 validations with population and batch statistics, test,
     100 single-image scores) against a plain loop doing the same work.
 (c) trials per minute of bnexp.sweep (one worker) against plain trials run back to back.
 Prints a table and writes JSON (--out, default bench/results/step-<device>.json).
@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bnexp.data import BatchStream, eval_batches, load_mnist, make_splits  # noqa: E402
-from bnexp.model import DeepConvNet  # noqa: E402
-from bnexp.module import batch_stats, compute_loss  # noqa: E402
+from bnexp.core.data import BatchStream, eval_batches, load_mnist, make_splits  # noqa: E402
+from bnexp.core.lit import batch_stats, compute_loss  # noqa: E402
+from bnexp.core.net import DeepConvNet  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -42,9 +42,9 @@ def sync(device: str) -> None:
 
 
 def compose(overrides: list[str]):
-    from bnexp.sweep import compose_trial_cfg
+    from bnexp.conf import compose as compose_config
 
-    return compose_trial_cfg(overrides)
+    return compose_config(overrides)
 
 
 def plain_steps(splits, bn: str, depth: int, steps: int, warmup: int, device: str, compile_mode: str) -> float:
@@ -70,7 +70,7 @@ def plain_steps(splits, bn: str, depth: int, steps: int, warmup: int, device: st
 def harness_steps(bn: str, depth: int, steps: int, warmup: int, device: str, compile_mode: str, out: str) -> float:
     import lightning as L
 
-    from bnexp.run import _quiet_lightning, build_datamodule, build_module, build_trainer
+    from bnexp.core.train import _quiet_lightning, build_datamodule, build_module, build_trainer
 
     class Clock(L.Callback):
         t0 = t1 = 0.0
@@ -100,7 +100,7 @@ def harness_steps(bn: str, depth: int, steps: int, warmup: int, device: str, com
     )
     L.seed_everything(0, verbose=False)
     dm, module, clock = build_datamodule(cfg), build_module(cfg), Clock()
-    from bnexp.tracking import build_logger
+    from bnexp.tracking.loggers import build_logger
 
     trainer = build_trainer(cfg, Path(out), build_logger(cfg, Path(out)), [clock])
     trainer.fit(module, datamodule=dm)
@@ -190,7 +190,7 @@ def main() -> None:
         print(f"{bn:<8} {row['plain_ms']:>14.2f} {row['harness_ms']:>16.2f} {row['ratio']:>7.3f}")
 
     if a.trial:
-        from bnexp.run import train
+        from bnexp.core.train import train
 
         acc = "gpu" if a.device.startswith("cuda") else "cpu"
         cfg = compose(
@@ -218,7 +218,7 @@ def main() -> None:
         )
 
     if a.sweep:
-        from bnexp.sweep import run_sweep
+        from bnexp.sweep.app import main as run_sweep
 
         n = a.sweep_trials
         acc = "gpu" if a.device.startswith("cuda") else "cpu"

@@ -1,65 +1,109 @@
-"""`python -m bnexp.report SWEEP_DIR` or `python -m bnexp.report --storage URL --study NAME [--out DIR]`.
+"""`python -m bnexp.report`: rebuild a study's report from its storage alone (nothing is trained).
 
-Rebuilds a sweep's report (summary.json, trials.csv, stability.png, report.md) from the Optuna storage
-alone: nothing is trained.
+    python -m bnexp.report outputs/sweeps/lr_stability                 # a sweep's output dir (its sweep.json)
+    python -m bnexp.report --storage URL --study-name NAME [--out DIR]  # any study in any storage
+    python -m bnexp.report --trials trials.csv --out DIR [--threshold 0.8 ...]   # re-judge a saved table
+
+Flags follow Optuna's own CLI (`optuna trials --study-name S --storage URL`): report and dashboard read a
+study that exists, they compose no training config, so they take argparse flags, not Hydra overrides.
+From storage, "stable" is judged by the rule the study was created with; `--trials` takes the rule from
+flags. The storage URL may come from `$BNEXP_STORAGE` (a password need not be on the command line).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from bnexp.config import ConfigError
+from bnexp.cli import ConfigError, UsageError, fail, one_line
 
 
-def rebuild(storage: str, study_name: str, out_dir: Path) -> dict:
-    import optuna
-
-    from bnexp.sweep import SweepSpec, make_storage, write_study_report
-
-    st = make_storage(storage)
+def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
+    meta_path = sweep_dir / "sweep.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{meta_path} not found; give a sweep output dir, or --storage URL --study-name NAME")
     try:
-        study = optuna.load_study(study_name=study_name, storage=st)
-    except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(st)) or "none"
-        raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {names}") from None
-    spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), study.user_attrs.get("spec", {"name": study_name}))
-    overrides = study.user_attrs.get("train_overrides", [])
-    commands = [f"python -m bnexp.report --storage {storage} --study {study_name} --out {out_dir}"]
-    if overrides is not None:
-        commands.insert(0, "python -m bnexp.sweep sweep=" + study_name + " " + " ".join(overrides))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return write_study_report(study, spec, out_dir, commands)
+        meta = json.loads(meta_path.read_text())
+        recorded, study = meta["storage"], meta["study"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{meta_path} is damaged ({one_line(e)}); rebuild with --storage URL --study-name NAME"
+        ) from None
+    if storage is None and ":***@" in recorded:  # sweep.json never holds a password
+        storage = os.environ.get("BNEXP_STORAGE")
+        if not storage:
+            raise ConfigError(f"the study's storage needs its password: set BNEXP_STORAGE or --storage ({recorded})")
+    return storage or recorded, study
 
 
-def main(argv: list[str] | None = None) -> None:
-    from bnexp.run import fail, one_line
-    from bnexp.sweep import _print_summary
+def _from_storage(url: str, study_name: str, out: Path) -> dict:
+    from bnexp.sweep.records import build_report
+    from bnexp.sweep.storage import load_study
 
+    study = load_study(url, study_name)
+    commands = [f"python -m bnexp.report --storage $BNEXP_STORAGE --study-name {study_name} --out {out}"]
+    return build_report(study, out, commands)
+
+
+def _from_csv(a: argparse.Namespace) -> dict:
+    from bnexp.analysis.report import load_trials_csv, write_report
+    from bnexp.analysis.stability import StabilityRule
+
+    path = Path(a.trials)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; give a trials.csv written by a sweep's report")
+    trials = load_trials_csv(path)
+    for t in trials:
+        t.pop("stable", None)  # recomputed under the (possibly new) rule
+    rule = StabilityRule(a.threshold, a.mode, a.epsilon)
+    keys = tuple(a.variant_keys.split(","))
+    cmd = (
+        f"python -m bnexp.report --trials {a.trials} --out {a.out} --study-name {a.study_name or 'study'}"
+        f" --threshold {a.threshold} --mode {a.mode} --epsilon {a.epsilon} --seed-quorum {a.seed_quorum}"
+        f" --variant-keys {a.variant_keys}"
+    )
+    return write_report(a.out, a.study_name or "study", trials, rule, [cmd], keys, seed_quorum=a.seed_quorum)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bnexp.report", description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", nargs="?", help="a sweep's output dir (holds sweep.json)")
     ap.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., journal:///...)")
-    ap.add_argument("--study", help="study name (with --storage)")
+    ap.add_argument("--study-name", help="the study's name (with --storage, or --trials)")
     ap.add_argument("--out", help="where to write the report (default: the sweep dir, or ./report-<study>)")
-    a = ap.parse_args(argv)
+    g = ap.add_argument_group("re-judging a saved trials.csv")
+    g.add_argument("--trials", help="a trials.csv to rebuild the report from (no storage)")
+    g.add_argument("--threshold", type=float, default=0.9)
+    g.add_argument("--mode", choices=("threshold", "relative"), default="threshold")
+    g.add_argument("--epsilon", type=float, default=0.02)
+    g.add_argument("--seed-quorum", type=float, default=0.5)
+    g.add_argument("--variant-keys", default="bn,bias,depth")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bnexp.sweep.app import _print_summary
+
+    a = parser().parse_args(argv)
     try:
-        if a.sweep_dir:
-            meta_path = Path(a.sweep_dir) / "sweep.json"
-            if not meta_path.is_file():
-                raise ConfigError(f"{meta_path} not found; give a sweep output dir or --storage URL --study NAME")
-            meta = json.loads(meta_path.read_text())
-            storage, study = a.storage or meta["storage"], a.study or meta["study"]
-            out = Path(a.out or a.sweep_dir)
-        elif a.storage and a.study:
-            storage, study, out = a.storage, a.study, Path(a.out or f"report-{a.study}")
+        if a.trials:
+            if not a.out:
+                raise ConfigError("--trials needs --out DIR")
+            summary, out = _from_csv(a), Path(a.out)
         else:
-            raise ConfigError("give a sweep dir, or --storage URL and --study NAME")
-        summary = rebuild(storage, study, out)
-    except ConfigError as e:
+            storage = a.storage or os.environ.get("BNEXP_STORAGE") if not a.sweep_dir else a.storage
+            if a.sweep_dir:
+                storage, study = _storage_from_dir(Path(a.sweep_dir), storage)
+                out = Path(a.out or a.sweep_dir)
+            elif storage and a.study_name:
+                study, out = a.study_name, Path(a.out or f"report-{a.study_name}")
+            else:
+                raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")
+            summary = _from_storage(storage, study, out)
+    except UsageError as e:
         fail(one_line(e))
     _print_summary(summary, out)
     sys.exit(0)

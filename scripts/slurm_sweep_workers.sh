@@ -10,11 +10,13 @@
 #   BNEXP_SBATCH="--partition=gpu --account=me --time=08:00:00" scripts/slurm_sweep_workers.sh 8 ...
 # It
 #   1. creates the study once, here, before any task starts (--create-only: every point enqueued once);
-#   2. submits the array: task i runs   python -m bnexp.sweep ARGS sweep.storage=$BNEXP_STORAGE --no-report
+#   2. submits the array: task i runs   python -m bnexp.sweep ARGS --no-report   (storage from $BNEXP_STORAGE,
+#      which sbatch exports to the tasks: the URL and its password never appear on a command line, in ps,
+#      scontrol or sacct)
 #      (the same command everywhere; what a task trains is whatever point it pops next; one task per array
 #      element: `srun -n N` in one job would make Lightning take the N workers for DDP ranks);
 #   3. submits one report job after the array (afterany): the same command with --report-only.
-# Progress meanwhile, from anywhere: python -m bnexp.report --storage $BNEXP_STORAGE --study NAME --out DIR
+# Progress meanwhile, from anywhere: python -m bnexp.report --study-name NAME --out DIR   (storage: $BNEXP_STORAGE)
 # More workers later: run this again with the same ARGS (the study exists: nothing is enqueued twice).
 #
 # Faults: a task killed outright (node failure, OOM-killer, scancel -s KILL) stops heartbeating; after
@@ -55,7 +57,8 @@ if [ -z "${BNEXP_STORAGE:-}" ]; then
   echo "$0: set BNEXP_STORAGE to one Optuna storage every node reaches, e.g. postgresql://user:pw@dbhost/bnexp" >&2
   exit 2
 fi
-ARGS=("$@" "sweep.storage=$BNEXP_STORAGE" "sweep.progress=false")
+export BNEXP_STORAGE  # the workers read it from the environment (sbatch's default --export=ALL passes it on)
+ARGS=("$@" "sweep.progress=false")
 python -m bnexp.sweep "${ARGS[@]}" --create-only   # bad input fails here, before anything is queued
 # shellcheck disable=SC2086  # BNEXP_SBATCH is a list of sbatch options
 ARRAY=$(sbatch --parsable ${BNEXP_SBATCH:-} --array="0-$((N - 1))" "$0" "${ARGS[@]}")

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from helpers.env import REPO, TINY
+from helpers.sweeps import run_sweep
 
-import bnexp.data
-from bnexp import report, run, sweep
+import bnexp.core.data
+from bnexp import report, run
+from bnexp.sweep import app as sweep
 
 TRAIN = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every"))]
 TRAIN += ["trainer.max_steps=6", "trainer.val_every=3"]
@@ -45,7 +47,7 @@ def _restore_logging(monkeypatch):
 def finished_sweep(tmp_path_factory) -> Path:
     """A real, finished 2-trial sweep (SQLite study + report); each case works on a copy."""
     out = tmp_path_factory.mktemp("finished") / "sw"
-    sweep.run_sweep(sweep_args(out))
+    run_sweep(sweep_args(out))
     assert (out / "summary.json").is_file()
     return out
 
@@ -55,7 +57,7 @@ def _data_dir(tmp: Path, mnist: Path, labels: bytes | None) -> Path:
     """The real files (symlinked), with the test-labels file replaced by `labels` (None: missing)."""
     d = tmp / "data"
     d.mkdir()
-    for f in bnexp.data.FILES.values():
+    for f in bnexp.core.data.FILES.values():
         if f[0] != LABELS:
             (d / f[0]).symlink_to(mnist / f[0])
     if labels is not None:
@@ -78,12 +80,13 @@ def wrong_checksum(tmp, mnist):
 
 
 def unreachable_mirror(tmp, mnist, monkeypatch):
-    monkeypatch.setattr(bnexp.data, "MIRRORS", ["http://127.0.0.1:9/"])  # port 9: connection refused
+    monkeypatch.setattr(bnexp.core.data, "MIRRORS", ["http://127.0.0.1:9/"])  # port 9: connection refused
     return three_of_four(tmp, mnist)
 
 
 def bad_spec_file(tmp, mnist):
-    (tmp / "bad.yaml").write_text("grid: {model.bn: [off, pre]\nlr: [")
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / "bad.yaml").write_text("grid: {model.bn: [off, pre]\nlr: [")
     return tmp
 
 
@@ -131,14 +134,32 @@ CASES = {
         ["cannot open storage", "server is reachable"],
     ),
     "study-different-spec": ("sweep", ["sweep.lr.points=3"], True, None, ["different spec", "sweep.name=<new name>"]),
-    "spec-does-not-parse": ("sweep", ["sweep={data}/bad.yaml"], True, bad_spec_file, ["bad.yaml", "sweep spec"]),
-    "spec-not-found": ("sweep", ["sweep=nonexistent"], True, None, ["nonexistent.yaml' not found", "lr_stability"]),
-    "unknown-sampler": ("sweep", ["sweep.sampler=random"], True, None, ["'random'", "choose one of: grid, qmc, tpe"]),
+    "spec-does-not-parse": (
+        "sweep",
+        ["--config-dir", "{data}", "sweep=bad"],
+        True,
+        bad_spec_file,
+        ["bad.yaml, line 2 is not valid YAML", "fix the file"],
+    ),
+    "spec-not-found": ("sweep", ["sweep=nonexistent"], True, None, ["'sweep/nonexistent'", "lr_stability"]),
+    "unknown-sampler": ("sweep", ["sweep.sampler=random"], True, None, ["'random'", "choose one of: grid, tpe"]),
     "ddp-in-sweep": ("sweep", ["trainer=ddp", "trainer.devices=2"], True, None, ["sweep trials", "more sweep workers"]),
     "bad-flag": ("sweep", ["--max-trials=abc"], True, None, ["--max-trials=abc", "--max-trials=10"]),
     "report-no-sweep-dir": ("report", ["{tmp}/nowhere"], True, None, ["sweep.json not found", "--storage URL"]),
-    "report-no-study": ("report", ["--storage", "SQLITE", "--study", "nope"], False, None, ["no study 'nope'", "t"]),
-    "report-bad-storage": ("report", ["--storage", "notaurl", "--study", "t"], True, None, ["cannot open storage"]),
+    "report-no-study": (
+        "report",
+        ["--storage", "SQLITE", "--study-name", "nope"],
+        False,
+        None,
+        ["no study 'nope'", "studies there: t"],
+    ),
+    "report-bad-storage": (
+        "report",
+        ["--storage", "notaurl", "--study-name", "t"],
+        True,
+        None,
+        ["cannot open storage"],
+    ),
 }
 
 

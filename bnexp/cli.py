@@ -1,0 +1,111 @@
+"""The error layer every bnexp command shares: bad input is one line `bnexp: error: ...` and exit status 2.
+
+Bad input is any `UsageError` (`ConfigError` for settings, `bnexp.core.data.DataError` for the data), and
+Hydra's / OmegaConf's own compose errors (an unknown key, a wrong type, a missing group option). Each is
+turned into one line that names the fix; nothing else is printed after it. A real crash keeps its traceback.
+
+Paths: a relative `BNEXP_DATA_DIR` means the directory it named where the command was typed, so
+`absolute_env_paths()` makes it absolute before any child process (DDP ranks, sweep workers, submitit
+jobs, test subprocesses in other directories) inherits it.
+
+Imports here stay light (no torch, Lightning or Optuna): every command imports this module first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+PATH_ENV_VARS = ("BNEXP_DATA_DIR",)
+
+
+class UsageError(Exception):
+    """Bad input from the user; its message names the fix. Ends a command with exit status 2."""
+
+
+class ConfigError(UsageError, ValueError):
+    """A bad setting; the message names the allowed values or the fix."""
+
+
+# scheme://user:password@host -> scheme://user:***@host (also inside longer text: command lines, errors)
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*):[^\s/'\"]*@")
+
+
+def redact(text: str) -> str:
+    """Any URL's password in `text` as ***: `postgresql://bnexp:***@host/db`."""
+    return _CREDENTIALS.sub(r"\1:***@", str(text))
+
+
+def one_line(e: BaseException | str) -> str:
+    return " ".join(str(e).split())
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    print(f"bnexp: error: {redact(msg)}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def absolute_env_paths() -> None:
+    """Make relative path variables absolute against the current directory, once, for every child process."""
+    for var in PATH_ENV_VARS:
+        v = os.environ.get(var)
+        if v and not os.path.isabs(os.path.expanduser(v)):
+            os.environ[var] = os.path.abspath(os.path.expanduser(v))
+
+
+def _schema_fields(node: Any) -> dict[str, dataclasses.Field] | None:
+    return {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else None
+
+
+def explain_hydra_error(e: BaseException, schema: Any, prog: str) -> str:
+    """Hydra says "Could not override 'model.bm'. To append ... use +model.bm": name the valid keys instead.
+
+    `schema` is the root dataclass of the command's config (it lists the keys that exist)."""
+    msg = one_line(e)
+    m = re.search(r"Could not override '([\w.]+)'", msg)
+    if m:
+        key = m.group(1)
+        node: Any = schema
+        parts = key.split(".")
+        for part in parts[:-1]:
+            fields = _schema_fields(node)
+            f = fields.get(part) if fields else None
+            if f is None:
+                node = None  # not under bnexp's schema (e.g. hydra.launcher.*, a grid axis): keep Hydra's words
+                break
+            node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        fields = _schema_fields(node) if node is not None else None
+        if fields is not None:
+            where = ".".join(parts[:-1]) or "the top level"
+            return f"unknown config key '{key}'; valid keys under {where}: {', '.join(fields)}"
+    msg = msg.split(" Config search path:")[0]
+    msg = re.sub(r"\. To append to your config use [^\s:]+", "", msg)  # a typo wants fixing, not appending
+    if e.__cause__ is not None:  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
+        msg += ": " + str(e.__cause__).splitlines()[0]
+    return msg + f" ({prog} --cfg job shows every key and value)"
+
+
+def guard(fn: Callable[[], Any], schema: Any = None, prog: str = "python -m bnexp.run") -> Any:
+    """Run a command; bad input becomes one line and exit status 2 (Hydra's own error lines suppressed)."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    absolute_env_paths()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so we can tell bad input from crashes
+    try:
+        return fn()
+    except UsageError as e:
+        fail(one_line(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        # a UsageError raised inside a Hydra job arrives wrapped by some launchers
+        inner = e.__cause__ if isinstance(e.__cause__, UsageError) else None
+        fail(one_line(inner) if inner else explain_hydra_error(e, schema, prog))
+    except yaml.YAMLError as e:  # a config file of the user's (a spec in --config-dir) that does not parse
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+        fail(f"{where} is not valid YAML ({getattr(e, 'problem', None) or one_line(e)}); fix the file")

@@ -1,0 +1,77 @@
+"""One namer for variants, runs and trials (pure: no torch, Optuna or W&B).
+
+A *variant* is what a study compares: BN placement, bias rule, depth, plus any other axis a sweep's grid
+varies (`optim.name`, `model.bn_impl`, ...). Its label is the values joined by '-', depth with a 'd':
+`pre-auto-d19`, `pre-auto-d19-sgd`. A *run* is a variant at one learning rate and seed:
+`pre-auto-d19-lr2e-03-s0`. A *trial* of a study is that run numbered inside its study:
+`trials/<study>/0007_pre-auto-d19-lr2e-03-s0`, so two studies sharing an output dir never share a trial dir.
+
+bnexp.analysis (report tables), bnexp.tracking (W&B run names, tags) and bnexp.sweep (trial dirs) all
+name things through these functions, so a W&B run, a report row and a trial dir of one point agree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# the variant axes every study has, in label order; a grid's other axes follow in grid order
+BASE_AXES = ("bn", "bias", "depth")
+BASE_AXIS_KEYS = {"bn": "model.bn", "bias": "model.bias", "depth": "model.depth"}
+
+
+def axis_name(key: str) -> str:
+    """A grid key's column name in trial records: model.bn -> bn, model.depth -> depth; others keep their path."""
+    for name, k in BASE_AXIS_KEYS.items():
+        if key == k:
+            return name
+    return key
+
+
+def variant_keys(grid_keys: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Record columns that identify a variant: bn, bias, depth, then every other grid axis."""
+    extra = tuple(axis_name(k) for k in grid_keys if axis_name(k) not in BASE_AXES)
+    return BASE_AXES + extra
+
+
+def variant_label(values: Mapping[str, Any] | tuple, keys: tuple[str, ...] | list[str] = BASE_AXES) -> str:
+    """`pre-auto-d19`: the variant's values in `keys` order (a mapping by key, or a tuple in that order)."""
+    vals = [values.get(k) for k in keys] if isinstance(values, Mapping) else list(values)
+    return "-".join(f"d{v}" if k == "depth" else str(v) for k, v in zip(keys, vals, strict=True))
+
+
+def lr_tag(lr: float) -> str:
+    """The shortest exponent form that reads back as the same lr: 2e-03, 2.35e-03."""
+    for digits in range(4):
+        s = f"{lr:.{digits}e}"
+        if math.isclose(float(s), lr, rel_tol=1e-6):
+            return s
+    return f"{lr:.4e}"
+
+
+def run_name(values: Mapping[str, Any], lr: float, seed: int, keys: tuple[str, ...] | list[str] = BASE_AXES) -> str:
+    """`pre-auto-d19-lr2e-03-s0`: a variant at one learning rate and seed."""
+    return f"{variant_label(values, keys)}-lr{lr_tag(float(lr))}-s{int(seed)}"
+
+
+def trial_dir_name(number: int, values: Mapping[str, Any], lr: float, seed: int, keys=BASE_AXES) -> str:
+    """`0007_pre-auto-d19-lr2e-03-s0`: a trial's dir under `trials/<study>/`."""
+    return f"{int(number):04d}_{safe(run_name(values, lr, seed, keys))}"
+
+
+def safe(s: str) -> str:
+    """A name usable as one path component, W&B group or artifact name."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s).strip("_") or "_"
+
+
+def cfg_values(cfg: Any, grid_keys: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A training config's variant values: {bn, bias, depth, <other grid axes>} (cfg: a DictConfig)."""
+    from omegaconf import OmegaConf
+
+    out = {name: OmegaConf.select(cfg, key) for name, key in BASE_AXIS_KEYS.items()}
+    for k in grid_keys:
+        if axis_name(k) not in BASE_AXES:
+            out[axis_name(k)] = OmegaConf.select(cfg, k)
+    return out

@@ -1,0 +1,202 @@
+"""Which trials are alive: claims, heartbeats, dead-worker detection, retries. Every use of Optuna's private
+parts in bnexp is in this module, so an Optuna upgrade that changes them breaks one file.
+
+Claiming. Workers pop WAITING trials (Optuna flips WAITING -> RUNNING atomically in the storage) and never
+sample new ones: `study.ask()` would create an extra, unplanned trial when another worker took the last point.
+
+Heartbeats. A thread beats for each trial in flight: Optuna's own heartbeat on RDB storages, a trial system
+attr (`bnexp:heartbeat`) on Optuna's journal file, which has none. The first beat is recorded at claim time.
+
+Dead workers. `reconcile()` fails RUNNING trials whose worker stopped beating (Optuna's `fail_stale_trials`,
+plus bnexp's own check for what it cannot see: journal storages, and trials that never beat at all because
+their worker died between claim and first beat; their start time stands in for the last beat) and enqueues
+their points again, at most `retries` times. Hosts' clocks must agree to well within the grace period (NTP).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from bnexp.cli import one_line
+
+log = logging.getLogger("bnexp.sweep")
+
+HEARTBEAT_ATTR = "bnexp:heartbeat"  # unix time of the last beat, for storages without Optuna heartbeats
+
+
+# ---- thin accessors for Optuna's private attributes -------------------------------------------------
+def storage_of(study: Any) -> Any:
+    return study._storage
+
+
+def trial_id(trial: Any) -> int:
+    return trial._trial_id
+
+
+def study_user_attrs(study: Any) -> dict:
+    """The study's user attrs read from the storage now (no cache)."""
+    return study._storage.get_study_user_attrs(study._study_id)
+
+
+def trial_state(study: Any, tid: int) -> Any:
+    return study._storage.get_trial(tid).state
+
+
+def fixed_params(study: Any, trial: Any) -> dict | None:
+    """The params an enqueued point fixed (None: Optuna sampled the trial itself)."""
+    return study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+
+
+def claim(study: Any, heartbeat: int) -> Any:
+    """Claim one WAITING point for this worker (atomic in the storage), or None when none is left."""
+    from optuna.trial import Trial
+
+    tid = study._pop_waiting_trial_id()
+    if tid is None:
+        return None
+    if heartbeat > 0:  # beat at once: a worker dying before its first beat is caught sooner
+        Heartbeat(study, tid, heartbeat).record()
+    return Trial(study, tid)
+
+
+def set_state(study: Any, tid: int, state: Any, value: float | None = None) -> bool:
+    """Finish a trial by id (also one this process did not claim); False when it was already finished."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        return bool(study._storage.set_trial_state_values(tid, state=state, values=None if value is None else [value]))
+    except (UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
+# ---- heartbeats --------------------------------------------------------------------------------------
+def _native_heartbeat(storage: Any) -> bool:
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+
+
+class Heartbeat:
+    """Beat for the trials in flight from a thread (a population: every member), so a dead worker's trials
+    are detected: Optuna's own heartbeat where the storage has one (RDB), else a trial system attr."""
+
+    def __init__(self, study: Any, tid: int | list[int], interval: int) -> None:
+        self.storage, self.interval = study._storage, interval
+        self.trial_ids = tid if isinstance(tid, list) else [tid]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.native = _native_heartbeat(self.storage)
+
+    def __enter__(self) -> Heartbeat:
+        if self.native or self.interval > 0:
+            self.record()
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+        return self
+
+    def record(self) -> None:
+        for tid in self.trial_ids:
+            if self.native:
+                self.storage.record_heartbeat(tid)
+            else:
+                self.storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.record()
+            except Exception as e:  # a missed beat is not fatal; the grace period covers it
+                log.warning("heartbeat failed: %s", one_line(e))
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+# ---- dead workers and retries ------------------------------------------------------------------------
+def _trials_with_native_beat(study: Any) -> set[int]:
+    """Ids of the study's RUNNING trials that have an Optuna heartbeat row (one query)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    hb, tr = models.TrialHeartbeatModel, models.TrialModel
+    rdb = getattr(study._storage, "_backend", study._storage)  # load_study wraps RDBStorage in a cache
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = (
+            session.query(hb.trial_id)
+            .join(tr, hb.trial_id == tr.trial_id)
+            .filter(tr.study_id == study._study_id, tr.state == TrialState.RUNNING)
+            .all()
+        )
+    return {r[0] for r in rows}
+
+
+def _fail_stale_by_attr(study: Any, grace: float) -> int:
+    """Fail RUNNING trials whose worker stopped beating where Optuna's own check cannot see it (see the
+    module docstring)."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    native = _native_heartbeat(study._storage)
+    try:
+        beating = _trials_with_native_beat(study) if native else set()
+    except Exception as e:  # Optuna's private RDB models changed: skip this extra check, keep the worker going
+        log.warning("cannot read Optuna heartbeats (%s); beat-less RUNNING trials are not checked", one_line(e))
+        return 0
+    now, failed = time.time(), 0
+    for t in running:
+        if native:
+            if t._trial_id in beating:
+                continue  # Optuna's fail_stale_trials judges it
+            last = None
+        else:
+            last = t.system_attrs.get(HEARTBEAT_ATTR)
+        if last is None and t.datetime_start is not None:
+            last = t.datetime_start.timestamp()
+        if last is None or now - float(last) <= grace:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"no heartbeat for {now - last:.0f} s")
+        except Exception:  # finished meanwhile
+            continue
+        if set_state(study, t._trial_id, TrialState.FAIL):
+            failed += 1
+    if failed:
+        log.warning("failed %d trial(s) whose worker stopped beating", failed)
+    return failed
+
+
+def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
+    """Fail stale trials (dead workers) and enqueue again each point that has no live or finished trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    if heartbeat > 0:
+        _fail_stale_by_attr(study, max(grace, 2 * heartbeat))
+    by_key: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "key" in t.user_attrs:
+            by_key.setdefault(t.user_attrs["key"], []).append(t)
+    added = 0
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    for key, ts in by_key.items():
+        if any(t.state in live for t in ts):
+            continue
+        failed = [t for t in ts if t.state == TrialState.FAIL and not t.user_attrs.get("returned")]
+        if len(failed) > retries:
+            continue
+        last = max(ts, key=lambda t: t.number)
+        params = dict(last.params) or dict(last.system_attrs.get("fixed_params", {}))
+        study.enqueue_trial(params, user_attrs={"key": key, "attempt": len(failed)})
+        added += 1
+    if added:
+        log.info("re-enqueued %d failed point(s)", added)
+    return added

@@ -1,0 +1,338 @@
+"""A study's spec and design (pure functions: no Optuna, no torch).
+
+A study spec is a Hydra config group (`bnexp/conf/sweep/NAME.yaml`, chosen with `sweep=NAME`) over the same
+root config as `python -m bnexp.run`. Its file is `# @package _global_`: it sets the `sweep:` node (typed by
+`SweepConfig`) and may set training keys or switch groups (`defaults: [override /optim: sgd]`) for its
+trials. The command line composes on top of it, with the one override grammar of both commands.
+
+The design is every point variant x seed x learning rate. The *grid* is nested like the config it varies
+(`sweep.grid.model.bn: [off, pre, post]`, so `sweep.grid.model.bn=[off]` overrides it); every list leaf is
+an axis. Learning rates are `sweep.lr.points` evenly log-spaced in [low, high]; seeds are `sweep.seeds`.
+
+The command line can only narrow what a study varies, never be dropped: a training override of a grid axis
+(`model.bn=off`) fixes that axis to its value, `seed=3` fixes the seeds to [3], and `optim.lr=...` (the axis
+every study varies) is refused, naming `sweep.lr.*` instead (`resolve`).
+
+What makes a study the same study (`spec_hash`): its design and every training setting that changes a
+result. Settings of where and how it runs (logger, data dir, accelerator, compile, ...) do not count, so a
+worker may log to W&B or run on another machine and still join the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.cli import ConfigError
+from bnexp.core.config import Config, validate
+
+SAMPLERS = ("grid", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+ACTIONS = ("all", "work", "create", "report", "plan")
+RULE_MODES = ("threshold", "relative")
+SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
+# settings of where and how a trial runs, not of what it computes: they never make a study "different"
+EXECUTION_KEYS = (
+    "logger",
+    "data.dir",
+    "data.download",
+    "data.on_device",
+    "data.eval_batch_size",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.compile",
+    "trainer.progress_bar",
+    "trainer.deterministic",
+)
+
+
+@dataclass
+class LRRange:
+    low: float = 1e-5
+    high: float = 1.0
+    points: int = 24  # grid: points per variant and seed, evenly log-spaced; tpe: trials per variant and seed
+
+
+@dataclass
+class RuleSpec:
+    threshold: float = 0.9  # stable: not diverged and final val/acc >= threshold
+    mode: str = "threshold"  # threshold | relative (within epsilon of the variant's best)
+    epsilon: float = 0.02
+    seed_quorum: float = 0.5  # with several seeds: an lr is stable when this fraction of its seeds is
+
+
+@dataclass
+class SweepConfig:
+    name: str = "lr_stability"  # the Optuna study's name (with -m: plus the job's overrides)
+    grid: dict = field(default_factory=lambda: {"model": {"bn": ["off", "pre", "post"]}})
+    lr: LRRange = field(default_factory=LRRange)
+    sampler: str = "grid"  # grid (evenly log-spaced, enqueued) | tpe (Optuna's TPE picks the lr)
+    seeds: list = field(default_factory=lambda: [0])
+    rule: RuleSpec = field(default_factory=RuleSpec)
+    storage: Optional[str] = None  # None: $BNEXP_STORAGE, else sqlite:///<out_dir>/study.db; journal:///path
+    out_dir: str = "outputs/sweeps/${sweep.name}"  # = hydra.run.dir: stable, so a rerun finds its study
+    pruner: str = "none"  # none | median | hyperband (off for stability studies: it biases the range)
+    population: int = 1  # K > 1: train K lrs of one variant as one model (bnexp.population)
+    heartbeat: int = 10  # seconds between heartbeats; 0 disables stale-trial detection
+    grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
+    retries: int = 2  # times a failed point is enqueued again
+    progress: bool = True  # a progress bar with per-variant stable ranges
+    action: str = "all"  # all | work (--no-report) | create (--create-only) | report (--report-only) | plan
+    max_trials: Optional[int] = None  # --max-trials N: this worker stops after N trials
+
+
+@dataclass
+class StudyConfig(Config):
+    """The sweep app's root: bnexp.run's config plus the `sweep` node."""
+
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def register_configs() -> None:
+    from bnexp.core.config import register_configs as register_run
+
+    register_run()
+    ConfigStore.instance().store(group="schema", name="study", node=StudyConfig, package="_global_")
+
+
+# ---- the grid ------------------------------------------------------------------------------------
+def _norm_value(key: str, v: Any) -> Any:
+    if key.endswith(".bn") and v is False:  # YAML 1.1 reads an unquoted `off` as false
+        return "off"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v
+
+
+def grid_axes(grid: Any) -> dict[str, list]:
+    """{'model.bn': ['off', 'pre']}: every leaf of the nested grid, a scalar leaf as a one-value axis."""
+    node = OmegaConf.to_container(grid, resolve=True) if isinstance(grid, DictConfig) else grid
+    axes: dict[str, list] = {}
+
+    def walk(d: Any, prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                vals = v if isinstance(v, list) else [v]
+                axes[key] = [_norm_value(key, x) for x in vals]
+
+    if not isinstance(node, dict):
+        raise ConfigError("sweep.grid must map config keys to lists, e.g. sweep.grid.model.bn=[off,pre]")
+    walk(node, "")
+    return axes
+
+
+def _nest(axes: dict[str, list]) -> dict:
+    out: dict = {}
+    for key, vals in axes.items():
+        d = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = list(vals)
+    return out
+
+
+# ---- resolving the command line into the study ----------------------------------------------------
+def _override_keys(task_overrides: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(list(task_overrides))]
+
+
+def resolve(cfg: DictConfig, task_overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """Check the sweep node and apply the command line's training overrides to the design.
+
+    Returns (sweep node with the grid as resolved axes, notes for the user). A command-line override of a
+    key the grid varies fixes that axis to its value; `seed=N` fixes the seeds; `optim.lr=` is refused."""
+    sw = OmegaConf.create(OmegaConf.to_container(cfg.sweep, resolve=True))
+    axes = grid_axes(sw.grid)
+    keys = [k for k in _override_keys(task_overrides) if not k.startswith(("sweep", "hydra"))]
+    notes = []
+    if "optim.lr" in keys:
+        raise ConfigError(
+            f"optim.lr={cfg.optim.lr} is the axis every study varies; set the range instead: "
+            f"sweep.lr.low=... sweep.lr.high=... sweep.lr.points=... (one lr: sweep.lr.low=X sweep.lr.high=X "
+            "sweep.lr.points=1), or train it alone with python -m bnexp.run"
+        )
+    for axis in list(axes):
+        if any(axis == k or axis.startswith(k + ".") for k in keys):  # model.bn=off, or a group (optim=sgd)
+            value = _norm_value(axis, OmegaConf.select(cfg, axis))
+            if axes[axis] != [value]:
+                notes.append(f"{axis}={value} on the command line: the grid's {axis} axis is now [{value}]")
+            axes[axis] = [value]
+    if "seed" in keys and list(sw.seeds) != [int(cfg.seed)]:
+        notes.append(f"seed={cfg.seed} on the command line: the study's seeds are now [{cfg.seed}]")
+        sw.seeds = [int(cfg.seed)]
+    sw.grid = _nest(axes)
+    check(sw, cfg)
+    return sw, notes
+
+
+def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
+    """Every value of the sweep node, each error naming the fix."""
+    axes = grid_axes(sw.grid)
+    if not axes or any(not v for v in axes.values()):
+        raise ConfigError("sweep.grid must map config keys to non-empty lists, e.g. sweep.grid.model.bn=[off,pre]")
+    for key in axes:
+        if key in SWEPT:
+            raise ConfigError(f"sweep.grid.{key}: {key} is swept by sweep.lr / sweep.seeds, not by the grid")
+        if cfg is not None and OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            raise ConfigError(f"sweep.grid.{key}: {key} is not a training config key (python -m bnexp.run --cfg job)")
+    lr = sw.lr
+    for k in ("low", "high"):
+        v = lr[k]
+        if not math.isfinite(v):
+            raise ConfigError(f"sweep.lr.{k}={v} is not a finite number (e.g. sweep.lr.low=1e-5 sweep.lr.high=1.0)")
+        if v <= 0:
+            raise ConfigError(f"sweep.lr.{k}={v} must be positive (e.g. sweep.lr.low=1e-5 sweep.lr.high=1.0)")
+    if lr.low > lr.high or (lr.low == lr.high and lr.points != 1):
+        raise ConfigError(
+            f"sweep.lr.low={lr.low} must be < sweep.lr.high={lr.high}; e.g. sweep.lr.low=1e-5 sweep.lr.high=1.0"
+        )
+    if lr.points < 1:
+        raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1 (e.g. sweep.lr.points=12)")
+    for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("action", ACTIONS)):
+        if sw[k] not in allowed:
+            raise ConfigError(f"sweep.{k}={sw[k]!r} is not allowed; choose one of: {', '.join(allowed)}")
+    if sw.rule.mode not in RULE_MODES:
+        raise ConfigError(f"sweep.rule.mode={sw.rule.mode!r} is not allowed; choose one of: {', '.join(RULE_MODES)}")
+    if not sw.seeds:
+        raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0,1,2]")
+    for s in sw.seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ConfigError(f"sweep.seeds={list(sw.seeds)}: seeds are whole numbers >= 0, e.g. sweep.seeds=[0,1,2]")
+    if len(set(sw.seeds)) != len(sw.seeds):
+        raise ConfigError(f"sweep.seeds={list(sw.seeds)} lists a seed twice")
+    for k, low in (("population", 1), ("retries", 0), ("heartbeat", 0), ("grace", 0)):
+        if sw[k] < low:
+            raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low}")
+    if sw.max_trials is not None and sw.max_trials < 1:
+        raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
+    if not re.fullmatch(r"[\w.\-]+", sw.name):
+        raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
+
+
+# ---- the design ----------------------------------------------------------------------------------
+def lr_points(sw: DictConfig) -> list[float]:
+    lo, hi, n = math.log10(sw.lr.low), math.log10(sw.lr.high), sw.lr.points
+    if n == 1:
+        return [float(f"{10**lo:.6g}")]
+    return [float(f"{10 ** (lo + i * (hi - lo) / (n - 1)):.6g}") for i in range(n)]
+
+
+def variants(sw: DictConfig) -> list[dict[str, Any]]:
+    """Every combination of the grid's axes, as {config key: value}."""
+    out: list[dict[str, Any]] = [{}]
+    for k, vals in grid_axes(sw.grid).items():
+        out = [{**v, k: x} for v in out for x in vals]
+    return out
+
+
+def point_key(variant: dict[str, Any], seed: int, lr: Any) -> str:
+    """A design point's identity in the study: `model.bn=pre seed=0 lr=0.001`."""
+    return " ".join(f"{k}={x}" for k, x in variant.items()) + f" seed={seed} lr={lr}"
+
+
+def design(sw: DictConfig) -> list[dict[str, Any]]:
+    """Every point of the study: variant x seed x lr (tpe: the lr left to the sampler, numbered instead)."""
+    lrs = lr_points(sw) if sw.sampler != "tpe" else [None] * sw.lr.points
+    pts = []
+    for v in variants(sw):
+        for s in sw.seeds:
+            for i, lr in enumerate(lrs):
+                key = point_key(v, int(s), lr if lr is not None else i)
+                pts.append({"variant": v, "seed": int(s), "lr": lr, "key": key})
+    return pts
+
+
+# ---- training configs ------------------------------------------------------------------------------
+def training_cfg(cfg: DictConfig) -> DictConfig:
+    """The study config without its `sweep` node, typed and validated as bnexp.run's config."""
+    import dataclasses
+
+    keys = [f.name for f in dataclasses.fields(Config)]
+    node = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    return validate(OmegaConf.merge(OmegaConf.structured(Config), node))
+
+
+def trial_cfg(base: DictConfig, variant: dict[str, Any], lr: float, seed: int) -> DictConfig:
+    """One point's training config: the study's training config with the point's axes, lr and seed."""
+    c = base.copy()
+    for k, v in variant.items():
+        OmegaConf.update(c, k, v, merge=False)
+    c.optim.lr, c.seed = float(lr), int(seed)
+    return validate(c)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _counts(key: str, ignore: tuple[str, ...]) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in ignore)
+
+
+def spec_hash(sw: DictConfig, base: DictConfig) -> str:
+    """What makes a study the same study: its design and the training settings that change a result."""
+    axes = grid_axes(sw.grid)
+    train = _flat(OmegaConf.to_container(base, resolve=True))
+    ignore = (*EXECUTION_KEYS, *SWEPT, *axes)
+    ident = {
+        "grid": axes,
+        "lr": OmegaConf.to_container(sw.lr),
+        "sampler": sw.sampler,
+        "seeds": list(sw.seeds),
+        "train": {k: v for k, v in sorted(train.items()) if _counts(k, ignore)},
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _override_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, float) else str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
+    s = str(v)
+    if re.fullmatch(r"[\w./:+-]+", s) and s not in ("null", "true", "false") and not _numeric(s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+RERUN_IGNORE = ("logger.group", "logger.job_type", "logger.run_name", "trainer.progress_bar")
+
+
+def rerun_overrides(trial: DictConfig, default: DictConfig) -> list[str]:
+    """The `python -m bnexp.run` overrides that rebuild `trial` from the default config: every key that differs."""
+    t = _flat(OmegaConf.to_container(trial, resolve=True))
+    d = _flat(OmegaConf.to_container(default, resolve=True))
+    return [f"{k}={_override_value(v)}" for k, v in t.items() if d.get(k, object()) != v and _counts(k, RERUN_IGNORE)]

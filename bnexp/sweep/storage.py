@@ -1,0 +1,202 @@
+"""Where a study lives: the Optuna storage (SQLite by default, PostgreSQL for many machines, Optuna's journal
+file) and the study in it, created once with its whole design enqueued.
+
+The storage URL: `sweep.storage`, else `$BNEXP_STORAGE` (so a password need not be on any command line),
+else `sqlite:///<out_dir>/study.db`. A URL's password is never printed or written: `bnexp.cli.redact`.
+
+Workers that start together on a fresh storage race twice: to create Optuna's tables (retried here), and to
+create the study (one wins; it enqueues every point, then records `spec_hash` last; the others wait for that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bnexp.cli import ConfigError, one_line, redact
+from bnexp.sweep import liveness
+from bnexp.sweep.spec import design
+
+log = logging.getLogger("bnexp.sweep")
+STORAGE_ENV = "BNEXP_STORAGE"
+_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked", "is locked")
+
+
+def storage_url(sw: DictConfig, out_dir: Path) -> str:
+    return sw.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    # heartbeats with ask/tell and fail_stale_trials are supported, just flagged experimental
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _schema_race(e: BaseException) -> bool:
+    """True for the errors two processes get when they create Optuna's tables in one database at once
+    (CREATE TABLE / alembic_version INSERT colliding): opening again finds the finished schema."""
+    return any(s in str(e).lower() for s in _RACE)
+
+
+def _with_installed_driver(url: str) -> str:
+    """postgresql://... -> postgresql+psycopg2://... when psycopg (3) is missing: SQLAlchemy 2.1 maps a bare
+    postgresql:// to psycopg, bnexp's [cluster] extra installs psycopg2-binary."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"  # SQLAlchemy does not know Heroku's postgres://
+
+
+def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
+    """An Optuna storage for `url`; a URL that does not open is a ConfigError (password masked)."""
+    import optuna
+
+    _quiet_optuna()
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal://") :]
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except OSError as e:
+            raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
+    kw: dict[str, Any] = {}
+    full = _with_installed_driver(url)
+    if full.startswith("sqlite"):
+        kw["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # several workers on one file wait, not fail
+    elif full.startswith("postgresql"):
+        kw["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}, "pool_pre_ping": True}  # fail, not hang
+    if heartbeat > 0:
+        kw.update(heartbeat_interval=heartbeat, grace_period=max(grace, 2 * heartbeat))
+    err: BaseException | None = None
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(full, **kw)
+        except Exception as e:
+            if attempt < 9 and _schema_race(e):  # another process is creating the same schema right now
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+                continue
+            err = e
+            break
+    why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
+    raise ConfigError(
+        redact(
+            f"cannot open storage {url!r}: {why}; check the URL (e.g. sqlite:///study.db or "
+            f"postgresql://user:pw@host/db) and that the server is reachable"
+        )
+    ) from None
+
+
+def _sampler_and_pruner(sw: DictConfig) -> tuple[Any, Any]:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=0) if sw.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
+    pruner = {
+        "none": optuna.pruners.NopPruner(),
+        "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner(),
+    }[sw.pruner]
+    return sampler, pruner
+
+
+def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
+    """An existing study, or a ConfigError naming the studies that are there."""
+    import optuna
+
+    storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0)
+    kw = dict(zip(("sampler", "pruner"), _sampler_and_pruner(sw), strict=True)) if sw is not None else {}
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kw)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise ConfigError(
+            redact(f"no study {name!r} in {url}; studies there: {names} (run the sweep first, or fix the name)")
+        ) from None
+
+
+def open_study(
+    study_name: str, sw: DictConfig, spec_record: dict, h: str, url: str, wait_s: float = 60.0
+) -> tuple[Any, bool]:
+    """(study, created): load or create the study; its creator enqueues every design point once, then records
+    the spec.
+
+    `spec_record` (the resolved spec, no secrets) and `h` (spec_hash) are stored as study user attrs; a study
+    of the same name with another spec_hash is refused, naming the fix."""
+    import optuna
+
+    storage = make_storage(url, sw.heartbeat, sw.grace)
+    sampler, pruner = _sampler_and_pruner(sw)
+    created = False
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        try:
+            study = optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
+            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    old = study.user_attrs.get("spec_hash")
+    if old is None and not created:
+        old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
+    if old is None:  # we created it (or its creator died before finishing): plan the design
+        pts = design(sw)
+        have = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
+        for p in pts:
+            if p["key"] in have:
+                continue
+            params = {**p["variant"], "seed": p["seed"]}
+            if p["lr"] is not None:
+                params["lr"] = p["lr"]
+            study.enqueue_trial(params, user_attrs={"key": p["key"], "attempt": 0})
+        study.set_user_attr("spec", json.loads(json.dumps(spec_record, default=str)))
+        study.set_user_attr("design_size", len(pts))
+        study.set_user_attr("spec_hash", h)  # last: a study with a spec_hash has its whole design enqueued
+        log.info("created study %s with %d points", study_name, len(pts))
+    elif old != h:
+        raise ConfigError(
+            f"study {study_name!r} already exists in this storage with a different spec (its grid, lr range, "
+            f"seeds or training settings differ); use sweep.name=<new name> to start another study"
+        )
+    return study, created
+
+
+def _wait_for_spec(study: Any, wait_s: float) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        old = liveness.study_user_attrs(study).get("spec_hash")
+        if old is not None:
+            return old
+        time.sleep(0.5)
+    log.warning(
+        "study %s has no recorded spec after %.0f s; planning its missing points here", study.study_name, wait_s
+    )
+    return None
+
+
+def spec_record(study_name: str, sw: DictConfig, base: DictConfig) -> dict:
+    """What a study records about itself: the resolved sweep node (storage left out: it may hold a password,
+    and it is where the record lives) and the trials' training config."""
+    s = OmegaConf.to_container(sw, resolve=True)
+    for k in ("storage", "action", "max_trials", "progress"):
+        s.pop(k, None)
+    return {"study": study_name, "sweep": s, "train": OmegaConf.to_container(base, resolve=True)}

@@ -1,0 +1,392 @@
+"""A sweep worker: claim a waiting point, train it through `train(cfg)` (the code path of bnexp.run), record it.
+
+Trials call bnexp.core.train.train(cfg). The objective recorded in Optuna is the *final* val/acc (population
+statistics): stability is about where training ends, not its best moment. A diverged trial is COMPLETE with
+diverged=true (an infeasible result, counted and plotted). Any exception in a trial fails that trial only,
+with its reason; an out-of-memory error gets the reason "CUDA out of memory: ..." and its memory is
+released before the next trial. Each trial records the `worker` that ran it (host:pid, SLURM array task).
+
+Stopping. SIGTERM/SIGINT only set `Worker.interrupted`: the trial in flight checks it at every batch
+(`StopCallback`; every step in population mode) and ends itself, failed as "interrupted", so its point is
+retried later. An exception raised from a signal handler would land wherever the interpreter happens to be
+(an import half done, a __del__ finaliser that swallows it). A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bnexp import names
+from bnexp.analysis.stability import StabilityRule
+from bnexp.cli import ConfigError, one_line
+from bnexp.sweep import liveness
+from bnexp.sweep.records import trial_attrs
+from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
+
+log = logging.getLogger("bnexp.sweep")
+INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _is_stop(e: BaseException) -> bool:
+    """Our Interrupted, or Lightning's SIGTERMException (a SystemExit its loops raise at the next batch
+    after its own SIGTERM hook ran): for a sweep worker the same interruption. Matched by name so that
+    the except clause imports nothing."""
+    return isinstance(e, Interrupted) or (isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException")
+
+
+def _oom_kind(e: BaseException) -> str | None:
+    """The kind of out-of-memory error: CUDA (torch.OutOfMemoryError), other (cuDNN/cuBLAS/CPU allocator), None."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):  # = torch.cuda.OutOfMemoryError
+        return "CUDA out of memory"
+    msg = str(e).lower()
+    if isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg):
+        return "out of memory"
+    return None
+
+
+def fail_reason(e: BaseException) -> str:
+    """The one line a FAIL trial keeps (user attr fail_reason). Out of memory gets a fixed prefix, so a
+    report can count OOMs apart from bugs, and says what to shrink."""
+    msg = one_line(e)[:500]
+    kind = _oom_kind(e)
+    if kind is None:
+        return f"{type(e).__name__}: {msg}"
+    detail = msg.removeprefix("CUDA out of memory").lstrip(". ") or type(e).__name__
+    return f"{kind}: {detail} (try a smaller data.batch_size or data.eval_batch_size, or data.on_device=false)"
+
+
+def _state_of(reason: str) -> str:
+    if reason == INTERRUPTED:
+        return "interrupted"
+    return "oom" if reason.split(":")[0].endswith("out of memory") else "failed"
+
+
+def worker_id() -> str:
+    """host:pid, plus the SLURM job/array task when there is one: which worker ran (or died in) a trial."""
+    import socket
+
+    wid = f"{socket.gethostname()}:{os.getpid()}"
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        wid += f" slurm:{job}" + (f"_{task}" if task else "")
+    return wid
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()  # the failed trial's Trainer/module cycles hold its CUDA tensors
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _objective_value(metrics: dict) -> float:
+    v = metrics.get("val/acc")
+    return float(v) if v is not None and math.isfinite(v) else 0.0
+
+
+class PruneCallback:
+    """Report val/acc to Optuna after each validation; stop the run when the pruner says so."""
+
+    def __new__(cls, trial: Any):
+        import lightning as L
+
+        class _CB(L.Callback):
+            pruned = False
+
+            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+                if trainer.sanity_checking or "val/acc" not in pl_module.final:
+                    return
+                trial.report(pl_module.final["val/acc"], trainer.global_step)
+                if trial.should_prune():
+                    self.pruned = True
+                    trainer.should_stop = True
+
+        return _CB()
+
+
+class StopCallback:
+    """Raise Interrupted from ordinary code at the next batch once a signal asked the worker to stop."""
+
+    def __new__(cls, worker: Worker):
+        import lightning as L
+
+        class _CB(L.Callback):
+            def _check(self, *_: Any) -> None:
+                worker.check_interrupted()
+
+            on_train_batch_start = on_validation_batch_start = on_test_batch_start = _check
+
+        return _CB()
+
+
+class Worker:
+    """Trains the points of one study until none is left (or `max_trials`, or a stop signal).
+
+    `base` is the study's training config (bnexp.run's schema, validated), `default` bnexp.run's default
+    config (each trial records the overrides that rebuild it from there), `rule` the study's stability rule.
+    """
+
+    def __init__(
+        self,
+        study: Any,
+        study_name: str,
+        sw: DictConfig,
+        base: DictConfig,
+        out_dir: Path,
+        default: DictConfig,
+        rule: StabilityRule | None = None,
+    ) -> None:
+        self.study, self.study_name, self.sw, self.base = study, study_name, sw, base
+        self.out_dir, self.default, self.rule = Path(out_dir), default, rule
+        self.grid_keys = list(grid_axes(sw.grid))
+        self.keys = names.variant_keys(self.grid_keys)
+        self.interrupted = False
+        self.current: list[Any] = []
+
+    # ---- one point ---------------------------------------------------------------------------------
+    def _point(self, trial: Any) -> tuple[DictConfig, list[str], Path]:
+        """The trial's training config, its rerun overrides and its dir (Optuna params fix the point)."""
+        sw = self.sw
+        axes = grid_axes(sw.grid)
+        variant = {k: trial.suggest_categorical(k, list(vals)) for k, vals in axes.items()}
+        seed = trial.suggest_categorical("seed", [int(s) for s in sw.seeds])
+        lr = trial.suggest_float("lr", sw.lr.low, sw.lr.high, log=True)
+        cfg = trial_cfg(self.base, variant, float(f"{lr:.6g}"), seed)
+        ov = rerun_overrides(cfg, self.default)
+        cfg.logger.group, cfg.logger.job_type = self.study_name, "trial"
+        cfg.trainer.progress_bar = False
+        values = names.cfg_values(cfg, self.grid_keys)
+        name = names.trial_dir_name(trial.number, values, cfg.optim.lr, cfg.seed, self.keys)
+        cfg.logger.run_name = names.run_name(values, cfg.optim.lr, cfg.seed, self.keys)
+        return cfg, ov, self.out_dir / "trials" / names.safe(self.study_name) / name
+
+    def _is_duplicate(self, trial: Any) -> bool:
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.user_attrs.get("key") == key and t.number != trial.number:
+                if t.state == TrialState.COMPLETE or t.number < trial.number:
+                    return True
+        return False
+
+    def _drop_duplicate(self, trial: Any) -> bool:
+        """Two workers re-enqueued the same failed point: the later claim is dropped (PRUNED, marked)."""
+        from optuna.trial import TrialState
+
+        if not self._is_duplicate(trial):
+            return False
+        trial.set_user_attr("duplicate", True)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        return True
+
+    def _start(self, trial: Any, cfg: DictConfig, ov: list[str], out: Path) -> None:
+        for k, v in (("bn", cfg.model.bn), ("bias", cfg.model.bias), ("depth", int(cfg.model.depth))):
+            trial.set_user_attr(k, v)  # so that a trial that dies mid-way still names its variant
+        trial.set_user_attr("overrides", " ".join(ov))
+        trial.set_user_attr("trial_dir", str(out))
+        trial.set_user_attr("worker", worker_id())
+
+    def _finish(self, trial: Any, metrics: dict, cfg: DictConfig, ov: list[str], pruned: bool = False) -> str:
+        from optuna.trial import TrialState
+
+        for k, v in trial_attrs(metrics, cfg, ov, self.grid_keys).items():
+            trial.set_user_attr(k, v)
+        if pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return "pruned"
+        self.study.tell(trial, _objective_value(metrics))
+        return "diverged" if metrics["diverged"] else "complete"
+
+    def _fail(self, trials: list[Any], reason: str) -> list[str]:
+        from optuna.trial import TrialState
+
+        _free_accelerator_memory()
+        for t in trials:
+            t.set_user_attr("fail_reason", reason)
+            self.study.tell(t, state=TrialState.FAIL)
+        return [_state_of(reason)] * len(trials)
+
+    def run_one(self, trial: Any) -> str:
+        from bnexp.core.train import train
+
+        if self._drop_duplicate(trial):
+            return "duplicate"
+        try:
+            cfg, ov, out = self._point(trial)
+        except ConfigError as e:
+            self._fail([trial], one_line(e))
+            raise
+        self._start(trial, cfg, ov, out)
+        cb = PruneCallback(trial) if self.sw.pruner != "none" else None
+        self.check_interrupted()  # a signal that came while the trial was being set up
+        reason = None
+        try:
+            with liveness.Heartbeat(self.study, liveness.trial_id(trial), self.sw.heartbeat):
+                metrics = train(
+                    cfg, output_dir=out, callbacks=[StopCallback(self), *([cb] if cb else [])], rule=self.rule
+                )
+        except BaseException as e:
+            if _is_stop(e):
+                return self._fail([trial], INTERRUPTED)[0]
+            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
+                raise
+            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
+        if reason is not None:  # out of the except block: its traceback no longer pins the trial's tensors
+            log.error("trial %d failed: %s", trial.number, reason)
+            return self._fail([trial], reason)[0]
+        return self._finish(trial, metrics, cfg, ov, pruned=cb is not None and cb.pruned)
+
+    # ---- a population: K lrs of one variant and seed as one model -----------------------------------
+    def run_population(self, trials: list[Any]) -> list[str]:
+        from bnexp.population.train import train_population
+
+        trials = [t for t in trials if not self._drop_duplicate(t)]
+        if not trials:
+            return []
+        points = [self._point(t) for t in trials]
+        for t, (cfg, ov, out) in zip(trials, points, strict=True):
+            self._start(t, cfg, ov, out)
+        cfgs = [p[0] for p in points]
+        reason = None
+        try:
+            with liveness.Heartbeat(self.study, [liveness.trial_id(t) for t in trials], self.sw.heartbeat):
+                results = train_population(
+                    cfgs[0],
+                    [c.optim.lr for c in cfgs],
+                    [p[2] for p in points],
+                    [c.seed for c in cfgs],
+                    on_step=self.check_interrupted,
+                )
+        except Interrupted:
+            reason = INTERRUPTED
+        except Exception as e:
+            reason = fail_reason(e)
+        if reason is not None:
+            return self._fail(trials, reason)
+        states = []
+        for t, m, (cfg, ov, out) in zip(trials, results, points, strict=True):
+            t.set_user_attr("population", len(trials))
+            states.append(self._finish(t, m, cfg, ov))
+            _log_member(cfg, m, out, self.rule)
+        return states
+
+    def ask_group(self) -> list[Any]:
+        """Claim waiting points: 1, or up to K of the same variant and seed for population training."""
+        first = liveness.claim(self.study, self.sw.heartbeat)
+        if first is None:  # another worker took the last waiting point
+            return []
+        group = [first]
+        if self.sw.population > 1:
+            same = {k: v for k, v in (liveness.fixed_params(self.study, first) or {}).items() if k != "lr"}
+            while len(group) < self.sw.population and self._has(("WAITING",)):
+                t = liveness.claim(self.study, self.sw.heartbeat)
+                if t is None:
+                    break
+                fpt = liveness.fixed_params(self.study, t) or {}
+                if {k: v for k, v in fpt.items() if k != "lr"} == same and "lr" in fpt:
+                    group.append(t)
+                else:  # another variant: put it back
+                    self._return(t)
+                    break
+        return group
+
+    def _return(self, t: Any) -> None:
+        """Give a claimed point back: fail the claim (marked `returned`, not counted) and enqueue the point."""
+        from optuna.trial import TrialState
+
+        t.set_user_attr("fail_reason", "returned to the queue (population grouping)")
+        t.set_user_attr("returned", True)
+        self.study.tell(t, state=TrialState.FAIL)
+        fixed = liveness.fixed_params(self.study, t)
+        self.study.enqueue_trial(fixed, user_attrs={"key": t.user_attrs.get("key"), "attempt": 0})
+
+    def check_interrupted(self) -> None:
+        if self.interrupted:
+            raise Interrupted("stop requested")
+
+    def _fail_unfinished(self, group: list[Any], reason: str) -> list[str]:
+        from optuna.trial import TrialState
+
+        running = [t for t in group if liveness.trial_state(self.study, liveness.trial_id(t)) == TrialState.RUNNING]
+        return self._fail(running, reason) if running else []
+
+    def _has(self, states: tuple[str, ...]) -> bool:
+        from optuna.trial import TrialState
+
+        return bool(self.study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)))
+
+    def loop(self, progress: Any = None, max_trials: int | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        done = 0
+        sw = self.sw
+        while not self.interrupted and (max_trials is None or done < max_trials):
+            if not self._has(("WAITING",)):
+                liveness.reconcile(self.study, sw.heartbeat, sw.grace, sw.retries)
+                if not self._has(("WAITING",)):
+                    if not self._has(("RUNNING",)):
+                        break
+                    time.sleep(min(5.0, max(1.0, sw.heartbeat / 2)))  # others still running
+                    continue
+            group = self.ask_group()
+            if not group:
+                continue
+            self.current = group
+            try:
+                states = self.run_population(group) if len(group) > 1 else [self.run_one(group[0])]
+            except Interrupted:  # the signal came outside train(): before it started or after it ended
+                states = self._fail_unfinished(group, INTERRUPTED)
+            finally:
+                self.current = []
+            for s in states:
+                counts[s] = counts.get(s, 0) + 1
+            done += len(states)
+            if progress is not None:
+                progress.update()
+        return counts
+
+
+def _log_member(cfg: DictConfig, metrics: dict, out: Path, rule: StabilityRule | None) -> None:
+    """Population members train outside Lightning: give each the W&B run train() would have given it."""
+    if cfg.logger.name != "wandb":
+        return
+    try:
+        from bnexp.tracking.wandb_runs import log_finished_run
+
+        log_finished_run(cfg, out, metrics, rule)
+    except Exception as e:  # metrics.json on disk is the result; W&B is a view of it
+        log.warning("W&B run for a population member not written: %s", one_line(e))
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        """Only set the flag (see the module docstring); a second signal raises, for a user who insists."""
+        if worker.interrupted:
+            raise KeyboardInterrupt
+        worker.interrupted = True
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)

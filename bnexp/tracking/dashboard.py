@@ -1,0 +1,214 @@
+"""`python -m bnexp.dashboard --entity E --project P [--study-name S]`: a W&B Report comparing variants.
+
+Built with wandb-workspaces from the runs bnexp logs (see bnexp/tracking/wandb_runs.py for names and keys):
+
+  1. Stability across learning rates (the sweep-summary runs of the study): final val/acc against log10 lr
+     per variant, stable-width bars (decades), diverged trials per variant, the stability.png plot.
+  2. Trials (job_type=trial): final val/acc against lr, diverged and stable counts per variant,
+     training-loss curves grouped by variant, steps per second.
+  3. Inside the network (runs with `logger.diagnostics_every` / `logger.landscape_every` on): per-layer
+     pre-activation std and mean before and after BN, per-layer gradient norms, and the loss-landscape probe.
+
+`--dry-run` prints the report's sections and panels without saving (no login needed). Saving needs a
+W&B login; without one the command exits with status 2 and a line naming `wandb login`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from bnexp.cli import fail
+
+SUMMARY_TABLE_CHARTS = (
+    # (title, vega preset, table logged by the sweep-summary run, field mapping)
+    (
+        "final val/acc vs log10 lr, per variant",
+        "wandb/line/v0",
+        "points",
+        {"x": "log10_lr", "y": "mean_val_acc", "stroke": "variant"},
+    ),
+    (
+        "stable lr width per variant (decades)",
+        "wandb/bar/v0",
+        "variants",
+        {"label": "variant", "value": "stable_decades"},
+    ),
+    ("diverged trials per variant", "wandb/bar/v0", "variants", {"label": "variant", "value": "n_diverged"}),
+)
+
+
+def _filters(job_types: list[str], study: str | None) -> list:
+    from wandb_workspaces import expr
+
+    f = [expr.Metric("JobType") == job_types[0]] if len(job_types) == 1 else [expr.Metric("JobType").isin(job_types)]
+    if study:
+        f.append(expr.Metric("Group") == study)
+    return f
+
+
+def build_report(entity: str, project: str, study: str | None = None) -> Any:
+    """The report (not saved): three panel grids over the study's summary runs, trials and diagnostics."""
+    import wandb_workspaces.reports.v2 as wr
+
+    what = f"study `{study}`" if study else "all studies"
+    variant = wr.Config("variant")
+
+    def runset(name: str, job_types: list[str]) -> Any:
+        return wr.Runset(entity=entity, project=project, name=name, filters=_filters(job_types, study))
+
+    summary_panels = [
+        wr.CustomChart(
+            query={"summaryTable": {"tableKey": table}},
+            chart_name=preset,
+            chart_fields=fields,
+            chart_strings={"title": title},
+        )
+        for title, preset, table, fields in SUMMARY_TABLE_CHARTS
+    ]
+    summary_panels.append(wr.MediaBrowser(title="stability.png", media_keys=["stability"]))
+
+    trial_panels = [
+        wr.ScatterPlot(
+            title="final val/acc vs learning rate (every trial)",
+            x=wr.Config("optim.lr"),
+            y=wr.SummaryMetric("val/acc"),
+            log_x=True,
+        ),
+        wr.BarPlot(
+            title="diverged count per variant (trial runs)",
+            metrics=[wr.SummaryMetric("diverged_count")],
+            groupby=variant,
+            groupby_aggfunc="sum",
+        ),
+        wr.BarPlot(
+            title="best final val/acc per variant",
+            metrics=[wr.SummaryMetric("val/acc")],
+            groupby=variant,
+            groupby_aggfunc="max",
+        ),
+        wr.LinePlot(
+            title="training loss by variant (mean, min-max over trials)",
+            x="trainer/global_step",
+            y=["train/loss"],
+            groupby=variant,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
+            log_y=True,
+        ),
+        wr.LinePlot(
+            title="val/acc by variant", x="trainer/global_step", y=["val/acc"], groupby=variant, groupby_aggfunc="mean"
+        ),
+        wr.LinePlot(title="steps per second", x="trainer/global_step", y=["perf/steps_per_s"], groupby=variant),
+    ]
+
+    def layers(title: str, regex: str) -> Any:
+        return wr.LinePlot(
+            title=title, x="trainer/global_step", metric_regex=regex, groupby=variant, groupby_aggfunc="mean"
+        )
+
+    diag_panels = [
+        layers("pre-activation std per layer (z = conv(x))", r"act/z_std/.*"),
+        layers("pre-activation mean per layer", r"act/z_mean/.*"),
+        layers("BN output std per layer", r"act/bn_out_std/.*"),
+        layers("BN output mean per layer", r"act/bn_out_mean/.*"),
+        layers("gradient norm per layer", r"grad/.*"),
+        layers("loss variation along the gradient (Santurkar et al.)", r"landscape/loss_range"),
+        layers("gradient predictiveness: max ||g(w - eta g) - g||", r"landscape/grad_change_max"),
+        layers("effective beta-smoothness", r"landscape/beta_smoothness"),
+    ]
+
+    blocks = [
+        wr.H1(f"Batch norm and the stable learning-rate range: {what}"),
+        wr.P(
+            "Each trial trains the deep MNIST conv net at one learning rate; a trial is stable when it did not"
+            " diverge and its final val/acc clears the study's threshold. The stable width is log10(max/min) of"
+            " the stable learning rates, per variant (bn-bias-depth)."
+        ),
+        wr.H2("Stability across learning rates"),
+        wr.PanelGrid(runsets=[runset("sweep summaries", ["sweep-summary"])], panels=summary_panels),
+        wr.H2("Trials"),
+        wr.PanelGrid(runsets=[runset("trials", ["trial"])], panels=trial_panels),
+        wr.H2("Inside the network"),
+        wr.P(
+            "Per-layer statistics (logger.diagnostics_every) show Ioffe & Szegedy's internal covariate shift:"
+            " without BN the pre-activation distribution of deep layers drifts and grows as training goes;"
+            " the landscape probe (logger.landscape_every) measures how smooth the loss is along the gradient."
+        ),
+        wr.PanelGrid(runsets=[runset("runs and trials", ["run", "trial"])], panels=diag_panels),
+    ]
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=f"BN stability: {study or 'all studies'}",
+        description="Stable learning-rate range with batch norm off / pre / post (bnexp).",
+        blocks=blocks,
+    )
+
+
+def describe(report: Any) -> list[dict[str, Any]]:
+    """One entry per panel: section, panel type, title, and what it plots (for --dry-run and tests)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    out, section = [], ""
+    for b in report.blocks:
+        if isinstance(b, (wr.H1, wr.H2, wr.H3)):
+            section = b.text if isinstance(b.text, str) else str(b.text)
+        if isinstance(b, wr.PanelGrid):
+            for p in b.panels:
+                title = getattr(p, "title", None) or (getattr(p, "chart_strings", None) or {}).get("title")
+                out.append(
+                    {
+                        "section": section,
+                        "type": type(p).__name__,
+                        "title": title,
+                        "runsets": [r.name for r in b.runsets],
+                        "plots": _plots(p),
+                    }
+                )
+    return out
+
+
+def _plots(p: Any) -> list[str]:
+    def name(m: Any) -> str:
+        return getattr(m, "name", m) if not isinstance(m, str) else m
+
+    got: list[str] = []
+    for attr in ("x", "y", "metrics", "metric_regex", "media_keys"):
+        v = getattr(p, attr, None)
+        if v:
+            got += [name(m) for m in (v if isinstance(v, list) else [v])]
+    if getattr(p, "query", None):
+        got += [f"table:{p.query['summaryTable']['tableKey']}", *map(str, (p.chart_fields or {}).values())]
+    return [str(g) for g in got]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: build the report; save it (needs `wandb login`) or, with --dry-run, print its panels."""
+    p = argparse.ArgumentParser(prog="python -m bnexp.dashboard", description=__doc__.splitlines()[0])
+    p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (default: $WANDB_ENTITY)")
+    p.add_argument("--project", default=os.environ.get("WANDB_PROJECT") or "bnexp", help="W&B project")
+    p.add_argument("--study-name", default=None, help="only this study's runs (its W&B group); default: all")
+    p.add_argument("--dry-run", action="store_true", help="print the report's panels; do not save")
+    a = p.parse_args(argv)
+    if not a.entity:
+        fail("--entity is required (or set WANDB_ENTITY)")
+    try:
+        report = build_report(a.entity, a.project, a.study_name)
+    except ImportError as e:
+        fail(f"the dashboard needs wandb-workspaces: pip install 'bnexp[dashboard]' ({e})")
+    if a.dry_run:
+        print(f"report {report.title!r} for {a.entity}/{a.project}")
+        for d in describe(report):
+            print(f"  [{d['section']}] {d['type']}: {d['title']} <- {', '.join(d['plots'])}")
+        return
+    from bnexp.tracking.wandb_runs import has_credentials
+
+    if not has_credentials():
+        fail("saving a W&B report needs a login: run `wandb login` (or set WANDB_API_KEY); --dry-run needs none")
+    try:
+        report.save()
+    except Exception as e:  # network, permissions: one line, not a traceback
+        fail(f"could not save the report to {a.entity}/{a.project}: {' '.join(str(e).split())[:300]}", code=1)
+    print(report.url)

@@ -1,0 +1,152 @@
+"""The report files written from hand-made trial tables: summary.json, trials.csv, figures, report.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers.tables import PNG_MAGIC, RULE, seeded, sweep, trial
+
+from bnexp.analysis.report import load_trials_csv, write_report
+from bnexp.analysis.stability import StabilityRule, is_stable
+
+
+def _strict_json(path: Path) -> dict:
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == PNG_MAGIC, path
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b and type(a) is type(b)
+
+
+def full_table() -> list[dict]:
+    trials = []
+    for depth in (7, 19):
+        trials += seeded([(0, 2), (2, 2), (2, 2), (1, 2), (0, 2)])
+        for t in trials[-10:]:
+            t["bn"], t["depth"] = "off", depth
+        trials += seeded([(2, 2), (2, 2), (2, 2), (2, 2), (1, 2)])
+        for t in trials[-10:]:
+            t["depth"] = depth
+    trials[-1]["diverged"], trials[-1]["val_acc"] = True, float("nan")
+    trials[-3]["val_acc_batchstats"] = 0.91
+    trials.append(trial(3.0, None, state="FAIL", error="CUDA OOM, batch 64\nretry", depth=19))
+    for i, t in enumerate(trials):
+        t["number"] = i
+    return trials
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    trials = full_table()
+    cmds = ["python -m bnexp.sweep sweeps/lr_grid.yaml", "python -m bnexp.report --study lr_grid"]
+    summary = write_report(tmp_path, "lr_grid", trials, RULE, cmds, n_boot=200)
+
+    for name in ("summary.json", "trials.csv", "stability.png", "heatmap.png", "report.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    _assert_png(tmp_path / "stability.png")
+    _assert_png(tmp_path / "heatmap.png")
+
+    js = _strict_json(tmp_path / "summary.json")
+    assert js == summary
+    assert {"study", "threshold", "rule", "n_trials", "variants", "comparison"} <= set(js)
+    assert js["study"] == "lr_grid" and js["threshold"] == 0.9 and js["rule"]["mode"] == "threshold"
+    assert js["n_trials"] == 40 and js["n_failed"] == 1
+    labels = [v["label"] for v in js["variants"]]
+    assert labels == ["off-auto-d7", "off-auto-d19", "pre-auto-d7", "pre-auto-d19"]  # sorted by key: bn first
+    for v in js["variants"]:
+        assert {
+            "n_trials",
+            "n_stable",
+            "n_diverged",
+            "n_failed",
+            "stable_decades",
+            "longest_run",
+            "points",
+        } <= set(v)
+        assert {"lr", "n_seeds", "frac_stable", "mean_val_acc", "diverged_any"} <= set(v["points"][0])
+    pre19 = js["variants"][-1]
+    assert pre19["n_failed"] == 1 and pre19["n_diverged"] == 1 and pre19["stable_decades"] == pytest.approx(4.0)
+    assert pre19["stable_decades_ci"] is not None
+    assert {(c["depth"], c["bn"]): c["delta_decades"] for c in js["comparison"]} == pytest.approx(
+        {(7, "pre"): 2.0, (19, "pre"): 2.0}
+    )
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| variant | trials | stable | diverged | failed |" in md
+    assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 0.0001 – 1 | 4.00 |" in md
+    assert "| 19 | auto | pre | 4.00 | 2.00 | +2.00 |" in md
+    assert "![stability](stability.png)" in md and "![heatmap](heatmap.png)" in md
+    assert "```bash\n" + "\n".join(cmds) + "\n```" in md
+
+
+def test_trials_csv_round_trip(tmp_path: Path) -> None:
+    trials = full_table()
+    trials[0]["extra_only_here"] = "x y"
+    trials[1]["wall_s"], trials[2]["val_acc"] = 123.456789012345, 0.1 + 0.2  # full precision must survive
+    trials[3]["flag"], trials[3]["ratio"] = True, float("inf")  # unknown columns: types inferred
+    write_report(tmp_path, "rt", trials, RULE, [], n_boot=0)
+    back = load_trials_csv(tmp_path / "trials.csv")
+    assert len(back) == len(trials)
+    for orig, got in zip(trials, back, strict=True):
+        for k, v in orig.items():
+            assert _same(v, got[k]), (k, v, got[k])
+        assert isinstance(got["stable"], bool)
+        assert got["stable"] == is_stable(orig, RULE)
+    assert back[0]["bias"] == "auto" and back[1]["extra_only_here"] is None
+    assert back[-1]["error"] == "CUDA OOM, batch 64\nretry"  # quoting survives
+    # a report rebuilt from the csv says the same thing
+    again = write_report(tmp_path / "again", "rt", back, RULE, [], n_boot=0)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert again["variants"] == first["variants"]
+
+
+def test_single_depth_has_no_heatmap(tmp_path: Path) -> None:
+    write_report(tmp_path, "one", sweep([0.5, 0.95, 0.95, 0.95, 0.3]), RULE, ["echo"])
+    assert not (tmp_path / "heatmap.png").exists()
+    assert "heatmap" not in (tmp_path / "report.md").read_text()
+    _assert_png(tmp_path / "stability.png")
+
+
+@pytest.mark.parametrize(
+    "trials",
+    [
+        pytest.param([], id="empty"),
+        pytest.param([trial(0.1, 0.95)], id="one-trial"),
+        pytest.param(sweep([0.1] * 5), id="none-stable"),
+        pytest.param(
+            [{**t, "diverged": True, "val_acc": float("nan")} for t in sweep([0.95] * 5)],
+            id="all-diverged",
+        ),
+        pytest.param(sweep([None, float("nan"), None, 0.95, None]), id="none-and-nan"),
+        pytest.param([trial(0.1, None, state="FAIL")], id="only-failed"),
+        pytest.param(sweep([0.5] * 5, depth=7) + [trial(0.1, None, state="FAIL")], id="failed-other-depth"),
+    ],
+)
+def test_write_report_edge_cases(tmp_path: Path, trials: list[dict]) -> None:
+    summary = write_report(tmp_path, "edge", trials, RULE, ["echo"])
+    js = _strict_json(tmp_path / "summary.json")
+    assert js == summary
+    _assert_png(tmp_path / "stability.png")
+    assert len(load_trials_csv(tmp_path / "trials.csv")) == len(trials)
+    assert sum(v["n_stable"] for v in js["variants"]) == sum(is_stable(t, RULE) for t in trials)
+
+
+def test_write_report_relative_mode(tmp_path: Path) -> None:
+    rel = StabilityRule(mode="relative", epsilon=0.02)
+    trials = sweep([0.70, 0.80, 0.79, 0.75, 0.5])
+    write_report(tmp_path, "rel", trials, rel, [])
+    back = load_trials_csv(tmp_path / "trials.csv")
+    assert [t["stable"] for t in back] == [False, True, True, False, False]
+    assert "best" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,208 @@
+"""Stability analysis on hand-made trial tables (no training)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers.tables import GRID, RULE, only, seeded, sweep, trial
+
+from bnexp.analysis.stability import (
+    StabilityRule,
+    analyse,
+    compare,
+    is_stable,
+    variant_key,
+    variant_label,
+)
+
+# ---------------------------------------------------------------------------- keys
+
+
+def test_variant_key_and_label() -> None:
+    rec = trial(0.1, 0.95, bn="pre", bias="auto", depth=19, width=32)
+    assert variant_key(rec) == ("pre", "auto", 19)
+    assert variant_label(variant_key(rec)) == "pre-auto-d19"
+    keys = ("bn", "bias", "depth", "width")
+    assert variant_key(rec, keys) == ("pre", "auto", 19, 32)
+    assert variant_label(variant_key(rec, keys), keys) == "pre-auto-d19-32"
+
+
+def test_extra_variant_axis_splits_variants_and_sorts_bn_off_first() -> None:
+    trials = sweep([0.95] * 5, width=16) + sweep([0.95] * 5, width=32) + sweep([0.95] * 5, bn="off", width=16)
+    vs = analyse(trials, RULE, variant_keys=("bn", "bias", "depth", "width"), n_boot=0)
+    assert [v["label"] for v in vs] == ["off-auto-d19-16", "pre-auto-d19-16", "pre-auto-d19-32"]
+    assert [v["width"] for v in vs] == [16, 16, 32]
+    assert all(v["n_trials"] == 5 for v in vs)
+
+
+# ---------------------------------------------------------------------------- interval, width, runs
+
+
+def test_interval_and_width() -> None:
+    v = only(analyse(sweep([0.5, 0.95, 0.97, 0.92, 0.3]), RULE, n_boot=0))
+    assert v["stable_lr_min"] == pytest.approx(1e-3)
+    assert v["stable_lr_max"] == pytest.approx(1e-1)
+    assert v["stable_decades"] == pytest.approx(2.0)
+    assert v["longest_run"] == 3
+    assert v["longest_run_decades"] == pytest.approx(2.0)
+    assert (v["n_trials"], v["n_stable"], v["n_lrs"], v["n_stable_lrs"]) == (5, 3, 5, 3)
+    assert v["best_lr"] == pytest.approx(1e-2) and v["best_val_acc"] == pytest.approx(0.97)
+    assert [p["stable"] for p in v["points"]] == [False, True, True, True, False]
+
+
+def test_gap_spans_interval_but_not_longest_run() -> None:
+    # stable at 1e-5; gap at 1e-4; stable 1e-3..1e-1; unstable at 1: the longer run comes second
+    lrs = [1e-5, *GRID]
+    v = only(analyse(sweep([0.95, 0.2, 0.95, 0.95, 0.95, 0.2], lrs=lrs), RULE, n_boot=0))
+    assert v["stable_lr_min"] == pytest.approx(1e-5)
+    assert v["stable_lr_max"] == pytest.approx(1e-1)
+    assert v["stable_decades"] == pytest.approx(4.0)  # spans the gap
+    assert v["longest_run"] == 3  # not 4 (stable count) and not 1 (first run)
+    assert v["longest_run_decades"] == pytest.approx(2.0)
+    assert v["longest_run_lr_min"] == pytest.approx(1e-3) and v["longest_run_lr_max"] == pytest.approx(1e-1)
+
+
+def test_one_stable_lr_and_none() -> None:
+    one = only(analyse(sweep([0.5, 0.95, 0.5, 0.5, 0.5]), RULE, n_boot=0))
+    assert one["stable_lr_min"] == one["stable_lr_max"] == pytest.approx(1e-3)
+    assert one["stable_decades"] == 0.0 and one["longest_run"] == 1 and one["n_stable_lrs"] == 1
+    none = only(analyse(sweep([0.5] * 5), RULE, n_boot=0))
+    assert none["stable_lr_min"] is None and none["stable_lr_max"] is None
+    assert none["stable_decades"] == 0.0 and none["longest_run"] == 0 and none["longest_run_decades"] == 0.0
+
+
+def test_lrs_merge_after_rounding() -> None:
+    # 10**-3 and 1e-3 differ in the last bit; a grid point must not split in two
+    trials = [trial(1e-3, 0.95, seed=0), trial(10**-3 * (1 + 1e-14), 0.95, seed=1)]
+    v = only(analyse(trials, RULE, n_boot=0))
+    assert v["n_lrs"] == 1 and v["points"][0]["n_seeds"] == 2
+
+
+# ---------------------------------------------------------------------------- infeasible and failed
+
+
+def test_diverged_counted_and_never_stable() -> None:
+    trials = sweep([0.5, 0.95, 0.95, 0.95, 0.99])
+    trials[-1]["diverged"] = True  # high accuracy, but diverged: infeasible
+    assert not is_stable(trials[-1], RULE)
+    assert is_stable(trials[1], RULE)
+    v = only(analyse(trials, RULE, n_boot=0))
+    assert v["n_trials"] == 5 and v["n_diverged"] == 1 and v["n_stable"] == 3
+    assert v["stable_lr_max"] == pytest.approx(1e-1)
+    assert v["points"][-1]["diverged_any"] and v["points"][-1]["frac_stable"] == 0.0
+    assert v["points"][-1]["mean_val_acc"] is None  # the diverged value is not averaged in
+    assert v["best_lr"] == pytest.approx(1e-3)
+
+
+def test_failed_trials_counted_apart() -> None:
+    trials = sweep([0.5, 0.95, 0.95, 0.95, 0.5])
+    trials.append(trial(10.0, 0.99, state="FAIL", number=9))  # would widen the range if counted
+    trials.append(trial(1e-5, 0.99, state="PRUNED", number=10))
+    v = only(analyse(trials, RULE, n_boot=0))
+    assert v["n_failed"] == 1 and v["n_other"] == 1
+    assert v["n_trials"] == 5 and v["n_lrs"] == 5 and v["n_stable"] == 3
+    assert v["stable_lr_max"] == pytest.approx(1e-1) and v["stable_lr_min"] == pytest.approx(1e-3)
+    assert not is_stable(trials[-2], RULE)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), "oops"])
+def test_missing_or_nan_metric_not_stable(bad: object) -> None:
+    trials = sweep([0.95, bad, 0.95, 0.5, 0.5])
+    assert not is_stable(trials[1], RULE)
+    v = only(analyse(trials, RULE, n_boot=0))
+    assert v["n_stable"] == 2 and v["longest_run"] == 1
+    assert v["points"][1]["mean_val_acc"] is None
+
+
+# ---------------------------------------------------------------------------- relative mode
+
+
+def test_relative_mode() -> None:
+    rel = StabilityRule(mode="relative", epsilon=0.02)
+    trials = sweep([0.70, 0.80, 0.79, 0.75, 0.99])
+    trials[-1]["diverged"] = True  # a diverged value must not set the bar
+    v = only(analyse(trials, rel, n_boot=0))
+    assert v["variant_best"] == pytest.approx(0.80)
+    assert [p["stable"] for p in v["points"]] == [False, True, True, False, False]
+    assert v["stable_decades"] == pytest.approx(1.0)
+    # the same table under the absolute rule has nothing stable
+    assert only(analyse(trials, RULE, n_boot=0))["n_stable"] == 0
+    assert is_stable(trials[2], rel, variant_best=0.80)
+    assert not is_stable(trials[2], rel, variant_best=0.85)
+    assert not is_stable(trials[2], rel)  # no best known: cannot be within epsilon of it
+
+
+def test_rule_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        StabilityRule(mode="absolute")
+
+
+# ---------------------------------------------------------------------------- seeds
+
+
+def test_seed_fraction_and_quorum() -> None:
+    trials = seeded([(3, 3), (2, 3), (1, 2), (1, 3), (0, 3)])
+    v = only(analyse(trials, RULE, n_boot=0))
+    pts = v["points"]
+    assert [p["n_seeds"] for p in pts] == [3, 3, 2, 3, 3]
+    assert [p["frac_stable"] for p in pts] == pytest.approx([1, 2 / 3, 0.5, 1 / 3, 0])
+    assert [p["stable"] for p in pts] == [True, True, True, False, False]  # 1 of 2 meets 0.5
+    assert v["stable_lr_max"] == pytest.approx(1e-2) and v["n_stable"] == 7
+    assert pts[1]["mean_val_acc"] == pytest.approx((0.95 * 2 + 0.5) / 3)
+    strict = only(analyse(trials, RULE, n_boot=0, seed_quorum=1.0))
+    assert strict["stable_lr_max"] == pytest.approx(1e-4)
+    loose = only(analyse(trials, RULE, n_boot=0, seed_quorum=0.3))
+    assert loose["stable_lr_max"] == pytest.approx(1e-1)
+
+
+def test_bootstrap_ci_brackets_estimate() -> None:
+    # 1e-2 stable 2/3 and 1e-1 stable 1/3: resampling seeds moves the upper edge (1, 2 or 3 decades)
+    trials = seeded([(3, 3), (3, 3), (2, 3), (1, 3), (0, 3)])
+    v = only(analyse(trials, RULE, n_boot=2000, seed=1))
+    lo, hi = v["stable_decades_ci"]
+    assert v["stable_decades"] == pytest.approx(2.0)
+    assert lo <= v["stable_decades"] <= hi
+    assert (lo, hi) == pytest.approx((1.0, 3.0))
+    # deterministic for a seed
+    assert only(analyse(trials, RULE, n_boot=2000, seed=1))["stable_decades_ci"] == [lo, hi]
+
+
+def test_bootstrap_ci_degenerate_cases() -> None:
+    # seeds that all agree: resampling cannot move the edges
+    agree = only(analyse(seeded([(0, 3), (3, 3), (3, 3), (0, 3), (0, 3)]), RULE, n_boot=500))
+    assert agree["stable_decades_ci"] == pytest.approx([1.0, 1.0])
+    # one seed per lr: nothing to resample
+    assert only(analyse(sweep([0.5, 0.95, 0.95, 0.95, 0.3]), RULE))["stable_decades_ci"] is None
+    assert only(analyse(seeded([(2, 3)] * 5), RULE, n_boot=0))["stable_decades_ci"] is None
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def test_compare_gives_delta() -> None:
+    trials = (
+        sweep([0.5, 0.5, 0.95, 0.95, 0.5], bn="off")  # 1 decade
+        + sweep([0.95, 0.95, 0.95, 0.95, 0.5], bn="pre")  # 3 decades
+        + sweep([0.5, 0.95, 0.95, 0.5, 0.5], bn="post")  # 1 decade
+        + sweep([0.95, 0.95, 0.5, 0.5, 0.5], bn="pre", depth=7)  # no off baseline at depth 7
+    )
+    rows = compare(analyse(trials, RULE, n_boot=0))
+    by = {(r["depth"], r["bn"]): r for r in rows}
+    assert set(by) == {(19, "pre"), (19, "post"), (7, "pre")}
+    assert by[(19, "pre")]["delta_decades"] == pytest.approx(2.0)
+    assert by[(19, "pre")]["off_decades"] == pytest.approx(1.0)
+    assert by[(19, "post")]["delta_decades"] == pytest.approx(0.0)
+    assert by[(19, "pre")]["bias"] == "auto"
+    assert by[(7, "pre")]["off_decades"] is None and by[(7, "pre")]["delta_decades"] is None
+
+
+def test_compare_pairs_within_bias() -> None:
+    trials = (
+        sweep([0.95, 0.95, 0.5, 0.5, 0.5], bn="off", bias="true")  # 1 decade
+        + sweep([0.95, 0.5, 0.5, 0.5, 0.5], bn="off", bias="false")  # 0 decades
+        + sweep([0.95, 0.95, 0.95, 0.95, 0.5], bn="pre", bias="false")  # 3 decades
+    )
+    (row,) = compare(analyse(trials, RULE, n_boot=0))
+    assert row["bias"] == "false" and row["delta_decades"] == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------------------- report

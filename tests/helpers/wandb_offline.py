@@ -1,0 +1,108 @@
+"""Read offline W&B runs back from their .wandb transaction logs, without W&B's servers (tests only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+_BLOCK, _HEADER = 32768, 7  # the .wandb transaction log: LevelDB-style blocks, 7-byte record headers
+
+
+def _records(path: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    pos, buf = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        space = _BLOCK - pos % _BLOCK
+        if space < _HEADER:  # block trailer padding
+            pos += space
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if pos + _HEADER + length > len(data):  # a record still being written
+            break
+        payload = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0:
+            break
+        if kind == 1:  # full
+            yield pb.Record.FromString(payload)
+        elif kind == 2:  # first
+            buf = payload
+        elif kind == 3:  # middle
+            buf += payload
+        elif kind == 4:  # last
+            yield pb.Record.FromString(buf + payload)
+
+
+def _json(s: str) -> Any:
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s
+
+
+def read_offline_run(path: str | os.PathLike, wait_s: float = 0.0) -> dict[str, Any]:
+    """Read an offline run (its `offline-run-*` dir or `.wandb` file): name, group, job_type, tags, config,
+    summary, history keys, history rows, artifacts, exit code.
+
+    W&B writes the file in the background and may still be writing just after `run.finish()` returns;
+    `wait_s` > 0 polls until the run's exit record is there (or the time is up).
+    """
+    p = Path(path)
+    f = p if p.suffix == ".wandb" else next(p.glob("*.wandb"))
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_run(f)
+        if "exit_code" in run or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _put(d: dict, u: Any) -> None:
+    # an item's key is either `key` or a `nested_key` path (media, tables: {"_type": ..., "path": ...})
+    path = [u.key] if u.key else list(u.nested_key)
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = _json(u.value_json)
+
+
+def _read_run(f: Path) -> dict[str, Any]:
+    run: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "history_keys": set(), "artifacts": []}
+    for r in _records(f):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run.update(name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type, project=r.run.project)
+            run["tags"] = list(r.run.tags)
+            for u in r.run.config.update:
+                _put(run["config"], u)
+        elif kind == "config":
+            for u in r.config.update:
+                _put(run["config"], u)
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for u in r.history.item:
+                _put(row, u)
+            run["history"].append(row)
+            run["history_keys"].update(row)
+        elif kind == "summary":
+            for u in r.summary.update:
+                _put(run["summary"], u)
+        elif kind == "artifact":
+            files = [e.path for e in r.artifact.manifest.contents]
+            run["artifacts"].append({"name": r.artifact.name, "type": r.artifact.type, "files": files})
+        elif kind == "exit":
+            run["exit_code"] = r.exit.exit_code
+    run["config"].pop("_wandb", None)
+    return run
+
+
+def offline_runs(root: str | os.PathLike) -> list[Path]:
+    """The offline run dirs under root (recursively; not the `latest-run` links), by start time."""
+    return sorted((p for p in Path(root).rglob("offline-run-*") if p.is_dir()), key=lambda p: p.name)

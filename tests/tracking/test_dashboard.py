@@ -1,0 +1,88 @@
+"""The W&B Report's structure, built without network; the CLI without a login."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers.env import REPO
+
+wr = pytest.importorskip("wandb_workspaces.reports.v2")
+
+from bnexp.tracking.dashboard import build_report, describe, main  # noqa: E402
+
+
+def _by_title(report) -> dict:
+    return {d["title"]: d for d in describe(report)}
+
+
+def test_report_has_the_stability_panels():
+    report = build_report("ent", "proj", study="lr_stability")
+    assert (report.entity, report.project) == ("ent", "proj") and "lr_stability" in report.title
+    panels = _by_title(report)
+    val_vs_lr = panels["final val/acc vs log10 lr, per variant"]
+    assert val_vs_lr["type"] == "CustomChart"
+    assert {"table:points", "log10_lr", "mean_val_acc", "variant"} <= set(val_vs_lr["plots"])
+    widths = panels["stable lr width per variant (decades)"]
+    assert widths["type"] == "CustomChart" and "stable_decades" in widths["plots"]
+    assert "n_diverged" in panels["diverged trials per variant"]["plots"]  # from the sweep-summary table
+    assert panels["diverged count per variant (trial runs)"]["plots"] == ["diverged_count"]  # BarPlot, summed
+    scatter = panels["final val/acc vs learning rate (every trial)"]
+    assert scatter["type"] == "ScatterPlot" and scatter["plots"] == ["optim.lr", "val/acc"]
+    loss = panels["training loss by variant (mean, min-max over trials)"]
+    assert loss["type"] == "LinePlot" and "train/loss" in loss["plots"]
+    layer_regexes = {p for d in describe(report) for p in d["plots"] if p.startswith(("act/", "grad/", "landscape/"))}
+    assert {r"act/z_std/.*", r"act/bn_out_std/.*", r"grad/.*", "landscape/loss_range"} <= layer_regexes
+
+
+def test_panels_group_by_variant_and_serialise_without_network():
+    report = build_report("ent", "proj", study="s1")
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert len(grids) == 3
+    for grid in grids:
+        for p in grid.panels:
+            p._to_model()  # every panel is a valid spec (runsets need the API; panels do not)
+    loss = next(p for g in grids for p in g.panels if getattr(p, "title", "") and "training loss" in p.title)
+    assert loss.groupby == wr.Config("variant") and loss.groupby_aggfunc == "mean"
+
+
+def test_runsets_select_the_study_and_job_type():
+    from wandb_workspaces import expr
+
+    def filt(rs) -> dict:
+        tree = expr.expr_to_filters(rs.filters)
+        leaves = tree.filters[0].filters if tree.filters and tree.filters[0].filters else tree.filters
+        return {leaf.key.name: leaf.value for leaf in leaves}
+
+    report = build_report("ent", "proj", study="s1")
+    runsets = {rs.name: rs for b in report.blocks if isinstance(b, wr.PanelGrid) for rs in b.runsets}
+    assert filt(runsets["sweep summaries"]) == {"jobType": "sweep-summary", "group": "s1"}
+    assert filt(runsets["trials"]) == {"jobType": "trial", "group": "s1"}
+    assert filt(runsets["runs and trials"]) == {"jobType": ["run", "trial"], "group": "s1"}
+    everything = build_report("ent", "proj")
+    rs = next(rs for b in everything.blocks if isinstance(b, wr.PanelGrid) for rs in b.runsets)
+    assert "Group" not in rs.filters
+
+
+def test_dry_run_prints_panels(capsys):
+    main(["--entity", "ent", "--project", "proj", "--study", "s1", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "BN stability: s1" in out and "stable lr width" in out and "act/z_std" in out
+
+
+def test_saving_without_login_exits_2_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env["HOME"] = str(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "bnexp.dashboard", "--entity", "ent", "--project", "proj"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wandb login" in lines[0], r.stderr
