@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.cli import ConfigError
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
+from bnexp.core.provenance import provenance
 
 log = logging.getLogger("bnexp")
 
@@ -168,7 +169,7 @@ def train(
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    t0 = time.perf_counter()
+    t0, t_wall = time.perf_counter(), time.time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,7 @@ def train(
         lr=float(cfg.optim.lr),
         seed=int(cfg.seed),
         val_history=[{k: _finite_or_none(v) for k, v in h.items()} for h in module.val_history],
+        provenance=provenance(trainer.strategy.root_device, t_wall),
     )
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

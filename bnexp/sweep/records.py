@@ -41,6 +41,7 @@ def trial_attrs(metrics: dict, cfg: DictConfig, overrides: list[str], grid_keys:
     }
     rec.update({col: metrics.get(key) for col, key in METRIC_ATTRS.items()})
     rec["overrides"] = " ".join(overrides)
+    rec["val_history"] = metrics.get("val_history") or []  # the learning curve, both ways: the report plots it
     for k in grid_keys:
         if axis_name(k) == k:  # an axis beyond bn/bias/depth keeps its config path as column name
             rec[k] = str(OmegaConf.select(cfg, k))

@@ -263,6 +263,12 @@ def finish_wandb(logger: Any, metrics: dict[str, Any], rule: StabilityRule | Non
     run = getattr(logger, "_experiment", None)
     if run is None:
         return
+    _finish(run, metrics, rule)
+
+
+def _finish(run: Any, metrics: dict[str, Any], rule: StabilityRule | None) -> None:
+    if metrics.get("provenance"):  # where and with what it ran: known once the device is
+        run.config.update({"provenance": metrics["provenance"]}, allow_val_change=True)
     run.summary.update(final_summary(metrics, rule))
     _close(run, 0)
 
@@ -289,8 +295,7 @@ def log_finished_run(
     _define_axes(run)
     for h in metrics.get("val_history") or []:
         run.log({**{k: v for k, v in h.items() if k != "step"}, "trainer/global_step": h.get("step")})
-    run.summary.update(final_summary(metrics, rule))
-    _close(run, 0)
+    _finish(run, metrics, rule)
 
 
 def fail_wandb(logger: Any) -> None:

@@ -51,6 +51,10 @@ def test_cli_end_to_end_writes_metrics(tmp_path):
     csv = (out / "csv" / "metrics.csv").read_text()
     assert "train/loss" in csv and "train/grad_norm" in csv and "val/acc_batchstats" in csv
     assert "test/acc_single=" in r.stdout  # the printed summary
+    prov = m["provenance"]  # where and with what it ran, so steps_per_s compares across machines
+    assert prov["device"] == "cpu" and prov["torch"].startswith("2.") and prov["torch_threads"] >= 1
+    assert prov["bnexp"] and prov["host"] and prov["started"].endswith("Z")
+    assert prov["git_commit"] == "unknown" or len(prov["git_commit"].split("+")[0]) == 40
 
 
 def test_forced_divergence_is_a_result(tmp_path):

@@ -80,6 +80,7 @@ def test_tiny_sweep_end_to_end_and_report_rebuild(tmp_path):
         trial_dir = Path(t.user_attrs["trial_dir"])
         assert trial_dir.parent == out / "trials" / "t"  # keyed by study: two studies never share a trial dir
         assert json.loads((trial_dir / "metrics.json").read_text())["step"] == 12
+        assert [h["step"] for h in t.user_attrs["val_history"]] == [6, 12]  # the curve, in the storage
         # the recorded override list rebuilds the trial's config with python -m bnexp.run
         rerun = training_cfg(compose_cfg(t.user_attrs["overrides"].split()))
         ran = OmegaConf.load(trial_dir / "config.yaml")

@@ -106,6 +106,7 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path):
     c = r["config"]  # the full resolved config as flat keys
     assert c["model.bn"] == "post" and c["model.depth"] == 3 and c["optim.lr"] == pytest.approx(0.002)
     assert c["seed"] == 0 and c["trainer.max_steps"] == 20 and c["variant"] == "post-auto-d3"
+    assert c["provenance"]["device"] == "cpu" and c["provenance"]["torch"].startswith("2.")
     assert {"data.batch_size", "optim.name", "loss", "logger.diagnostics_every"} <= set(c)
     keys = r["history_keys"]
     for k in CORE_METRICS:

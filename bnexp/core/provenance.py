@@ -1,0 +1,65 @@
+"""Where and with what a result was made: recorded in every metrics.json and W&B run config (`provenance`),
+so that timings (`steps_per_s`) and results can be compared across machines and versions."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the bnexp source tree this process runs from, '+dirty' if it has changes; 'unknown' for an
+    installed wheel or without git."""
+    src = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0 or not (src / "pyproject.toml").is_file():
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "bnexp"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine() or dev.type
+
+
+def provenance(device: Any, started: float | None = None) -> dict[str, Any]:
+    """bnexp version, git commit, torch / CUDA / cuDNN versions, device, host, threads, start time (UTC)."""
+    import torch
+
+    import bnexp
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "bnexp": bnexp.__version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "device": str(torch.device(device)),
+        "device_name": device_name(device),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started or time.time())),
+    }
