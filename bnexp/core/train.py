@@ -7,7 +7,6 @@ returns the metrics dict (keys: see bnexp.core.lit).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from bnexp.cli import ConfigError
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
 from bnexp.core.provenance import provenance
+from bnexp.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("bnexp")
 
@@ -186,7 +186,7 @@ def train(
             f"{trainer.strategy.root_device.type}); use trainer.accelerator=gpu, or model.sync_bn=false"
         )
     if trainer.is_global_zero:  # DDP ranks share the run dir; one writer (as for metrics.json)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
         "training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s",
         cfg.model.bn,
@@ -222,7 +222,7 @@ def train(
         provenance=provenance(trainer.strategy.root_device, t_wall),
     )
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json_atomic(out / "metrics.json", metrics)
         finish_logger(lg, metrics, rule)
     return metrics
 

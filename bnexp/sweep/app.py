@@ -17,7 +17,6 @@ W&B sweep-summary run when `logger=wandb`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from omegaconf import DictConfig
 
 from bnexp import names
 from bnexp.cli import ConfigError, UsageError, fail, guard, one_line, redact
+from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
 log = logging.getLogger("bnexp.sweep")
@@ -207,7 +207,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     ]
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
-        meta.write_text(json.dumps({"study": name, "storage": redact(url), "design_size": len(pts)}, indent=2))
+        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts)})
     if sw.action == "create":
         print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
         return {"design_size": len(pts)}

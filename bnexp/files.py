@@ -1,0 +1,65 @@
+"""Result files are written whole or not at all: every writer goes through a temp file in the same directory,
+flushed and fsynced, then renamed over the target (`os.replace` is atomic on POSIX). A reader sees the old
+file or the new one, never a cut-off one, whatever happens meanwhile (a full disk, kill -9, a concurrent
+writer). A write that fails raises `FileWriteError` (a UsageError: one line naming the file, exit 2) and
+leaves the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bnexp.cli import UsageError
+
+
+class FileWriteError(UsageError):
+    """A result file could not be written (disk full, no permission, a path under a regular file)."""
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+        return path
+    except OSError as e:
+        raise FileWriteError(
+            f"cannot write {path} ({e.strerror or e}); free disk space or fix the directory's permissions, "
+            "then rerun: the previous file is unchanged"
+        ) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> Path:
+    return write_bytes_atomic(path, text.encode(), mode)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> Path:
+    """JSON with NaN/inf refused (strict JSON): callers turn non-finite floats into null first."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n", mode)
+
+
+def savefig_atomic(fig: Any, path: str | os.PathLike, **kw: Any) -> Path:
+    """A matplotlib figure rendered in memory, then written atomically (a cut-off PNG is never left behind)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
+    return write_bytes_atomic(path, buf.getvalue())
