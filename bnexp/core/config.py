@@ -83,12 +83,12 @@ class LoggerConfig:
     group: Optional[str] = None  # wandb group: the sweep's study; None -> "single"
     job_type: str = "run"  # run | trial (set by the sweep) | sweep-summary
     run_name: Optional[str] = None  # None -> e.g. pre-auto-d19-lr2e-03-s0
+    run_id: Optional[str] = None  # W&B run id; None -> derived from the run dir (a sweep: from the study and point)
     tags: list = field(default_factory=list)  # extra tags beside the variant's
     diagnostics_every: int = 0  # per-layer activation/grad stats every N steps (0: off)
     log_histograms: bool = True  # wandb: activation histograms with the per-layer stats
     landscape_every: int = 0  # loss-landscape probe every N steps (0: off); costs ~2x a step per scale
     landscape_scales: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # step sizes, multiples of lr
-    system_stats: bool = False  # wandb: sample CPU/GPU/memory in the background
     init_timeout: float = 60.0  # wandb: seconds to wait for a run to start (online; auto falls back offline)
 
 

@@ -161,6 +161,7 @@ class Worker:
         self.study, self.study_name, self.sw, self.base = study, study_name, sw, base
         self.out_dir, self.default, self.rule = Path(out_dir), default, rule
         self.grid_keys = list(grid_axes(sw.grid))
+        self.spec_hash = liveness.study_user_attrs(study).get("spec_hash", "")
         self.keys = names.variant_keys(self.grid_keys)
         self.interrupted = False
         self.current: list[Any] = []
@@ -180,6 +181,8 @@ class Worker:
         values = names.cfg_values(cfg, self.grid_keys)
         name = names.trial_dir_name(trial.number, values, cfg.optim.lr, cfg.seed, self.keys)
         cfg.logger.run_name = names.run_name(values, cfg.optim.lr, cfg.seed, self.keys)
+        # the same point retried (after a kill, a preemption) resumes its W&B run
+        cfg.logger.run_id = names.run_id(self.study_name, self.spec_hash, trial.user_attrs.get("key", trial.number))
         return cfg, ov, self.out_dir / "trials" / names.safe(self.study_name) / name
 
     def _is_duplicate(self, trial: Any) -> bool:

@@ -87,18 +87,16 @@ def _netrc_has_key() -> bool:
 
 
 def has_credentials() -> bool:
-    """Whether W&B finds credentials without asking (env, settings files, ~/.netrc). No prompt, no network."""
+    """Whether W&B finds credentials without asking (env, settings files, ~/.netrc): `wandb.login(prompt=False,
+    verify=False)`, W&B's public call that never prompts and makes no request. Older wandb without `prompt`:
+    the documented places."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    try:  # the lookup wandb.init does, minus its prompt (wandb's wbauth; older versions lack it)
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib import wbauth
+    import wandb
 
-        settings = wandb_setup.singleton().settings
-        host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
-        auth = wbauth.authenticate_session(host=host, source="bnexp", prompt=False, update_session=False)
-        return auth is not None
-    except (ImportError, AttributeError, TypeError):  # older wandb: the documented places
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # wandb < 0.22: no `prompt` argument
         return _netrc_has_key()
     except Exception as e:  # a malformed key: say so, log offline rather than fail
         log.warning("W&B credentials unusable (%s); logging offline", " ".join(str(e).split()))
@@ -137,18 +135,12 @@ def resolve_mode(cfg: DictConfig) -> str:
 def _settings(cfg: DictConfig, mode: str) -> Any:
     import wandb
 
-    kw = dict(
+    # console output is captured (W&B's default); system metrics follow the user's own W&B settings
+    return wandb.Settings(
         init_timeout=float(cfg.logger.get("init_timeout", 60.0)),
-        console="off",  # no stdout capture: the tty keeps its progress bar
         quiet=True,  # no history sparklines at exit; we print where the run is
         save_code=False,
-        disable_code=True,
-        x_disable_stats=not bool(cfg.logger.get("system_stats", False)),
     )
-    fields = getattr(wandb.Settings, "model_fields", None)
-    if fields is not None:  # names this wandb version does not know are dropped, not an error
-        kw = {k: v for k, v in kw.items() if k in fields}
-    return wandb.Settings(**kw)
 
 
 def start_run(
@@ -160,8 +152,12 @@ def start_run(
     group: str,
     config: dict,
     tags: list[str],
+    run_id: str | None = None,
 ) -> Any:
-    """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline."""
+    """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline.
+
+    `run_id` (bnexp.names.run_id): a deterministic id, so a retried trial or a rerun into the same run dir
+    resumes its run (`resume="allow"`; offline, both run dirs carry the id and `wandb sync` joins them)."""
     import wandb
 
     mode = resolve_mode(cfg)
@@ -177,6 +173,8 @@ def start_run(
         config=config,
         dir=str(out_dir),
         reinit="finish_previous",
+        id=run_id,
+        resume="allow" if run_id else None,
     )
     try:
         run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
@@ -225,19 +223,55 @@ def _logger_class() -> type:
     return BNExpWandbLogger
 
 
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's W&B config: the resolved config nested as Hydra composes it (W&B's Hydra convention; the UI
+    shows `model.bn`), plus the variant and run name."""
+    return {**OmegaConf.to_container(cfg, resolve=True), "variant": variant_name(cfg), "run_name": run_name(cfg)}
+
+
+def run_group(cfg: DictConfig) -> str:
+    """`logger.group` (a sweep sets its study), else one group per `bnexp.run -m` multirun, else `single`."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return names.safe("multirun-" + "_".join(Path(HydraConfig.get().sweep.dir).parts[-2:]))
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return "single"
+
+
+def start_training_run(cfg: DictConfig, out_dir: Path) -> Any:
+    """The W&B run of one training (`bnexp.run`, a sweep trial, a population member): name, group, job type,
+    tags, nested config; its id is `logger.run_id` (a sweep's per-point id) or derived from the run dir, so a
+    rerun into the same dir resumes it."""
+    rid = cfg.logger.get("run_id") or names.run_id(Path(out_dir).name, str(Path(out_dir).resolve()))
+    run = start_run(
+        cfg,
+        out_dir,
+        name=run_name(cfg),
+        job_type=str(cfg.logger.get("job_type") or "run"),
+        group=run_group(cfg),
+        config=run_config(cfg),
+        tags=run_tags(cfg),
+        run_id=rid,
+    )
+    _define_axes(run)
+    return run
+
+
 def build_wandb_logger(cfg: DictConfig, out_dir: Path) -> Any:
-    """A Lightning WandbLogger whose run holds the flat resolved config; the run starts now (rank 0 only)."""
+    """A Lightning WandbLogger on the run of this training; the run starts now (rank 0 only)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     cls = _logger_class()
-    name, group = run_name(cfg), str(cfg.logger.get("group") or "single")
-    job_type, tags = str(cfg.logger.get("job_type") or "run"), run_tags(cfg)
-    config = {**flat_config(cfg), "variant": variant_name(cfg), "run_name": name}
     if getattr(rank_zero_only, "rank", 0) != 0:  # DDP workers: Lightning hands them a dummy experiment
-        return cls(name=name, save_dir=str(out_dir), project=cfg.logger.get("project") or DEFAULT_PROJECT)
-    run = start_run(cfg, out_dir, name=name, job_type=job_type, group=group, config=config, tags=tags)
-    _define_axes(run)
-    return cls(experiment=run, name=name, save_dir=str(out_dir), project=getattr(run, "project", None))
+        return cls(name=run_name(cfg), save_dir=str(out_dir), project=cfg.logger.get("project") or DEFAULT_PROJECT)
+    run = start_training_run(cfg, out_dir)
+    return cls(experiment=run, name=run.name, save_dir=str(out_dir), project=getattr(run, "project", None))
 
 
 def _scalar(v: Any) -> bool:
@@ -281,18 +315,7 @@ def log_finished_run(
     Does nothing unless `cfg.logger.name == "wandb"`."""
     if cfg.logger.name != "wandb":
         return
-    name = run_name(cfg)
-    config = {**flat_config(cfg), "variant": variant_name(cfg), "run_name": name}
-    run = start_run(
-        cfg,
-        Path(out_dir),
-        name=name,
-        job_type=str(cfg.logger.get("job_type") or "run"),
-        group=str(cfg.logger.get("group") or "single"),
-        config=config,
-        tags=run_tags(cfg),
-    )
-    _define_axes(run)
+    run = start_training_run(cfg, Path(out_dir))
     for h in metrics.get("val_history") or []:
         run.log({**{k: v for k, v in h.items() if k != "step"}, "trainer/global_step": h.get("step")})
     _finish(run, metrics, rule)

@@ -1,6 +1,7 @@
 """The sweep command on real MNIST slices, real Optuna storage (SQLite), real Hydra: in-process where the
 command's own behaviour is tested, as a subprocess where what a user types is the point."""
 
+import collections
 import json
 import os
 import subprocess
@@ -194,7 +195,7 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     out = tmp_path / "sw"
     home = tmp_path / "home"
     home.mkdir()
-    env = child_env(HOME=str(home), NETRC=str(home / "none"))
+    env = child_env(HOME=str(home), NETRC=str(home / "none"), BNEXP_LOG="INFO")
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
         env.pop(var, None)
     args = [a for a in sweep_args(out) if a != "logger=none"]
@@ -229,6 +230,7 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     )
     for r in trials:
         assert "train/loss" in r["history_keys"] and "act/z_std/L01" in r["history_keys"]
+        assert any("training bn=" in line for line in r["console"])  # the console is captured
         assert r["summary"]["stable_rule"] == "not diverged and val_acc >= 0.3"  # the spec's rule, as set
         assert r["summary"]["stable"] == (r["summary"]["val/acc"] >= 0.3)
     s = summaries[0]
@@ -244,6 +246,38 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     assert any(k.startswith("charts/val_acc_vs_log_lr") for k in sm) and sm["stability"]["_type"] == "image-file"
     (art,) = [a for a in s["artifacts"] if a["type"] == "sweep-report"]
     assert {"stability.png", "report.md", "summary.json", "trials.csv"} <= set(art["files"])
+
+
+def test_a_retried_trial_resumes_its_wandb_run(tmp_path, monkeypatch):
+    """A trial that fails mid-training is retried; the retry logs to the same W&B run id (offline: a second
+    run dir with that id, which `wandb sync` joins), and every point has its own id."""
+    from lightning.pytorch.callbacks import Callback
+
+    import bnexp.core.train
+
+    real, calls = bnexp.core.train.train, []
+
+    class FailMidway(Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 5:
+                raise RuntimeError("node lost")
+
+    def flaky_train(cfg, **kw):
+        calls.append(cfg.optim.lr)
+        if len(calls) == 1:  # the first trial dies half way, its W&B run already started
+            kw["callbacks"] = [*kw.get("callbacks", []), FailMidway()]
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(bnexp.core.train, "train", flaky_train)
+    out = tmp_path / "sw"
+    run_sweep([a for a in sweep_args(out, points=1) if a != "logger=none"] + ["logger=wandb", "logger.mode=offline"])
+    study, done = completed_keys(out)
+    assert len(done) == 2 and [t.state.name for t in study.get_trials()].count("FAIL") == 1
+    runs = [read_offline_run(r, wait_s=30) for r in offline_runs(out / "trials")]
+    ids = collections.Counter(r["id"] for r in runs)
+    assert len(runs) == 3 and sorted(ids.values()) == [1, 2]  # the failed point's two attempts: one run id
+    (retried,) = [i for i, n in ids.items() if n == 2]
+    assert sorted(r["exit_code"] for r in runs if r["id"] == retried) == [0, 1]
 
 
 def test_the_console_script_completes_on_tab(tmp_path):
