@@ -39,6 +39,16 @@ def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
     return storage or recorded, study
 
 
+def storage_and_study(sweep_dir: str | None, storage: str | None, study_name: str | None) -> tuple[str, str]:
+    """(storage URL, study name) from a sweep dir (its sweep.json), or --storage / $BNEXP_STORAGE and --study-name."""
+    if sweep_dir:
+        return _storage_from_dir(Path(sweep_dir), storage)
+    storage = storage or os.environ.get("BNEXP_STORAGE")
+    if storage and study_name:
+        return storage, study_name
+    raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")
+
+
 def _from_storage(url: str, study_name: str, out: Path) -> dict:
     from bnexp.sweep.records import build_report
     from bnexp.sweep.storage import load_study
@@ -94,14 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError("--trials needs --out DIR")
             summary, out = _from_csv(a), Path(a.out)
         else:
-            storage = a.storage or os.environ.get("BNEXP_STORAGE") if not a.sweep_dir else a.storage
-            if a.sweep_dir:
-                storage, study = _storage_from_dir(Path(a.sweep_dir), storage)
-                out = Path(a.out or a.sweep_dir)
-            elif storage and a.study_name:
-                study, out = a.study_name, Path(a.out or f"report-{a.study_name}")
-            else:
-                raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")
+            storage, study = storage_and_study(a.sweep_dir, a.storage, a.study_name)
+            out = Path(a.out or a.sweep_dir or f"report-{study}")
             summary = _from_storage(storage, study, out)
     except UsageError as e:
         fail(one_line(e))

@@ -102,17 +102,38 @@ def _progress_bar(every: int) -> Any:
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     class StepBar(TQDMProgressBar):
-        """One training bar refreshed every `every` steps; no bars for the short evaluation passes."""
+        """`step 300/800 [..., loss=0.0412, val/acc=0.943]`, refreshed every `every` steps: the steps of the one
+        training stream (Lightning's epoch means nothing here), the training loss and the last validation
+        accuracy (population statistics); no bars for the short evaluation passes."""
 
-        def init_validation_tqdm(self):
-            bar = super().init_validation_tqdm()
-            bar.disable = True
-            return bar
+        def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
+            super().on_train_epoch_start(trainer)
+            bar = self.train_progress_bar
+            bar.total, bar.initial = trainer.max_steps, trainer.global_step  # a resumed run starts where it was
+            bar.set_description("step")
 
-        def init_test_tqdm(self):
-            bar = super().init_test_tqdm()
-            bar.disable = True
-            return bar
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            bar, n = self.train_progress_bar, trainer.global_step
+            if bar is not None and self._should_update(n, bar.total):
+                bar.n = n
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
+            m = trainer.callback_metrics
+            out = {}
+            if "train/loss" in m:
+                out["loss"] = f"{float(m['train/loss']):.4f}"
+            if "val/acc" in m:
+                out["val/acc"] = f"{float(m['val/acc']):.3f}"
+            return out
+
+        def _quiet(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        # no bars for the short evaluation passes (validation every val_every steps, the final test)
+        on_validation_start = on_validation_batch_start = on_validation_batch_end = on_validation_end = _quiet
+        on_test_start = on_test_batch_start = on_test_batch_end = on_test_end = _quiet
+        on_sanity_check_start = on_sanity_check_end = _quiet
 
     return StepBar(refresh_rate=every)
 

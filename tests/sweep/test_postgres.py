@@ -115,6 +115,9 @@ def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
     r = bnexp("report", "--storage", pg_url, "--study-name", study_name, "--out", str(tmp_path / "rep"), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "rep" / "summary.json").is_file()
+    # the status view reads a PostgreSQL storage too
+    r = bnexp("status", "--storage", pg_url, "--study-name", study_name, timeout=120)
+    assert r.returncode == 0 and f"study {study_name}: 12 done, 0 running, 0 waiting, 0 failed" in r.stdout, r.stderr
 
 
 def test_kill_9_mid_trial_loses_and_duplicates_nothing(pg_url, study_name, tmp_path):
