@@ -28,6 +28,7 @@ def sweep_args(out: Path, *extra: str) -> list[str]:
         "sweep.name=t",
         "sweep.grid.model.bn=[pre]",
         "sweep.lr.points=2",
+        "sweep.seeds=[0]",
         "sweep.lr.low=1e-3",
         "sweep.lr.high=1e-2",
         "sweep.progress=false",

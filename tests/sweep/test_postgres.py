@@ -76,6 +76,7 @@ def worker_cmd(url, name, out, *extra):
         f"sweep.storage={url}",
         "sweep.grid.model.bn=[off,pre]",
         "sweep.lr.points=6",  # 2 variants x 6 lrs = 12 points
+        "sweep.seeds=[0]",
         "sweep.lr.low=1e-4",
         "sweep.lr.high=1e-1",
         "sweep.progress=false",

@@ -27,7 +27,7 @@ from bnexp.sweep.spec import training_cfg
         (["sweep.grid.model.bn=[off,foo]"], "model.bn='foo' is not allowed"),
         (["model.bm=pre"], "unknown config key 'model.bm'; valid keys under model: depth"),
         (["sweep.bogus=1"], "unknown config key 'sweep.bogus'; valid keys under sweep: name, grid"),
-        (["sweep=nonexistent"], "Available options in 'sweep': bias_ablation depth_ablation lr_stability"),
+        (["sweep=nonexistent"], "Available options in 'sweep': bias_ablation depth_ablation lr_stability optim"),
         (["optim.lr=0.5"], "optim.lr=0.5 is the axis every study varies"),
         (["--frobnicate"], "unknown flag '--frobnicate'"),
         (["--max-trials", "x"], "--max-trials=x: give a positive whole number"),
@@ -157,10 +157,10 @@ def test_population_sweep_trains_k_points_as_one_model(tmp_path):
 def test_overrides_reach_the_design_and_the_trials_through_the_real_cli(tmp_path):
     """model.bn=off narrows the grid; --dry-run plans; hydra.run.dir moves the study; a training override
     reaches every trial; --cfg job and --help are Hydra's."""
-    r = bnexp("sweep", "sweep=lr_stability", "model.bn=off", "sweep.lr.points=3", "--dry-run", cwd=tmp_path)
+    r = bnexp("sweep", "sweep=lr_stability", "model.bn=off", "sweep.lr.points=3", "seed=4", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() and all(k.startswith(("model.bn=off", "seed=", "lr=")) for k in r.stdout.split())
-    assert r.stdout.count("model.bn=off") == 3
+    assert r.stdout.count("model.bn=off") == 3 and r.stdout.count("seed=4") == 3  # narrowed to off, seeds [4]
     r = bnexp("sweep", "--cfg", "job", "sweep=depth_ablation", "seed=3", cwd=tmp_path)
     assert r.returncode == 0 and "depth_ablation" in r.stdout and "\nseed: 3" in r.stdout, r.stderr
     r = bnexp("sweep", "--help", cwd=tmp_path)
@@ -287,7 +287,8 @@ def test_the_console_script_completes_on_tab(tmp_path):
     assert exe, "pip install -e . installs the bnexp-sweep console script"
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep="), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert set(r.stdout.split()) == {"sweep=bias_ablation", "sweep=depth_ablation", "sweep=lr_stability"}, r.stderr
+    want = {"sweep=bias_ablation", "sweep=depth_ablation", "sweep=lr_stability", "sweep=optim_divergence"}
+    assert set(r.stdout.split()) == want, r.stderr
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points="}
