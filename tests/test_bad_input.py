@@ -29,6 +29,7 @@ def sweep_args(out: Path, *extra: str) -> list[str]:
         "sweep.grid.model.bn=[pre]",
         "sweep.lr.points=2",
         "sweep.seeds=[0]",
+        "sweep.jobs=1",  # one worker: these tests watch (and stop, and patch) the worker in this process
         "sweep.lr.low=1e-3",
         "sweep.lr.high=1e-2",
         "sweep.progress=false",

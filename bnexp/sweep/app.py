@@ -181,8 +181,8 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(hc.runtime.output_dir)
     task = list(hc.overrides.task)
     sw, notes = resolve(cfg, task)
-    name = sw.name
-    if hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
+    name = sw.study or sw.name
+    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
         name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
     for n in notes:
         log.info(n)
@@ -214,12 +214,20 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
 
     rule, _ = rule_of(sw)
     if sw.action in ("all", "work"):
+        from bnexp.sweep import local
+
+        n, threads, gpus = local.plan(sw, base, len(pts))
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
         install_signal_handlers(worker)
+        others = local.start(n, threads, gpus, task, out_dir, name) if n > 1 else []
+        if n > 1:
+            local.pin_this_worker(threads)
         bar = Progress(study, sw, len(pts))
         try:
             counts = worker.loop(progress=bar, max_trials=sw.max_trials)
         finally:
+            local.stop(others, worker.interrupted)
+            bar.update()
             bar.close()
         log.info("worker done: %s", counts)
         if worker.interrupted:

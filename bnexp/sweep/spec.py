@@ -86,8 +86,10 @@ class SweepConfig:
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
     retries: int = 2  # times a failed point is enqueued again
     progress: bool = True  # a progress bar with per-variant stable ranges
+    jobs: Any = "auto"  # local workers on this machine: auto (a core each on CPU, a GPU each) | N (bnexp.sweep.local)
     action: str = "all"  # all | work (--no-report) | create (--create-only) | report (--report-only) | plan
-    max_trials: Optional[int] = None  # --max-trials N: this worker stops after N trials
+    max_trials: Optional[int] = None  # --max-trials N: this worker stops after N trials (one worker)
+    study: Optional[str] = None  # the Optuna study's name; None: sweep.name (with -m: plus the job's overrides)
 
 
 @dataclass

@@ -77,6 +77,7 @@ def worker_cmd(url, name, out, *extra):
         "sweep.grid.model.bn=[off,pre]",
         "sweep.lr.points=6",  # 2 variants x 6 lrs = 12 points
         "sweep.seeds=[0]",
+        "sweep.jobs=1",
         "sweep.lr.low=1e-4",
         "sweep.lr.high=1e-1",
         "sweep.progress=false",

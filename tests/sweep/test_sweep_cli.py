@@ -292,3 +292,34 @@ def test_the_console_script_completes_on_tab(tmp_path):
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points="}
+
+
+def test_local_workers_share_the_study_and_split_the_cores(tmp_path):
+    """sweep.jobs=2: the command's process and one more worker claim points from one storage; each point is
+    trained once, the cores are split (one torch thread each on this 2-core machine), one report at the end."""
+    out = tmp_path / "sw"
+    args = [a for a in sweep_args(out, points=3) if a != "sweep.jobs=1"]
+    r = bnexp("sweep", *args, "sweep.jobs=2", cwd=tmp_path, env=child_env(OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    study, done = completed_keys(out)
+    assert len(done) == 6 and set(done.values()) == {1} and len(study.get_trials()) == 6
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2  # two processes did the work
+    for t in study.get_trials():
+        m = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
+        assert m["provenance"]["torch_threads"] == 1  # 2 cores // 2 workers
+    assert json.loads((out / "summary.json").read_text())["n_trials"] == 6
+
+
+def test_sweep_jobs_auto_plans_a_worker_per_core_or_per_gpu():
+    from bnexp.sweep.local import plan
+
+    cfg = compose_cfg(["sweep=lr_stability", "sweep.jobs=auto"], config_name="study")
+    sw, base = cfg.sweep, training_cfg(cfg)
+    assert plan(sw, base, 72, n_cores=2, n_gpus=0, memory_gib=24) == (2, 1, 0)  # a core each, one thread
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=6) == (4, 4, 0)  # as many as memory holds
+    assert plan(sw, base, 3, n_cores=16, n_gpus=0, memory_gib=64) == (3, 5, 0)  # no more than points
+    assert plan(sw, base, 72, n_cores=16, n_gpus=4, memory_gib=64) == (4, 4, 4)  # a GPU each
+    sw.jobs = 1
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=64) == (1, 16, 0)
+    sw.jobs, sw.max_trials = "auto", 2  # --max-trials caps one worker
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=64)[0] == 1
