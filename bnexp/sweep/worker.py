@@ -215,13 +215,53 @@ class Worker:
     def _finish(self, trial: Any, metrics: dict, cfg: DictConfig, ov: list[str], pruned: bool = False) -> str:
         from optuna.trial import TrialState
 
-        for k, v in trial_attrs(metrics, cfg, ov, self.grid_keys).items():
-            trial.set_user_attr(k, v)
-        if pruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
-            return "pruned"
-        self.study.tell(trial, _objective_value(metrics))
+        attrs = trial_attrs(metrics, cfg, ov, self.grid_keys)
+        try:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            if pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return "pruned"
+            self.study.tell(trial, _objective_value(metrics))
+        except Exception as e:
+            if liveness.trial_state(self.study, liveness.trial_id(trial)) == TrialState.RUNNING:
+                raise  # not the case below: a real storage error
+            return self._keep_stale_result(trial, metrics, attrs, e)
         return "diverged" if metrics["diverged"] else "complete"
+
+    def _keep_stale_result(self, trial: Any, metrics: dict, attrs: dict, why: BaseException) -> str:
+        """Another worker failed this trial as stale while it trained (a long pause, a stopped process, a
+        database hiccup longer than sweep.grace) and re-enqueued its point. The finished result is not thrown
+        away: it is recorded on that waiting point, or, if another worker already took it, kept on disk."""
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        waiting = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if t.user_attrs.get("key") == key
+        ]
+        rec = {
+            **attrs,
+            "trial_dir": trial.user_attrs.get("trial_dir"),
+            "worker": worker_id(),
+            "kept_from": trial.number,
+        }
+        for t in waiting:
+            tid = liveness.trial_id(t)
+            for k, v in rec.items():
+                liveness.set_user_attr(self.study, tid, k, v)
+            if liveness.set_state(self.study, tid, TrialState.COMPLETE, _objective_value(metrics)):
+                log.warning(
+                    "trial %d was failed as stale while it trained (%s); its result is recorded on the retry of its "
+                    "point, trial %d", trial.number, one_line(why)[:120], t.number
+                )  # fmt: skip
+                return "diverged" if metrics["diverged"] else "complete"
+        log.warning(
+            "trial %d was failed as stale while it trained and its point is being retried elsewhere; its result "
+            "is kept in %s", trial.number, trial.user_attrs.get("trial_dir")
+        )  # fmt: skip
+        return "kept"
 
     def _fail(self, trials: list[Any], reason: str) -> list[str]:
         from optuna.trial import TrialState

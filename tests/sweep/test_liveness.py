@@ -152,3 +152,31 @@ def test_stop_flag_alone_ends_the_trial_in_flight(tmp_path, population):
     failed = [t for t in w.study.get_trials() if t.state.name == "FAIL"]
     assert len(failed) == population and all(t.user_attrs["fail_reason"] == INTERRUPTED for t in failed)
     assert not [t for t in w.study.get_trials() if t.state.name == "RUNNING"]
+
+
+def test_a_trial_failed_as_stale_while_it_trained_keeps_its_result(tmp_path, monkeypatch):
+    """A worker paused longer than sweep.grace (SIGSTOP, a laptop lid, a database hiccup) finds at the end that
+    another worker failed its trial as stale and re-enqueued the point. It must not crash and must not throw
+    the finished result away: the result is recorded on the waiting retry of its point."""
+    from optuna.trial import TrialState
+
+    import bnexp.core.train
+
+    real = bnexp.core.train.train
+    w = worker(parts(sweep_args(tmp_path / "sw", points=1, extra=["sweep.grid.model.bn=[pre]"])))
+
+    def train_through_a_long_pause(cfg, **kw):
+        (running,) = w.study.get_trials(states=(TrialState.RUNNING,))
+        liveness.set_state(w.study, liveness.trial_id(running), TrialState.FAIL)  # what reconcile does elsewhere
+        liveness.reconcile(w.study, 0, 0, 2)  # ... and it re-enqueues the point
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(bnexp.core.train, "train", train_through_a_long_pause)
+    counts = w.loop()
+    assert counts == {"complete": 1}
+    states = collections.Counter(t.state.name for t in w.study.get_trials())
+    assert states == {"FAIL": 1, "COMPLETE": 1}  # nothing left waiting: the retry got the finished result
+    (done,) = w.study.get_trials(states=(TrialState.COMPLETE,))
+    failed = next(t for t in w.study.get_trials() if t.state.name == "FAIL")
+    assert done.user_attrs["kept_from"] == failed.number and done.value == done.user_attrs["val_acc"]
+    assert done.user_attrs["step"] == 12 and (tmp_path / "sw" / "trials" / "t").is_dir()
