@@ -103,6 +103,43 @@ class Config:
     loss: str = "sigmoid"  # sigmoid (the seed: sigmoid cross-entropy on one-hot) | softmax
 
 
+# settings of where and how a run runs, not of what it computes: they never make a result "different"
+# (a study's identity, a checkpoint's config check)
+EXECUTION_KEYS = (
+    "logger",
+    "data.dir",
+    "data.download",
+    "data.on_device",
+    "data.eval_batch_size",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.compile",
+    "trainer.progress_bar",
+    "trainer.deterministic",
+)
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config container as {dotted.key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_settings(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The settings that change a run's result: every key but EXECUTION_KEYS, flat."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {k: v for k, v in flat(node).items() if not any(k == e or k.startswith(e + ".") for e in EXECUTION_KEYS)}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=Config, package="_global_")

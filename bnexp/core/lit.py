@@ -76,12 +76,31 @@ class BNExpModule(L.LightningModule):
         self.last_val_step = -1
         self.val_history: list[dict] = []
         self.final: dict[str, float] = {}
+        self.resumed_from_step: int | None = None
         self._nonfinite: torch.Tensor | None = None
         self._check_every = 1
         self._sums: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    # ---- a stopped run's state, beyond weights and optimizer (bnexp.core.train: checkpoint on stop) ---
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["bnexp"] = {
+            "val_history": self.val_history,
+            "final": {k: float(v) for k, v in self.final.items()},
+            "diverged": self.diverged,
+            "diverged_step": self.diverged_step,
+            "last_val_step": self.last_val_step,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("bnexp", {})
+        self.val_history = list(state.get("val_history", []))
+        self.final = dict(state.get("final", {}))
+        self.diverged, self.diverged_step = state.get("diverged", False), state.get("diverged_step")
+        self.last_val_step = state.get("last_val_step", -1)
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
     # ---- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -211,7 +230,9 @@ class MNISTDataModule(L.LightningDataModule):
 
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
-        return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank)
+        # a run resumed at step s draws the batches an uninterrupted run would have from step s on
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank, start)
 
     def val_dataloader(self):
         from bnexp.core.data import eval_batches

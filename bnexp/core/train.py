@@ -25,6 +25,67 @@ from bnexp.core.provenance import provenance
 from bnexp.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("bnexp")
+CHECKPOINT = "last.ckpt"  # taken when a run is stopped (SIGTERM, SIGINT, a sweep's stop); a rerun resumes it
+
+
+class StopRequested(Exception):
+    """A stop asked for from outside the training (a sweep worker's SIGTERM/SIGINT flag, at the next batch)."""
+
+
+def is_stop(e: BaseException) -> bool:
+    """A stop, not a failure: StopRequested, Ctrl-C, or Lightning's SIGTERMException (a SystemExit its loops raise
+    at the next batch after its SIGTERM handler ran). Matched by name so that an except clause imports nothing."""
+    return isinstance(e, (StopRequested, KeyboardInterrupt)) or (
+        isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException"
+    )
+
+
+def _checkpoint_on_stop(path: Path) -> Any:
+    """A callback that saves the whole training state (weights, BN buffers, optimizer, step, the module's
+    history) when the run is stopped, so that `train` into the same dir resumes at that step."""
+    import lightning as L
+
+    class CheckpointOnStop(L.Callback):
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+            # a stop lands at the start of a batch, after the loop counted it "ready": record the loop at the
+            # last finished batch, or the resumed run validates every val_every steps one step early
+            progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+            for part in ("total", "current"):
+                if part in progress:
+                    done = progress[part]["completed"]
+                    progress[part].update(ready=done, started=done, processed=done)
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if is_stop(exception) and trainer.global_step > 0 and trainer.is_global_zero:
+                trainer.save_checkpoint(path)
+                log.warning("stopped at step %d: checkpoint %s; the same run into this dir resumes it",
+                            trainer.global_step, path)  # fmt: skip
+
+    return CheckpointOnStop()
+
+
+def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
+    """The checkpoint to resume in `out`, if any. A dir that holds a finished run, or a checkpoint of another
+    configuration, is refused: results are never silently mixed."""
+    from bnexp.core.config import result_settings
+
+    if (out / "metrics.json").is_file():
+        raise ConfigError(
+            f"{out} already holds a finished run (metrics.json); choose another run dir (hydra.run.dir=...) "
+            "or remove it to train again"
+        )
+    ckpt = out / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    if (out / "config.yaml").is_file():
+        old, new = result_settings(OmegaConf.load(out / "config.yaml")), result_settings(cfg)
+        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if differ:
+            raise ConfigError(
+                f"{out} holds a checkpoint of another configuration ({', '.join(differ[:4])} differ); "
+                "choose another run dir (hydra.run.dir=...), or rerun with the settings it was started with"
+            )
+    return ckpt
 
 
 def _quiet_lightning() -> None:
@@ -190,6 +251,7 @@ def train(
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
+    resume = _resume_point(cfg, out)
     t0, t_wall = time.perf_counter(), time.time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
@@ -198,7 +260,8 @@ def train(
     if on_module is not None:
         on_module(module)
     lg = build_logger(cfg, out) if logger == "from_cfg" else logger
-    trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or [])])
+    stop_ckpt = _checkpoint_on_stop(out / CHECKPOINT)
+    trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or []), stop_ckpt])
     if cfg.model.sync_bn and trainer.world_size > 1 and trainer.strategy.root_device.type != "cuda":
         # torch's DDP refuses SyncBatchNorm on CPU modules ("only work with GPU modules"); say so now,
         # before any rank is started, instead of a traceback from every rank
@@ -218,9 +281,12 @@ def train(
         cfg.trainer.max_steps,
         trainer.strategy.root_device,
     )
+    if resume is not None:
+        log.info("resuming from %s", resume)
     with ddp_job(trainer, out):
         t_fit = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
+        # weights_only=False: our own checkpoint (it holds the module's history beside the tensors)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=False)
         train_s = time.perf_counter() - t_fit
         if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
             trainer.validate(module, datamodule=dm, verbose=False)
@@ -240,10 +306,13 @@ def train(
         lr=float(cfg.optim.lr),
         seed=int(cfg.seed),
         val_history=[{k: _finite_or_none(v) for k, v in h.items()} for h in module.val_history],
+        resumed_from_step=module.resumed_from_step,  # None, or the step a stopped run went on from
         provenance=provenance(trainer.strategy.root_device, t_wall),
     )
     if trainer.is_global_zero:
         write_json_atomic(out / "metrics.json", metrics)
+        if resume is not None or (out / CHECKPOINT).is_file():
+            (out / CHECKPOINT).unlink(missing_ok=True)  # finished: metrics.json is the result now
         finish_logger(lg, metrics, rule)
     return metrics
 

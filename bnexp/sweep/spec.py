@@ -31,28 +31,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
-from bnexp.core.config import Config, validate
+from bnexp.core.config import EXECUTION_KEYS, Config, flat, validate
 
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("none", "median", "hyperband")
 ACTIONS = ("all", "work", "create", "report", "plan")
 RULE_MODES = ("threshold", "relative")
 SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
-# settings of where and how a trial runs, not of what it computes: they never make a study "different"
-EXECUTION_KEYS = (
-    "logger",
-    "data.dir",
-    "data.download",
-    "data.on_device",
-    "data.eval_batch_size",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.strategy",
-    "trainer.compile",
-    "trainer.progress_bar",
-    "trainer.deterministic",
-)
 
 
 @dataclass
@@ -278,16 +263,6 @@ def trial_cfg(base: DictConfig, variant: dict[str, Any], lr: float, seed: int) -
     return validate(c)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _counts(key: str, ignore: tuple[str, ...]) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in ignore)
 
@@ -295,7 +270,7 @@ def _counts(key: str, ignore: tuple[str, ...]) -> bool:
 def spec_hash(sw: DictConfig, base: DictConfig) -> str:
     """What makes a study the same study: its design and the training settings that change a result."""
     axes = grid_axes(sw.grid)
-    train = _flat(OmegaConf.to_container(base, resolve=True))
+    train = flat(OmegaConf.to_container(base, resolve=True))
     ignore = (*EXECUTION_KEYS, *SWEPT, *axes)
     ident = {
         "grid": axes,
@@ -335,6 +310,6 @@ RERUN_IGNORE = ("logger.group", "logger.job_type", "logger.run_name", "trainer.p
 
 def rerun_overrides(trial: DictConfig, default: DictConfig) -> list[str]:
     """The `python -m bnexp.run` overrides that rebuild `trial` from the default config: every key that differs."""
-    t = _flat(OmegaConf.to_container(trial, resolve=True))
-    d = _flat(OmegaConf.to_container(default, resolve=True))
+    t = flat(OmegaConf.to_container(trial, resolve=True))
+    d = flat(OmegaConf.to_container(default, resolve=True))
     return [f"{k}={_override_value(v)}" for k, v in t.items() if d.get(k, object()) != v and _counts(k, RERUN_IGNORE)]

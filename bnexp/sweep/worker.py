@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from bnexp import names
 from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError, one_line
+from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.sweep import liveness
 from bnexp.sweep.records import trial_attrs
 from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
@@ -36,15 +37,13 @@ log = logging.getLogger("bnexp.sweep")
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(StopRequested):
+    """The worker was asked to stop (SIGTERM/SIGINT): the trial in flight ends at its next batch, checkpointed."""
 
 
 def _is_stop(e: BaseException) -> bool:
-    """Our Interrupted, or Lightning's SIGTERMException (a SystemExit its loops raise at the next batch
-    after its own SIGTERM hook ran): for a sweep worker the same interruption. Matched by name so that
-    the except clause imports nothing."""
-    return isinstance(e, Interrupted) or (isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException")
+    """A stop, not a failure (bnexp.core.train.is_stop), except a second Ctrl-C: that one ends the worker."""
+    return is_stop(e) and not isinstance(e, KeyboardInterrupt)
 
 
 def _oom_kind(e: BaseException) -> str | None:
@@ -183,7 +182,24 @@ class Worker:
         cfg.logger.run_name = names.run_name(values, cfg.optim.lr, cfg.seed, self.keys)
         # the same point retried (after a kill, a preemption) resumes its W&B run
         cfg.logger.run_id = names.run_id(self.study_name, self.spec_hash, trial.user_attrs.get("key", trial.number))
-        return cfg, ov, self.out_dir / "trials" / names.safe(self.study_name) / name
+        return cfg, ov, self._resumable_dir(trial) or self.out_dir / "trials" / names.safe(self.study_name) / name
+
+    def _resumable_dir(self, trial: Any) -> Path | None:
+        """A retried point whose earlier attempt was stopped (SIGTERM, preemption) with a checkpoint: its dir, so
+        that train() resumes there at the step it stopped instead of starting over."""
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        stopped = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("key") == key and t.user_attrs.get("checkpoint")
+        ]
+        for t in sorted(stopped, key=lambda t: -t.number):
+            ckpt = Path(t.user_attrs["checkpoint"])
+            if ckpt.is_file():
+                return ckpt.parent
+        return None
 
     def _is_duplicate(self, trial: Any) -> bool:
         from optuna.trial import TrialState
@@ -293,6 +309,8 @@ class Worker:
                 )
         except BaseException as e:
             if _is_stop(e):
+                if (out / CHECKPOINT).is_file():  # taken at the stop: the retry of this point resumes from it
+                    trial.set_user_attr("checkpoint", str(out / CHECKPOINT))
                 return self._fail([trial], INTERRUPTED)[0]
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
