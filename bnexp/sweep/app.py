@@ -219,7 +219,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         n, threads, gpus = local.plan(sw, base, len(pts))
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
         install_signal_handlers(worker)
-        others = local.start(n, threads, gpus, task, out_dir, name) if n > 1 else []
+        others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
         if n > 1:
             local.pin_this_worker(threads)
         bar = Progress(study, sw, len(pts))

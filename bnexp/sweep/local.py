@@ -95,10 +95,12 @@ def config_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def start(n: int, threads: int, gpus: int, task: list[str], out_dir: Path, study: str) -> list[subprocess.Popen]:
-    """Start workers 2..n (this process is worker 1) on the job's overrides, in its study and dir."""
-    keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in ("sweep.action", "sweep.jobs", "sweep.progress")]
-    argv = [
+def worker_command(task: list[str], out_dir: Path, study: str) -> list[str]:
+    """A worker's command line: the job's overrides, in its study and dir; never the storage URL (it may hold a
+    password: the workers get it in $BNEXP_STORAGE, not on a command line that ps shows)."""
+    drop = ("sweep.action", "sweep.jobs", "sweep.progress", "sweep.storage")
+    keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return [
         sys.executable,
         "-m",
         "bnexp.sweep",
@@ -110,13 +112,20 @@ def start(n: int, threads: int, gpus: int, task: list[str], out_dir: Path, study
         f"sweep.study={study}",
         f"hydra.run.dir={out_dir}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def start(
+    n: int, threads: int, gpus: int, task: list[str], out_dir: Path, study: str, storage: str
+) -> list[subprocess.Popen]:
+    """Start workers 2..n (this process is worker 1) on the job's overrides, in its study, dir and storage."""
+    argv = worker_command(task, out_dir, study)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BNEXP_STORAGE": storage}
     procs = []
     for i in range(1, n):
         e = dict(env)
         if gpus:
             e["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen(argv, env=e, stdout=subprocess.DEVNULL, start_new_session=False))
+        procs.append(subprocess.Popen(argv, env=e, stdout=subprocess.DEVNULL))
     log.info("%d local workers (%d thread(s) each%s)", n, threads, f", {gpus} GPU(s)" if gpus else "")
     return procs
 

@@ -22,10 +22,13 @@ In auto mode an online start that fails (no network, server down) falls back to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp import names
 from bnexp.analysis.stability import StabilityRule, judge, record_of
-from bnexp.cli import ConfigError
+from bnexp.cli import ConfigError, redact
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +158,34 @@ def start_run(
     run_id: str | None = None,
 ) -> Any:
     """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline.
+    W&B records the command line: it sees it with any URL password masked (bnexp.cli.redact).
 
     `run_id` (bnexp.names.run_id): a deterministic id, so a retried trial or a rerun into the same run dir
     resumes its run (`resume="allow"`; offline, both run dirs carry the id and `wandb sync` joins them)."""
+    with _argv_redacted():
+        return _start_run(cfg, out_dir, name, job_type, group, config, tags, run_id)
+
+
+@contextlib.contextmanager
+def _argv_redacted() -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = [redact(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _start_run(
+    cfg: DictConfig,
+    out_dir: Path,
+    name: str,
+    job_type: str,
+    group: str,
+    config: dict,
+    tags: list[str],
+    run_id: str | None,
+) -> Any:
     import wandb
 
     mode = resolve_mode(cfg)
