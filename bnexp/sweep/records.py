@@ -25,6 +25,7 @@ METRIC_ATTRS = {  # trial record column <- metrics.json key
     "test_acc": "test/acc",
     "test_acc_single": "test/acc_single",
     "step": "step",
+    "diverged_step": "diverged_step",  # first step with a non-finite loss; None when the run did not diverge
     "wall_s": "wall_s",
 }
 
