@@ -9,7 +9,8 @@ GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # one lr per decade
 
 
 def trial(lr: float, val_acc: float | None, *, bn: str = "pre", bias: str = "auto", depth: int = 19, **kw) -> dict:
-    """A COMPLETE, non-diverged trial unless kw says otherwise."""
+    """A COMPLETE, non-diverged trial unless kw says otherwise; batch statistics equal to population
+    statistics (no lag, as BN off records them) unless `val_acc_batchstats` is given."""
     rec = {
         "number": kw.pop("number", 0),
         "state": "COMPLETE",
@@ -21,7 +22,7 @@ def trial(lr: float, val_acc: float | None, *, bn: str = "pre", bias: str = "aut
         "diverged": False,
         "val_acc": val_acc,
         "val_acc_best": val_acc,
-        "val_acc_batchstats": None,
+        "val_acc_batchstats": val_acc,
         "test_acc": val_acc,
         "step": 800,
         "wall_s": 12.5,
@@ -29,6 +30,22 @@ def trial(lr: float, val_acc: float | None, *, bn: str = "pre", bias: str = "aut
     }
     rec.update(kw)
     return rec
+
+
+def curve(pop: list[float | None], batch: list[float | None] | None = None, every: int = 100) -> list[dict]:
+    """A val_history as metrics.json holds it: one entry per validation, every `every` steps."""
+    batch = pop if batch is None else batch
+    return [
+        {"step": every * (i + 1), "val/loss": None if a is None else 1 - a, "val/acc": a,
+         "val/loss_batchstats": None if b is None else 1 - b, "val/acc_batchstats": b, "val/acc_best": a}
+        for i, (a, b) in enumerate(zip(pop, batch, strict=True))
+    ]  # fmt: skip
+
+
+def with_curve(rec: dict, pop: list[float | None], batch: list[float | None] | None = None) -> dict:
+    """`rec` with a validation history ending in its final values (as train() records it)."""
+    batch = pop if batch is None else batch
+    return {**rec, "val_history": curve(pop, batch), "val_acc": pop[-1], "val_acc_batchstats": batch[-1]}
 
 
 def sweep(accs: list[float | None], lrs: list[float] = GRID, **kw) -> list[dict]:
