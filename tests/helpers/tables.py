@@ -66,3 +66,21 @@ def seeded(fracs: list[tuple[int, int]], lrs: list[float] = GRID) -> list[dict]:
     for lr, (k, n) in zip(lrs, fracs, strict=True):
         out += [trial(lr, 0.95 if s < k else 0.5, seed=s, number=len(out)) for s in range(n)]
     return out
+
+
+def lagging_table() -> list[dict]:
+    """Two seeds of BN off and BN pre at depth 4; pre's population statistics lag at lr 0.1 (batch: 0.96)."""
+    trials = []
+    for seed in (0, 1):
+        for lr, a in zip(GRID, [0.5, 0.95, 0.96, 0.3, None], strict=True):
+            t = trial(lr, a, bn="off", depth=4, seed=seed, number=len(trials), step=200)
+            trials.append(
+                with_curve(t, [a, a]) if a is not None else {**t, "diverged": True, "diverged_step": 40, "step": 41}
+            )
+        for lr, a, b in zip(GRID, [0.6, 0.95, 0.97, 0.88 - 0.1 * seed, 0.2], [0.6, 0.95, 0.97, 0.96, 0.2], strict=True):
+            trials.append(
+                with_curve(
+                    trial(lr, a, depth=4, seed=seed, number=len(trials), step=300), [0.17, 0.5, a], [0.2, 0.9, b]
+                )
+            )
+    return trials
