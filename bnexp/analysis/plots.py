@@ -1,11 +1,14 @@
 """The report's figures (matplotlib, Agg). `write_figures` draws every figure that fits the study and returns
 (file, caption) pairs: the caption (what to read from the figure) is report.md's line under it and the W&B
-image's caption. Every function takes the analysis dicts (bnexp.analysis.stability.analyse) and trial records
+image's caption. Every `plot_*` function takes a `FigureData` (the analysis dicts, the trial records, the rule)
 and writes one PNG, whole or not at all (bnexp.files).
 
 Colour conventions: a variant has one colour in every panel (stability, divergence); a learning rate has one
 colour on a log scale (viridis, dark = low lr) in the learning curves and the statistics-lag picture, with a
 colourbar; population statistics are blue and batch statistics orange wherever the two are compared.
+
+One module for every figure (~600 lines) because they share those conventions, `FigureData` and the captions;
+split it when a figure grows its own helpers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,25 +136,39 @@ def _is_off(v: dict) -> bool:
     return v.get("bn") == "off"
 
 
+@dataclass
+class FigureData:
+    """What every figure reads: the study's name, its analysis (bnexp.analysis.stability.analyse), its trial
+    records and the rule they were judged by."""
+
+    study: str
+    variants: list[dict]
+    trials: list[dict]
+    rule: StabilityRule
+    variant_keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.variant_keys = tuple(self.variant_keys)
+        self.by_variant = _by_variant(self.trials, self.variant_keys)
+        self.lr_colour = _lr_colour(self.trials)  # one lr, one colour, in every figure
+
+    def recs(self, v: dict) -> list[dict]:
+        """A variant's COMPLETE trials."""
+        return self.by_variant.get(variant_key(v, self.variant_keys), [])
+
+
 # ------------------------------------------------------------------------------------- the figures
 
 
-def plot_stability(
-    path: Path,
-    study: str,
-    variants: list[dict],
-    trials: list[dict],
-    rule: StabilityRule,
-    variant_keys: Sequence[str],
-) -> None:
+def plot_stability(path: Path, d: FigureData) -> None:
     """Final metric against learning rate per variant, the stable range shaded, diverged trials as x."""
     from matplotlib.legend_handler import HandlerTuple
     from matplotlib.lines import Line2D
 
+    study, variants, trials, rule, variant_keys = d.study, d.variants, d.trials, d.rule, d.variant_keys
     facets = _facets(variants)
     palette = _variant_palette(variants, variant_keys)
     fig, axes = _grid(len(facets), 6.5, 4.8, sharey=True)
-    by_variant = _by_variant(trials, variant_keys)
 
     all_vals = [v for r in trials if (v := _as_float(r.get(rule.metric))) is not None]
     unit_range = all(0.0 <= v <= 1.0 for v in all_vals)
@@ -166,7 +184,7 @@ def plot_stability(
             legend = f"{v['label']}: {v['stable_decades']:.1f} dec{ci_txt}, run {v['longest_run_decades']:.1f}"
             # NaN breaks the line, so an all-diverged lr is a gap, not a bridge.
             ax.plot(xs, ys, "-o", color=colour, ms=4, lw=1.5, label=legend)
-            recs = by_variant.get(variant_key(v, variant_keys), [])
+            recs = d.recs(v)
             if any(p["n_seeds"] > 1 for p in pts):
                 ok = [(_lr_key(r), y) for r in recs if (y := _eligible_value(r, rule.metric)) is not None]
                 ax.scatter([x for x, _ in ok], [y for _, y in ok], s=8, color=colour, alpha=0.35, lw=0)
@@ -223,15 +241,14 @@ def plot_stability(
     _save(fig, path)
 
 
-def plot_curves(
-    path: Path, study: str, variant: dict, recs: list[dict], rule: StabilityRule, lr_colour: tuple[Any, Any]
-) -> None:
+def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
     """One variant's validation accuracy against step, one line per lr (and seed), population statistics
     beside batch statistics."""
     from matplotlib.lines import Line2D
 
     plt = _plt()
-    cmap, norm = lr_colour
+    study, rule, recs = d.study, d.rule, d.recs(variant)
+    cmap, norm = d.lr_colour
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True, squeeze=False, layout="constrained")
     seeds = _seeds(recs)
     style = _seed_style(seeds)
@@ -290,23 +307,21 @@ def rule_stats(rule: StabilityRule) -> str | None:
     return next((s for s, m in STATISTICS.items() if m == rule.metric), None)
 
 
-def plot_divergence(
-    path: Path, study: str, variants: list[dict], trials: list[dict], variant_keys: Sequence[str]
-) -> None:
+def plot_divergence(path: Path, d: FigureData) -> None:
     """Step of the first non-finite loss against learning rate; trials that trained to the end on a top line."""
     from matplotlib.lines import Line2D
 
+    study, variants, trials, variant_keys = d.study, d.variants, d.trials, d.variant_keys
     facets = _facets(variants)
     palette = _variant_palette(variants, variant_keys)
     fig, axes = _grid(len(facets), 6.5, 4.6, sharey=True)
-    by_variant = _by_variant(trials, variant_keys)
     end = max([s for r in trials if (s := _as_float(r.get("step"))) is not None] or [1.0])
     n_div = 0
     for ax, facet in zip(axes.flat, facets, strict=False):
         members = [v for v in variants if facet is None or v.get("depth") == facet]
         for vi, v in enumerate(members):
             colour = palette[_colour_key(v, variant_keys)]
-            recs = [r for r in by_variant.get(variant_key(v, variant_keys), []) if _lr_key(r)]
+            recs = [r for r in d.recs(v) if _lr_key(r)]
             nudge = 10 ** (0.16 * (vi / max(len(members) - 1, 1) - 0.5)) if len(members) > 1 else 1.0
             div = [
                 (_lr_key(r) * nudge, s)
@@ -347,13 +362,14 @@ def plot_divergence(
     _save(fig, path)
 
 
-def plot_widths(path: Path, study: str, variants: list[dict]) -> None:
+def plot_widths(path: Path, d: FigureData) -> None:
     """Per variant: the stable lr range (left) and its width in decades (right), judged by population and by
     batch statistics; pooled over seeds, each seed alone, the bootstrap interval."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     plt = _plt()
+    study, variants = d.study, d.variants
     n = max(len(variants), 1)
     fig, (ax_r, ax_w) = plt.subplots(
         1, 2, figsize=(13, 2.2 + 0.8 * n), sharey=True, width_ratios=[1.4, 1], layout="constrained"
@@ -418,26 +434,17 @@ def plot_widths(path: Path, study: str, variants: list[dict]) -> None:
     _save(fig, path)
 
 
-def plot_stats_lag(
-    path: Path,
-    study: str,
-    variants: list[dict],
-    trials: list[dict],
-    rule: StabilityRule,
-    variant_keys: Sequence[str],
-    lr_colour: tuple[Any, Any],
-) -> None:
+def plot_stats_lag(path: Path, d: FigureData) -> None:
     """Per BN variant: validation accuracy with population statistics against batch statistics, every
     validation faint, the final one bold, coloured by lr."""
-    cmap, norm = lr_colour
-    bn = [v for v in variants if not _is_off(v)]
+    study, rule, cmap, norm = d.study, d.rule, *d.lr_colour
+    bn = [v for v in d.variants if not _is_off(v)]
     fig, axes = _grid(len(bn), 4.6, 4.4, sharex=True, sharey=True, layout="constrained")
     if len(bn) <= 1:
         fig.set_size_inches(7.5, 5.2)
-    by_variant = _by_variant(trials, variant_keys)
     pop, bat = STATISTICS["population"], STATISTICS["batch"]
     for ax, v in zip(axes.flat, bn, strict=False):
-        for r in by_variant.get(variant_key(v, variant_keys), []):
+        for r in d.recs(v):
             lr = _lr_key(r)
             if lr is None:
                 continue
@@ -481,12 +488,13 @@ def plot_stats_lag(
     _save(fig, path)
 
 
-def plot_heatmap(path: Path, study: str, variants: list[dict], rule: StabilityRule) -> None:
+def plot_heatmap(path: Path, d: FigureData) -> None:
     """Mean final metric per variant (rows) and lr (columns), stable cells boxed, diverged marked."""
     import matplotlib
     from matplotlib.patches import Rectangle
 
     plt = _plt()
+    study, variants, rule = d.study, d.variants, d.rule
     lrs = sorted({p["lr"] for v in variants for p in v["points"]})
     col = {lr: j for j, lr in enumerate(lrs)}
     grid = np.full((len(variants), max(len(lrs), 1)), np.nan)
@@ -543,10 +551,11 @@ def write_figures(
     variant_keys: Sequence[str],
 ) -> list[tuple[str, str]]:
     """Draw every figure that fits the study into `out`; (file name, one-line caption) in report order."""
+    d = FigureData(study, variants, trials, rule, tuple(variant_keys))
     m = rule.metric
     several_seeds = any(len(v.get("per_seed") or []) > 1 for v in variants)
     figs: list[tuple[str, str]] = []
-    plot_stability(out / "stability.png", study, variants, trials, rule, variant_keys)
+    plot_stability(out / "stability.png", d)
     figs.append(
         (
             "stability.png",
@@ -554,7 +563,7 @@ def write_figures(
             " band is each variant's stable range under the rule: compare the bands' widths and where each ends.",
         )
     )
-    plot_widths(out / "widths.png", study, variants)
+    plot_widths(out / "widths.png", d)
     seeds_txt = " Dots are each seed alone and the whisker is the bootstrap 95% interval." if several_seeds else ""
     figs.append(
         (
@@ -564,7 +573,7 @@ def write_figures(
             f" weights, end the stable range.{seeds_txt}",
         )
     )
-    plot_divergence(out / "divergence.png", study, variants, trials, variant_keys)
+    plot_divergence(out / "divergence.png", d)
     figs.append(
         (
             "divergence.png",
@@ -572,9 +581,8 @@ def write_figures(
             " end): the lr where divergence sets in, and how much sooner it comes as the lr grows.",
         )
     )
-    lr_colour = _lr_colour(trials)
     if any(not _is_off(v) for v in variants):
-        plot_stats_lag(out / "stats_lag.png", study, variants, trials, rule, variant_keys, lr_colour)
+        plot_stats_lag(out / "stats_lag.png", d)
         figs.append(
             (
                 "stats_lag.png",
@@ -584,7 +592,7 @@ def write_figures(
             )
         )
     if len({v.get("depth") for v in variants}) > 1:
-        plot_heatmap(out / "heatmap.png", study, variants, rule)
+        plot_heatmap(out / "heatmap.png", d)
         figs.append(
             (
                 "heatmap.png",
@@ -592,10 +600,9 @@ def write_figures(
                 " down a column for how depth moves it.",
             )
         )
-    by_variant = _by_variant(trials, variant_keys)
     for v in variants:
         f = curves_file(v["label"])
-        plot_curves(out / f, study, v, by_variant.get(variant_key(v, variant_keys), []), rule, lr_colour)
+        plot_curves(out / f, d, v)
         figs.append(
             (
                 f,

@@ -237,8 +237,8 @@ def _statistics_section(summary: dict) -> list[str]:
     lines.append("")
     if differ:
         lines += [
-            "Where the two differ (at an lr stable only by batch statistics, the weights are fine and the"
-            " running averages are what fails):",
+            "Where the two differ (at an lr stable only by batch statistics the weights classify well with each"
+            " batch's own statistics; inference with the running averages is what falls short):",
             "",
             *differ,
         ]
