@@ -492,29 +492,22 @@ def _log_summary_contents(
         "charts/val_acc_vs_log_lr": wandb.plot.line(
             points_tab, "log10_lr", "mean_val_acc", stroke="variant", title=f"{study}: final val/acc vs log10 lr"
         ),
-        "charts/stable_width": wandb.plot.bar(
-            variants_tab, "variant", "stable_decades", title=f"{study}: stable lr width (decades), the rule's metric"
-        ),
-        "charts/stable_width_batchstats": wandb.plot.bar(
-            batch_tab,
-            "variant",
-            "stable_decades_batchstats",
-            title=f"{study}: stable lr width judged by batch statistics",
-        ),
-        "charts/stable_width_per_seed": wandb.plot.scatter(
-            seeds_tab, "seed", "stable_decades", title=f"{study}: stable width of each seed alone (decades)"
-        ),
-        "charts/diverged": wandb.plot.bar(variants_tab, "variant", "n_diverged", title=f"{study}: diverged trials"),
-        "charts/divergence_step_vs_log_lr": wandb.plot.scatter(
-            div_tab, "log10_lr", "diverged_step", title=f"{study}: step of the first non-finite loss vs log10 lr"
-        ),
-        "charts/stats_lag": wandb.plot.scatter(
-            lag_tab,
-            "val_acc_batchstats",
-            "val_acc_population",
-            title=f"{study}: final val/acc, population vs batch statistics",
-        ),
     }
+    # fmt: off
+    charts = {  # key: (kind, table, x or label column, y or value column, title)
+        "stable_width": ("bar", variants_tab, "variant", "stable_decades", "stable lr width (decades), rule's metric"),
+        "stable_width_batchstats": ("bar", batch_tab, "variant", "stable_decades_batchstats",
+                                    "stable lr width (decades) by batch statistics"),
+        "diverged": ("bar", variants_tab, "variant", "n_diverged", "diverged trials"),
+        "stable_width_per_seed": ("scatter", seeds_tab, "seed", "stable_decades", "stable lr width of each seed alone"),
+        "divergence_step_vs_log_lr": ("scatter", div_tab, "log10_lr", "diverged_step",
+                                      "step of the first non-finite loss vs log10 lr"),
+        "stats_lag": ("scatter", lag_tab, "val_acc_batchstats", "val_acc_population",
+                      "final val/acc, population (y) vs batch statistics (x)"),
+    }
+    # fmt: on
+    for key, (kind, tab, x, y, title) in charts.items():
+        payload[f"charts/{key}"] = getattr(wandb.plot, kind)(tab, x, y, title=f"{study}: {title}")
     for v in summary.get("variants", []):
         label = v.get("label")
         mine = [row for row in curve_rows if row[1] == label]
