@@ -502,7 +502,7 @@ def plot_heatmap(path: Path, d: FigureData) -> None:
         for p in v["points"]:
             if p["mean_val_acc"] is not None:
                 grid[i, col[p["lr"]]] = p["mean_val_acc"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(lrs) + 3), max(3.0, 0.35 * len(variants) + 1.8)))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(lrs) + 3), max(3.2, 0.35 * len(variants) + 2.0)))
     # no finite result (all diverged or not run): light grey
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     finite = grid[np.isfinite(grid)]
@@ -528,7 +528,7 @@ def plot_heatmap(path: Path, d: FigureData) -> None:
     fig.colorbar(im, ax=ax, label=f"mean final {rule.metric}")
     ax.set_title(
         f"{study}: mean {rule.metric} per variant and lr\nwhite box = stable lr; dashed orange = stable only by"
-        f" {other} statistics; x = diverged (xN: N seeds); grey = no finite result",
+        f" {other} statistics\nx = diverged (xN: N seeds diverged); grey = no finite result",
         fontsize=9,
     )
     fig.tight_layout()
