@@ -98,24 +98,38 @@ def _by_variant(trials: list[dict], variant_keys: Sequence[str]) -> dict[tuple, 
     return out
 
 
-def _lr_colour(trials: list[dict]) -> tuple[Any, Any]:
-    """(cmap, LogNorm) over every lr of the study: one lr has one colour in every variant's figure."""
-    import matplotlib
-    from matplotlib.colors import ListedColormap, LogNorm
+class _LrColours:
+    """One colour per lr of the study, dark = low (viridis without its palest yellow: a thin yellow line vanishes
+    on white). Up to 12 lrs: one band each on the colourbar, labelled with its lr; more: a continuous log scale."""
 
-    lrs = [lr for r in trials if (lr := _lr_key(r)) is not None] or [1e-3]
-    lo, hi = min(lrs), max(lrs)
-    if lo == hi:
-        lo, hi = lo / 10**0.5, hi * 10**0.5
-    # viridis without its palest yellow: a thin yellow line vanishes on white
-    cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.88, 256)))
-    return cmap, LogNorm(lo, hi)
+    def __init__(self, trials: list[dict], max_bands: int = 12) -> None:
+        import matplotlib
+        from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 
+        self.lrs = sorted({lr for r in trials if (lr := _lr_key(r)) is not None}) or [1e-3]
+        n, viridis = len(self.lrs), matplotlib.colormaps["viridis"]
+        self.index: dict[float, int] | None = None
+        if n <= max_bands:
+            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, n)))
+            self.norm: Any = BoundaryNorm(np.arange(n + 1) - 0.5, n)  # band i = the i-th lowest lr
+            self.index = {lr: i for i, lr in enumerate(self.lrs)}
+        else:
+            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, 256)))
+            self.norm = LogNorm(self.lrs[0], self.lrs[-1])
 
-def _lr_colourbar(fig: Any, axes: Any, cmap: Any, norm: Any) -> None:
-    from matplotlib.cm import ScalarMappable
+    def __call__(self, lr: float) -> Any:
+        return self.cmap(self.norm(self.index.get(lr, 0) if self.index is not None else lr))
 
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="learning rate (log colour scale)", pad=0.02)
+    def colourbar(self, fig: Any, axes: Any) -> None:
+        from matplotlib.cm import ScalarMappable
+
+        cb = fig.colorbar(ScalarMappable(norm=self.norm, cmap=self.cmap), ax=axes, pad=0.02)
+        if self.index is not None:
+            cb.set_ticks(range(len(self.lrs)), labels=[f"{lr:.2g}" for lr in self.lrs])
+            cb.minorticks_off()
+            cb.set_label("learning rate (one colour per grid lr)")
+        else:
+            cb.set_label("learning rate (log colour scale)")
 
 
 def _diverged_at(rec: dict) -> float | None:
@@ -150,7 +164,7 @@ class FigureData:
     def __post_init__(self) -> None:
         self.variant_keys = tuple(self.variant_keys)
         self.by_variant = _by_variant(self.trials, self.variant_keys)
-        self.lr_colour = _lr_colour(self.trials)  # one lr, one colour, in every figure
+        self.lr_colours = _LrColours(self.trials)  # one lr, one colour, in every figure
 
     def recs(self, v: dict) -> list[dict]:
         """A variant's COMPLETE trials."""
@@ -248,7 +262,6 @@ def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
 
     plt = _plt()
     study, rule, recs = d.study, d.rule, d.recs(variant)
-    cmap, norm = d.lr_colour
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True, squeeze=False, layout="constrained")
     seeds = _seeds(recs)
     style = _seed_style(seeds)
@@ -261,7 +274,7 @@ def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
             if lr is None or not h:
                 continue
             any_history = True
-            colour = cmap(norm(lr))
+            colour = d.lr_colours(lr)
             xs = [s for s, _ in h]
             ys = [np.nan if v is None else v for _, v in h]
             ax.plot(xs, ys, ls=style[r.get("seed")], marker=".", ms=3, lw=1.3, color=colour)
@@ -291,8 +304,8 @@ def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
     handles.append(Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged (last finite value)"))
     if rule.mode == "threshold":
         handles.append(Line2D([], [], ls="--", color="0.3", label=f"threshold {rule.threshold:g}"))
-    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right")
-    _lr_colourbar(fig, axes, cmap, norm)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    d.lr_colours.colourbar(fig, axes)
     fig.suptitle(
         f"{study}: {variant['label']} learning curves, one line per learning rate (colour) and seed\n"
         "where the left (population statistics) swings and the right (batch statistics) does not, "
@@ -400,10 +413,12 @@ def plot_widths(path: Path, d: FigureData) -> None:
             if len(seeds) > 1:
                 # each seed on its own thin line inside the pooled band, top to bottom in seed order
                 ys = y + np.linspace(-0.12, 0.12, len(seeds))
-                ax_w.plot([s["stable_decades"] for s in seeds], ys, "o", mfc="white", mec=c, mew=1.5, ms=5, ls="none")
                 for s, yy in zip(seeds, ys, strict=True):
-                    if s["stable_lr_min"] is not None:
-                        ax_r.plot([s["stable_lr_min"], s["stable_lr_max"]], [yy, yy], "-", color=c, lw=1.2)
+                    if s["stable_lr_min"] is None:  # no stable lr at all: not the same as one stable lr
+                        ax_w.plot([0], [yy], "x", color=c, mew=1.5, ms=6)
+                        continue
+                    ax_w.plot([s["stable_decades"]], [yy], "o", mfc="white", mec=c, mew=1.5, ms=5)
+                    ax_r.plot([s["stable_lr_min"], s["stable_lr_max"]], [yy, yy], "-|", color=c, lw=1.2, ms=6)
     ax_r.set_xscale("log")
     if not all_lrs:
         ax_r.set_xlim(1e-4, 1.0)
@@ -424,6 +439,7 @@ def plot_widths(path: Path, d: FigureData) -> None:
     if several:
         handles += [
             Line2D([], [], color="0.3", lw=1.2, marker="o", mfc="white", ms=5, label="each seed alone"),
+            Line2D([], [], color="0.3", marker="x", ls="none", ms=6, label="a seed with no stable lr"),
             Line2D([], [], color="k", lw=1.2, marker="|", ms=9, label="bootstrap 95% interval (seeds resampled)"),
         ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=7, frameon=False)
@@ -437,7 +453,7 @@ def plot_widths(path: Path, d: FigureData) -> None:
 def plot_stats_lag(path: Path, d: FigureData) -> None:
     """Per BN variant: validation accuracy with population statistics against batch statistics, every
     validation faint, the final one bold, coloured by lr."""
-    study, rule, cmap, norm = d.study, d.rule, *d.lr_colour
+    study, rule = d.study, d.rule
     bn = [v for v in d.variants if not _is_off(v)]
     fig, axes = _grid(len(bn), 4.6, 4.4, sharex=True, sharey=True, layout="constrained")
     if len(bn) <= 1:
@@ -448,7 +464,7 @@ def plot_stats_lag(path: Path, d: FigureData) -> None:
             lr = _lr_key(r)
             if lr is None:
                 continue
-            colour = cmap(norm(lr))
+            colour = d.lr_colours(lr)
             hp, hb = dict(history(r, pop)), dict(history(r, bat))
             pairs = [(hb[s], hp[s]) for s in hp if s in hb and hp[s] is not None and hb[s] is not None]
             ax.scatter([b for b, _ in pairs], [p for _, p in pairs], s=9, color=colour, alpha=0.35, lw=0)
@@ -478,7 +494,7 @@ def plot_stats_lag(path: Path, d: FigureData) -> None:
         ax.set_yticks([])
     for ax in list(axes.flat)[max(len(bn), 1) :]:
         ax.set_visible(False)
-    _lr_colourbar(fig, axes, cmap, norm)
+    d.lr_colours.colourbar(fig, axes)
     fig.suptitle(
         f"{study}: population-statistics lag, colour = learning rate\n"
         "bold: final validation, faint: every validation; below the diagonal: inference with BN's running\n"
@@ -569,7 +585,7 @@ def write_figures(
         (
             "widths.png",
             "Stable lr range and its width, judged by population statistics (blue, what inference uses) and by"
-            " batch statistics (orange): where orange reaches further right, the running averages, not the"
+            " batch statistics (orange): where orange reaches further than blue, BN's running averages, not the"
             f" weights, end the stable range.{seeds_txt}",
         )
     )
