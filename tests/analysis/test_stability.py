@@ -201,6 +201,8 @@ def test_widths_judged_by_population_and_by_batch_statistics() -> None:
     assert (pop["stable_lr_min"], pop["stable_lr_max"], pop["stable_decades"]) == pytest.approx((1e-3, 1e-2, 1.0))
     assert (bat["stable_lr_min"], bat["stable_lr_max"], bat["stable_decades"]) == pytest.approx((1e-3, 1e-1, 2.0))
     assert bat["stable_lrs"] == pytest.approx([1e-3, 1e-2, 1e-1]) and bat["n_stable"] == 3
+    assert [ps["stable_decades"] for ps in bat["per_seed"]] == pytest.approx([2.0])  # each view its own seeds
+    assert [ps["stable_decades"] for ps in pop["per_seed"]] == pytest.approx([1.0])
     assert vs["pre"]["statistics_differ"] is True
     # "stable" is the rule's verdict, on population statistics: the top level is that view
     assert vs["pre"]["metric"] == "val_acc" and vs["pre"]["n_stable"] == 2
