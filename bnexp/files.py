@@ -1,8 +1,9 @@
 """Result files are written whole or not at all: every writer goes through a temp file in the same directory,
-flushed and fsynced, then renamed over the target (`os.replace` is atomic on POSIX). A reader sees the old
-file or the new one, never a cut-off one, whatever happens meanwhile (a full disk, kill -9, a concurrent
-writer). A write that fails raises `FileWriteError` (a UsageError: one line naming the file, exit 2) and
-leaves the previous file as it was.
+flushed and fsynced, then renamed over the target (`os.replace` is atomic on POSIX). A reader (a dashboard,
+`python -m bnexp.report` beside a sweep, a second worker) sees the old file or the new one, never a cut-off
+one, whatever happens meanwhile (a full disk, kill -9, a concurrent writer). A write that fails raises
+`FileWriteError` (a UsageError and an OSError: one line naming the file, exit 2) and leaves the previous file
+as it was.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ from typing import Any
 from bnexp.cli import UsageError
 
 
-class FileWriteError(UsageError):
+class FileWriteError(UsageError, OSError):
     """A result file could not be written (disk full, no permission, a path under a regular file)."""
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     tmp = None
     try:
@@ -30,7 +37,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) 
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result is as readable as any file
         os.replace(tmp, path)
         tmp = None
         return path
@@ -47,19 +54,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) 
                 pass
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> Path:
-    return write_bytes_atomic(path, text.encode(), mode)
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`write_bytes_atomic` of `text` as UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> Path:
-    """JSON with NaN/inf refused (strict JSON): callers turn non-finite floats into null first."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n", mode)
-
-
-def savefig_atomic(fig: Any, path: str | os.PathLike, **kw: Any) -> Path:
-    """A matplotlib figure rendered in memory, then written atomically (a cut-off PNG is never left behind)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
-    return write_bytes_atomic(path, buf.getvalue())
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Strict JSON (NaN/inf refused: callers turn non-finite floats into null first), indented."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

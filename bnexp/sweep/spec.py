@@ -53,6 +53,7 @@ class RuleSpec:
     mode: str = "threshold"  # threshold | relative (within epsilon of the variant's best)
     epsilon: float = 0.02
     seed_quorum: float = 0.5  # with several seeds: an lr is stable when this fraction of its seeds is
+    last_k: int = 1  # stable only when each of the final k validations passes (1: the final value alone)
 
 
 @dataclass
@@ -195,6 +196,8 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
             raise ConfigError(f"sweep.{k}={sw[k]!r} is not allowed; choose one of: {', '.join(allowed)}")
     if sw.rule.mode not in RULE_MODES:
         raise ConfigError(f"sweep.rule.mode={sw.rule.mode!r} is not allowed; choose one of: {', '.join(RULE_MODES)}")
+    if sw.rule.last_k < 1:
+        raise ConfigError(f"sweep.rule.last_k={sw.rule.last_k} must be >= 1 (1: judge the final validation alone)")
     if not sw.seeds:
         raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0,1,2]")
     for s in sw.seeds:

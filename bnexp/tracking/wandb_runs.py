@@ -23,6 +23,7 @@ In auto mode an online start that fails (no network, server down) falls back to 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -45,19 +46,6 @@ SUMMARY_JOB_TYPE = "sweep-summary"
 
 
 # ---- names, config ------------------------------------------------------------------------------
-def flat_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """The resolved config as flat dotted keys: {'model.bn': 'pre', 'optim.lr': 0.002, ...}; lists stay lists."""
-    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flat_config(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
 def variant_name(cfg: DictConfig) -> str:
     """e.g. `pre-auto-d19` (bnexp.names: the label a report gives the same variant)."""
     return names.variant_label(names.cfg_values(cfg))
@@ -366,8 +354,10 @@ def log_sweep_summary(
 ) -> None:
     """One `sweep-summary` run beside the trials (group = study): tables, charts, report files as an artifact.
 
-    `trials` are the sweep's trial records, `summary` what bnexp.stability.write_report returned (its files
-    in out_dir), `spec` the study spec, `cfg` the trials' base config (logger project/entity/mode).
+    `trials` are the sweep's trial records, `summary` what bnexp.analysis.report.write_report returned (its
+    files and figures in out_dir), `spec` the study spec, `cfg` the trials' base config (logger
+    project/entity/mode). The run shows what report.md shows: widths by population and by batch statistics,
+    per-seed widths, learning curves, divergence steps, and each figure with its report.md caption.
     Does nothing unless `cfg.logger.name == "wandb"`.
     """
     if cfg.logger.name != "wandb":
@@ -376,10 +366,9 @@ def log_sweep_summary(
     keys = tuple(summary.get("variant_keys") or ("bn", "bias", "depth"))
     rule = StabilityRule(**summary["rule"]) if summary.get("rule") else StabilityRule()
 
-    config: dict[str, Any] = {"study": study, "n_records": len(trials), "variant_keys": list(keys)}
-    config.update(flat_config(spec or {}, "spec."))
-    config.update(flat_config({"rule": summary.get("rule") or {}, "seed_quorum": summary.get("seed_quorum")}))
-    config["rule.describe"] = rule.describe()
+    config: dict[str, Any] = {"study": study, "n_records": len(trials), "variant_keys": list(keys), "spec": spec}
+    config["rule"] = {**(summary.get("rule") or {}), "seed_quorum": summary.get("seed_quorum")}
+    config["rule"]["describe"] = rule.describe()
     run = start_run(
         cfg,
         out,
@@ -388,6 +377,8 @@ def log_sweep_summary(
         group=study,
         config=config,
         tags=["sweep-summary", study],
+        # one summary run per study, whoever writes it (every worker that finishes, each report rebuild)
+        run_id=names.run_id(study, "sweep-summary", json.dumps(spec, sort_keys=True, default=str)),
     )
     try:
         _log_summary_contents(run, out, study, trials, summary, rule, keys)
@@ -408,38 +399,58 @@ def _num(v: Any) -> float | None:
 def _log_summary_contents(
     run: Any, out: Path, study: str, trials: list[dict], summary: dict, rule: Any, keys: tuple[str, ...]
 ) -> None:
+    """The sweep-summary run's tables, native charts and the report's figures (the same PNGs as report.md,
+    with the same captions): trials, lr points, variants with widths judged both ways, per-seed widths,
+    learning curves."""
     import wandb
 
-    from bnexp.analysis.stability import is_stable, variant_key, variant_label
+    from bnexp.analysis.stability import STATISTICS, history, is_stable, variant_key, variant_label
 
     # relative-mode stability needs each variant's best; summary["variants"] has it
     bests = {variant_key(v, keys): v.get("variant_best") for v in summary.get("variants", [])}
-    rows = []
+    rows, curve_rows = [], []
     for r in trials:
         vk = variant_key(r, keys)
+        label = variant_label(vk, keys)
         lr = _num(r.get("lr"))
+        log_lr = math.log10(lr) if lr and lr > 0 else None
         diverged = str(r.get("diverged")).lower() in ("true", "1")
         rows.append(
             [
                 r.get("number"),
-                variant_label(vk, keys),
+                label,
                 str(r.get("bn")),
                 str(r.get("bias")),
                 r.get("depth"),
                 lr,
-                math.log10(lr) if lr and lr > 0 else None,
+                log_lr,
                 r.get("seed"),
                 _num(r.get(rule.metric)),
                 diverged,
                 bool(is_stable(r, rule, bests.get(vk))),
+                _num(r.get(STATISTICS["population"])),
+                _num(r.get(STATISTICS["batch"])),
+                _num(r.get("diverged_step")),
                 str(r.get("state", "COMPLETE")),
             ]
         )
+        pop, bat = history(r, STATISTICS["population"]), dict(history(r, STATISTICS["batch"]))
+        for step, acc in pop:
+            curve_rows.append([r.get("number"), label, lr, log_lr, r.get("seed"), step, acc, bat.get(step), diverged])
     rows.sort(key=lambda row: (row[1], row[5] or 0.0, row[7] or 0))
     cols = ["number", "variant", "bn", "bias", "depth", "lr", "log10_lr", "seed", "val_acc", "diverged", "stable"]
-    trials_tab = wandb.Table(columns=[*cols, "state"], data=rows, allow_mixed_types=True)
+    cols += ["val_acc_population", "val_acc_batchstats", "diverged_step", "state"]
+    trials_tab = wandb.Table(columns=cols, data=rows, allow_mixed_types=True)
+    ccols = ["number", "variant", "lr", "log10_lr", "seed", "step", "val_acc", "val_acc_batchstats", "diverged"]
+    curves_tab = wandb.Table(columns=ccols, data=curve_rows, allow_mixed_types=True)
+    div_tab = wandb.Table(
+        columns=cols, data=[row for row in rows if row[9] and row[13] is not None], allow_mixed_types=True
+    )
+    lag_tab = wandb.Table(
+        columns=cols, data=[row for row in rows if None not in (row[11], row[12])], allow_mixed_types=True
+    )
 
-    points, vrows = [], []
+    points, vrows, seed_rows = [], [], []
     for v in summary.get("variants", []):
         label = v.get("label") or variant_label(variant_key(v, keys), keys)
         for p in v.get("points", []):
@@ -448,6 +459,23 @@ def _log_summary_contents(
                 continue
             mean = _num(p.get("mean_val_acc"))
             points.append([label, lr, math.log10(lr), mean, p.get("n_seeds"), p.get("n_diverged"), p.get("stable")])
+        views = v.get("by_statistics") or {}
+        both = []
+        for stats in ("population", "batch"):
+            view = views.get(stats) or {}
+            recorded = bool(view.get("n_finite"))
+            both += [
+                float(view.get("stable_decades") or 0.0) if recorded else None,
+                _num(view.get("stable_lr_min")),
+                _num(view.get("stable_lr_max")),
+            ]
+            for sd in view.get("per_seed") or []:
+                if recorded:
+                    seed_rows.append(
+                        [label, stats, sd.get("seed"), float(sd.get("stable_decades") or 0.0),
+                         _num(sd.get("stable_lr_min")), _num(sd.get("stable_lr_max"))]
+                    )  # fmt: skip
+        ci = v.get("stable_decades_ci") or [None, None]
         vrows.append(
             [
                 label,
@@ -460,6 +488,10 @@ def _log_summary_contents(
                 _num(v.get("stable_lr_max")),
                 _num(v.get("best_lr")),
                 _num(v.get("best_val_acc")),
+                _num(ci[0]),
+                _num(ci[1]),
+                *both,
+                bool(v.get("statistics_differ")),
             ]
         )
     points.sort(key=lambda row: (row[0], row[1]))
@@ -469,22 +501,77 @@ def _log_summary_contents(
         allow_mixed_types=True,
     )
     vcols = ["variant", "stable_decades", "longest_run_decades", "n_trials", "n_stable", "n_diverged"]
-    vcols += ["stable_lr_min", "stable_lr_max", "best_lr", "best_val_acc"]
+    vcols += [
+        "stable_lr_min",
+        "stable_lr_max",
+        "best_lr",
+        "best_val_acc",
+        "stable_decades_ci_lo",
+        "stable_decades_ci_hi",
+    ]
+    vcols += ["stable_decades_population", "stable_lr_min_population", "stable_lr_max_population"]
+    vcols += ["stable_decades_batchstats", "stable_lr_min_batchstats", "stable_lr_max_batchstats", "statistics_differ"]
     variants_tab = wandb.Table(columns=vcols, data=vrows, allow_mixed_types=True)
+    seeds_tab = wandb.Table(
+        columns=["variant", "statistics", "seed", "stable_decades", "stable_lr_min", "stable_lr_max"],
+        data=seed_rows,
+        allow_mixed_types=True,
+    )
+    batch_tab = wandb.Table(
+        columns=["variant", "stable_decades_batchstats"],
+        data=[[row[0], row[15]] for row in vrows if row[15] is not None],
+        allow_mixed_types=True,
+    )
 
     payload: dict[str, Any] = {
         "trials": trials_tab,
         "points": points_tab,
         "variants": variants_tab,
+        "per_seed": seeds_tab,
+        "curves": curves_tab,
         "charts/val_acc_vs_log_lr": wandb.plot.line(
             points_tab, "log10_lr", "mean_val_acc", stroke="variant", title=f"{study}: final val/acc vs log10 lr"
         ),
-        "charts/stable_width": wandb.plot.bar(
-            variants_tab, "variant", "stable_decades", title=f"{study}: stable lr width (decades)"
-        ),
-        "charts/diverged": wandb.plot.bar(variants_tab, "variant", "n_diverged", title=f"{study}: diverged trials"),
     }
-    if (out / "stability.png").is_file():
+    # fmt: off
+    charts = {  # key: (kind, table, x or label column, y or value column, title)
+        "stable_width": ("bar", variants_tab, "variant", "stable_decades", "stable lr width (decades), rule's metric"),
+        "stable_width_batchstats": ("bar", batch_tab, "variant", "stable_decades_batchstats",
+                                    "stable lr width (decades) by batch statistics"),
+        "diverged": ("bar", variants_tab, "variant", "n_diverged", "diverged trials"),
+        "stable_width_per_seed": ("scatter", seeds_tab, "seed", "stable_decades", "stable lr width of each seed alone"),
+        "divergence_step_vs_log_lr": ("scatter", div_tab, "log10_lr", "diverged_step",
+                                      "step of the first non-finite loss vs log10 lr"),
+        "stats_lag": ("scatter", lag_tab, "val_acc_batchstats", "val_acc_population",
+                      "final val/acc, population (y) vs batch statistics (x)"),
+    }
+    # fmt: on
+    for key, (kind, tab, x, y, title) in charts.items():
+        payload[f"charts/{key}"] = getattr(wandb.plot, kind)(tab, x, y, title=f"{study}: {title}")
+    for v in summary.get("variants", []):
+        label = v.get("label")
+        mine = [row for row in curve_rows if row[1] == label]
+        for stats, col in (("population", 6), ("batch", 7)):
+            lines: dict[str, tuple[list, list]] = {}
+            for row in mine:
+                if row[5] is not None and row[col] is not None:
+                    xs, ys = lines.setdefault(f"lr{row[2]:.2e}-s{row[4]}", ([], []))
+                    xs.append(row[5])
+                    ys.append(row[col])
+            if lines:
+                payload[f"charts/curves/{label}/{stats}"] = wandb.plot.line_series(
+                    [xs for xs, _ in lines.values()],
+                    [ys for _, ys in lines.values()],
+                    keys=list(lines),
+                    title=f"{label}: val acc by {stats} statistics, one line per lr and seed",
+                    xname="step",
+                )
+    for fig in summary.get("figures") or []:
+        f = fig["file"]
+        if (out / f).is_file():  # stability.png stays `stability` (the dashboard's media key)
+            key = f"curves/{f[len('curves-') : -4]}" if f.startswith("curves-") else f.removesuffix(".png")
+            payload[key] = wandb.Image(str(out / f), caption=fig.get("caption"))
+    if "stability" not in payload and (out / "stability.png").is_file():
         payload["stability"] = wandb.Image(str(out / "stability.png"))
     run.log(payload)
 
@@ -493,8 +580,12 @@ def _log_summary_contents(
     s["n_stable"] = sum(1 for row in rows if row[10])
     for row in vrows:
         s[f"stable_decades/{row[0]}"] = row[1]
+        s[f"stable_decades_population/{row[0]}"] = row[12]
+        s[f"stable_decades_batchstats/{row[0]}"] = row[15]
         s[f"n_diverged/{row[0]}"] = row[5]
         s[f"best_val_acc/{row[0]}"] = row[9]
+    for label, stats, seed, decades, *_ in seed_rows:
+        s[f"stable_decades_seed{seed}_{stats}/{label}"] = decades
     run.summary.update(s)
 
     art = wandb.Artifact(_artifact_name(f"{study}-report"), type="sweep-report", metadata={"study": study})

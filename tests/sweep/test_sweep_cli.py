@@ -235,7 +235,7 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
         assert r["summary"]["stable"] == (r["summary"]["val/acc"] >= 0.3)
     s = summaries[0]
     assert s["name"] == "t-summary" and s["exit_code"] == 0
-    assert s["config"]["study"] == "t" and s["config"]["rule.threshold"] == pytest.approx(0.3)
+    assert s["config"]["study"] == "t" and s["config"]["rule"]["threshold"] == pytest.approx(0.3)
     sm = s["summary"]
     assert sm["n_trials"] == 4 and sm["n_stable"] == sum(r["summary"]["stable"] for r in trials)
     report = json.loads((out / "summary.json").read_text())
