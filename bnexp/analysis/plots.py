@@ -20,6 +20,7 @@ from bnexp.analysis.stability import (
     _state,
     variant_key,
 )
+from bnexp.files import savefig_atomic
 
 
 def _colours(n: int) -> list:
@@ -134,7 +135,7 @@ def plot_stability(
         fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -182,5 +183,5 @@ def plot_heatmap(path: Path, study: str, variants: list[dict], rule: StabilityRu
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)

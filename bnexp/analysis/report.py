@@ -5,6 +5,7 @@ finds, written out). `write_report` is the one writer; `load_trials_csv` reads a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -26,6 +27,7 @@ from bnexp.analysis.stability import (
     is_stable,
     variant_key,
 )
+from bnexp.files import write_json_atomic, write_text_atomic
 
 # Known columns get a fixed type on reading back, so e.g. bias "true" stays a string.
 _COLUMN_TYPES: dict[str, type] = {
@@ -93,11 +95,12 @@ def write_trials_csv(path: str | Path, trials: Sequence[dict]) -> list[str]:
         for k in rec:
             if k not in columns:
                 columns.append(k)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for rec in trials:
-            w.writerow([_cell(rec.get(k)) for k in columns])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(columns)
+    for rec in trials:
+        w.writerow([_cell(rec.get(k)) for k in columns])
+    write_text_atomic(path, f.getvalue())
     return columns
 
 
@@ -225,7 +228,6 @@ def write_report(
             "files": files,
         }
     )
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, allow_nan=False)
-    (out / "report.md").write_text(_markdown(summary, rule, commands, files))
+    write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "report.md", _markdown(summary, rule, commands, files))
     return summary
