@@ -380,3 +380,31 @@ def test_bad_value_leaves_no_empty_run_dir(tmp_path, capsys, monkeypatch):
         run.main()
     assert e.value.code == 2 and "model.depth=0" in capsys.readouterr().err
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_path_error_names_what_blocks_it(tmp_path):
+    """The OS's own errors, as Hydra meets them making a run dir and opening its log file there."""
+    import logging.config
+    import os
+
+    from bnexp.cli import dir_problem, explain_os_error
+
+    (tmp_path / "afile").write_text("x")
+    assert dir_problem(tmp_path / "new" / "deep") is None and dir_problem(tmp_path) is None
+    assert dir_problem(tmp_path / "afile" / "run") == f"{tmp_path}/afile is a regular file"
+    with pytest.raises(OSError) as mkdir:  # Hydra: Path(run_dir).mkdir(parents=True, exist_ok=True)
+        Path(tmp_path / "afile" / "run").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ValueError) as handler:  # Hydra: its file handler at <run dir>/<job>.log
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": f"{tmp_path}/afile/x.log"}},
+            }
+        )
+    for e in (mkdir.value, handler.value):
+        assert explain_os_error(e, "hydra.run.dir") == (
+            f"cannot write {tmp_path}/afile/{'run' if e is mkdir.value else 'x.log'}: {tmp_path}/afile is a regular "
+            "file; set hydra.run.dir to a directory you can write"
+        )
+    assert explain_os_error(ValueError("a bug"), "k") is None  # not a path: a crash keeps its traceback
+    assert explain_os_error(FileNotFoundError(2, os.strerror(2), "/x"), "k") is None

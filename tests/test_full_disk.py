@@ -50,9 +50,18 @@ def _restore(d: Path, files: dict[str, bytes]) -> None:
         tmp.unlink()
 
 
-def _report(d: Path, ulimit_kb: int | None = None, **kw) -> subprocess.Popen:
+# bnexp.report as an embedding would start it: with SIGXFSZ back at its default action (kill the process),
+# which CPython itself sets to "ignore" at startup
+DEFAULT_SIGXFSZ = (
+    "import signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); from bnexp.report import main; main()"
+)
+
+
+def _report(d: Path, ulimit_kb: int | None = None, sigxfsz_default: bool = False, **kw) -> subprocess.Popen:
     """`python -m bnexp.report D`, under `ulimit -f` when given (bash's unit: 1024 bytes)."""
     cmd = f"exec {sys.executable} -m bnexp.report {d}"
+    if sigxfsz_default:
+        cmd = f"exec {sys.executable} -c '{DEFAULT_SIGXFSZ}' {d}"
     if ulimit_kb is not None:
         cmd = f"ulimit -f {ulimit_kb}; {cmd}"
     env = child_env(PYTHONDONTWRITEBYTECODE="1")  # no .pyc writes under the limit before bnexp ignores SIGXFSZ
@@ -94,17 +103,22 @@ def _one_line(err: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("at", ["first file", "a figure"])
-def test_full_disk_leaves_every_file_as_it_was(sweep, at):
+@pytest.mark.parametrize(
+    "at,sigxfsz_default",
+    [("first file", False), ("a figure", False), ("a figure", True)],
+    ids=["first", "figure", "figure-sigxfsz-default"],
+)
+def test_full_disk_leaves_every_file_as_it_was(sweep, at, sigxfsz_default):
+    """With SIGXFSZ at its default, only bnexp's own `ignore` keeps the write an error rather than a kill."""
     out, a, _ = sweep
     # a file-size limit under the first file written (trials.csv), or over it and under the figures
     size_kb = {f: len(a[f]) / 1024 for f in FILES}
     limit = int(size_kb["trials.csv"]) // 2 if at == "first file" else int(size_kb["trials.csv"]) + 1
     assert at == "first file" or limit < min(size_kb["stability.png"], size_kb["heatmap.png"])
     _restore(out, a)
-    p = _report(out, ulimit_kb=max(limit, 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = _report(out, max(limit, 1), sigxfsz_default, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = p.communicate(timeout=300)
-    assert p.returncode == 2, err  # not 153 (killed by SIGXFSZ), not 1 (a traceback)
+    assert p.returncode == 2, (p.returncode, err)  # not -25 (killed by SIGXFSZ), not 1 (a traceback)
     line = _one_line(err)
     assert "cannot write" in line and "File too large" in line and str(out) in line, line
     assert _files(out) == a  # byte for byte: nothing earlier lost or cut off
