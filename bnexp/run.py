@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp.cli import UsageError, fail, guard, one_line
-from bnexp.core.config import Config, register_configs
+from bnexp.core.config import Config, check_hardware, register_configs, validate
 from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 
 register_configs()
@@ -31,6 +31,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from bnexp.core.train import CHECKPOINT, is_stop, summary_line, train
 
     try:
+        check_hardware(validate(cfg))  # this machine has the devices asked for (train() validates again)
         metrics = train(cfg)
     except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         _drop_empty_run_dir()

@@ -214,8 +214,10 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
 
     rule, _ = rule_of(sw)
     if sw.action in ("all", "work"):
+        from bnexp.core.config import check_hardware
         from bnexp.sweep import local
 
+        check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
         n, threads, gpus = local.plan(sw, base, len(pts))
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
         install_signal_handlers(worker)

@@ -31,7 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
-from bnexp.core.config import EXECUTION_KEYS, Config, flat, validate
+from bnexp.core.config import EXECUTION_KEYS, MAX_SEED, Config, flat, validate
 
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("none", "median", "hyperband")
@@ -194,24 +194,46 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("action", ACTIONS)):
         if sw[k] not in allowed:
             raise ConfigError(f"sweep.{k}={sw[k]!r} is not allowed; choose one of: {', '.join(allowed)}")
-    if sw.rule.mode not in RULE_MODES:
-        raise ConfigError(f"sweep.rule.mode={sw.rule.mode!r} is not allowed; choose one of: {', '.join(RULE_MODES)}")
-    if sw.rule.last_k < 1:
-        raise ConfigError(f"sweep.rule.last_k={sw.rule.last_k} must be >= 1 (1: judge the final validation alone)")
+    r = sw.rule
+    check_rule(r.threshold, r.mode, r.epsilon, r.seed_quorum, lambda k, v: f"sweep.rule.{k}={v}")
+    if r.last_k < 1:
+        raise ConfigError(f"sweep.rule.last_k={r.last_k} must be >= 1 (1: judge the final validation alone)")
     if not sw.seeds:
         raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0,1,2]")
     for s in sw.seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"sweep.seeds={list(sw.seeds)}: seeds are whole numbers >= 0, e.g. sweep.seeds=[0,1,2]")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(
+                f"sweep.seeds={list(sw.seeds)}: seeds are whole numbers >= 0 and <= {MAX_SEED}, "
+                "e.g. sweep.seeds=[0,1,2]"
+            )
     if len(set(sw.seeds)) != len(sw.seeds):
         raise ConfigError(f"sweep.seeds={list(sw.seeds)} lists a seed twice")
-    for k, low in (("population", 1), ("retries", 0), ("heartbeat", 0), ("grace", 0)):
-        if sw[k] < low:
-            raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low}")
+    for k in ("population", "retries", "heartbeat", "grace"):
+        low = 1 if k == "population" else 0
+        if sw[k] < low:  # the example is the default
+            raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low} (e.g. sweep.{k}={getattr(SweepConfig, k)})")
     if sw.max_trials is not None and sw.max_trials < 1:
         raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
     if not re.fullmatch(r"[\w.\-]+", sw.name):
         raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
+
+
+def check_rule(threshold: Any, mode: Any, epsilon: Any, seed_quorum: Any, name: Any) -> None:
+    """The stability rule's values (its metric is an accuracy); `name(key, value)` spells a setting as the
+    command takes it (`sweep.rule.threshold=3`, `--threshold 3`)."""
+
+    def bad(key: str, v: Any, ok: str, example: str) -> ConfigError:
+        shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
+        return ConfigError(f"{name(key, shown)} must be {ok} (e.g. {name(key, example)})")
+
+    if mode not in RULE_MODES:
+        raise ConfigError(f"{name('mode', repr(mode))} is not allowed; choose one of: {', '.join(RULE_MODES)}")
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise bad("threshold", threshold, "in [0, 1]: a final val/acc", "0.9")
+    if not (math.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
+        raise bad("epsilon", epsilon, ">= 0 and <= 1: an accuracy difference", "0.02")
+    if not (math.isfinite(seed_quorum) and 0.0 < seed_quorum <= 1.0):
+        raise bad("seed_quorum", seed_quorum, "in (0, 1]: the fraction of an lr's seeds that must be stable", "0.5")
 
 
 # ---- the design ----------------------------------------------------------------------------------
