@@ -4,13 +4,19 @@ flushed and fsynced, then renamed over the target (`os.replace` is atomic on POS
 one, whatever happens meanwhile (a full disk, kill -9, a concurrent writer). A write that fails raises
 `FileWriteError` (a UsageError and an OSError: one line naming the file, exit 2) and leaves the previous file
 as it was.
+
+A set of files that belong together (a report: summary.json, trials.csv, the figures, report.md) is written
+inside `staged()`: every file goes to its temp file first and only when all are written are they renamed, so a
+full disk leaves the whole previous set in place, never half a new report beside half an old one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,29 @@ def _umask() -> int:
     return mask
 
 
+_STAGE: list[list[tuple[str, Path]]] = []  # open staged() blocks: (temp file, target) pairs to rename
+
+
+@contextlib.contextmanager
+def staged() -> Iterator[None]:
+    """Write a set of files together: inside the block each write goes to its temp file; at the end, once every
+    one is written, all are renamed over their targets. On an error nothing is renamed and the temps go."""
+    _STAGE.append([])
+    try:
+        yield
+        pending = _STAGE[-1]
+        while pending:  # renames need no space: once every temp is written, the set lands whole
+            tmp, path = pending[0]
+            os.replace(tmp, path)
+            pending.pop(0)
+    finally:
+        for tmp, _ in _STAGE.pop():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     tmp = None
@@ -38,7 +67,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result is as readable as any file
-        os.replace(tmp, path)
+        if _STAGE:  # renamed with the rest of its set at the end of staged()
+            _STAGE[-1].append((tmp, path))
+        else:
+            os.replace(tmp, path)
         tmp = None
         return path
     except OSError as e:

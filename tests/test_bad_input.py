@@ -180,6 +180,13 @@ CASES = {
     "lr-range-equal": ("sweep", ["sweep.lr.low=0.1", "sweep.lr.high=0.1"], True, None, ["must be < sweep.lr.high"]),
     "lr-range-negative": ("sweep", ["sweep.lr.low=-1"], True, None, ["must be positive", "sweep.lr.low=1e-5"]),
     "batch-size-0": ("run", ["data.batch_size=0"], True, None, ["data.batch_size=0 must be >= 1", "batch_size=64"]),
+    "run-dir-holds-a-finished-run": (
+        "run",
+        [],
+        True,
+        None,
+        ["already holds a finished run (metrics.json)", "choose another run dir (hydra.run.dir=...)"],
+    ),
     "mnist-file-missing": ("run", DATA, True, three_of_four, [f"{LABELS} is missing", "data.download=true"]),
     "mnist-missing-offline": (
         "run",

@@ -35,3 +35,30 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
         write_json_atomic(p, {"v": 2})
     assert json.loads(p.read_text()) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["summary.json"]  # the temp file is gone
+
+
+def test_a_staged_set_lands_together_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnexp.files import staged
+
+    write_text_atomic(tmp_path / "a.txt", "a0")
+    write_text_atomic(tmp_path / "b.txt", "b0")
+    with staged():
+        write_text_atomic(tmp_path / "a.txt", "a1")
+        assert (tmp_path / "a.txt").read_text() == "a0"  # not yet: the set lands at the end
+        write_text_atomic(tmp_path / "b.txt", "b1")
+    assert [(tmp_path / f).read_text() for f in ("a.txt", "b.txt")] == ["a1", "b1"]
+    real_fsync = os.fsync
+    calls = []
+
+    def full_disk_on_the_second_file(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_on_the_second_file)
+    with pytest.raises(OSError, match="No space left"), staged():
+        write_text_atomic(tmp_path / "a.txt", "a2")
+        write_text_atomic(tmp_path / "b.txt", "b2")
+    assert [(tmp_path / f).read_text() for f in ("a.txt", "b.txt")] == ["a1", "b1"]  # neither half landed
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temp files left

@@ -36,7 +36,7 @@ from bnexp.analysis.stability import (
     variant_key,
     variant_label,
 )
-from bnexp.files import write_json_atomic, write_text_atomic
+from bnexp.files import staged, write_json_atomic, write_text_atomic
 
 # Known columns get a fixed type on reading back, so e.g. bias "true" stays a string.
 _COLUMN_TYPES: dict[str, type] = {
@@ -332,35 +332,36 @@ def write_report(
     # Per-trial stable column; relative mode needs each trial's variant best.
     bests = {variant_key(v, variant_keys): v["variant_best"] for v in variants}
     rows = [{**r, "stable": is_stable(r, rule, bests.get(variant_key(r, variant_keys)))} for r in trials]
-    write_trials_csv(out / "trials.csv", rows)
-    files = ["summary.json", "trials.csv"]
-    if write_curves_csv(out / "curves.csv", trials, variant_keys):
-        files.append("curves.csv")
-    else:
-        (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
+    with staged():  # the report's files land together: a full disk leaves the previous report whole
+        write_trials_csv(out / "trials.csv", rows)
+        files = ["summary.json", "trials.csv"]
+        if write_curves_csv(out / "curves.csv", trials, variant_keys):
+            files.append("curves.csv")
+        else:
+            (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
-    figures = write_figures(out, study, variants, trials, rule, variant_keys)
-    files += [f for f, _ in figures] + ["report.md"]
+        figures = write_figures(out, study, variants, trials, rule, variant_keys)
+        files += [f for f, _ in figures] + ["report.md"]
 
-    summary = _json_safe(
-        {
-            "study": study,
-            "threshold": rule.threshold,
-            "rule": asdict(rule),
-            "rule_describe": rule.describe(),
-            "seed_quorum": seed_quorum,
-            "statistics": dict(STATISTICS),
-            "variant_keys": list(variant_keys),
-            "n_boot": n_boot,
-            "n_records": len(trials),
-            "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
-            "n_failed": sum(_state(r) == "FAIL" for r in trials),
-            "variants": variants,
-            "comparison": comparison,
-            "figures": [{"file": f, "caption": c} for f, c in figures],
-            "files": files,
-        }
-    )
-    write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "report.md", _markdown(summary, rule, commands, figures))
+        summary = _json_safe(
+            {
+                "study": study,
+                "threshold": rule.threshold,
+                "rule": asdict(rule),
+                "rule_describe": rule.describe(),
+                "seed_quorum": seed_quorum,
+                "statistics": dict(STATISTICS),
+                "variant_keys": list(variant_keys),
+                "n_boot": n_boot,
+                "n_records": len(trials),
+                "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
+                "n_failed": sum(_state(r) == "FAIL" for r in trials),
+                "variants": variants,
+                "comparison": comparison,
+                "figures": [{"file": f, "caption": c} for f, c in figures],
+                "files": files,
+            }
+        )
+        write_json_atomic(out / "summary.json", summary)
+        write_text_atomic(out / "report.md", _markdown(summary, rule, commands, figures))
     return summary

@@ -251,10 +251,10 @@ def train(
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    resume = _resume_point(cfg, out)
     t0, t_wall = time.perf_counter(), time.time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
+    resume = _resume_point(cfg, out)  # a finished run there is refused; a stopped one is resumed
     out.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg)
     if on_module is not None:
