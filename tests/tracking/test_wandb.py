@@ -129,7 +129,8 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path):
     assert "val_history" not in s
     assert r["exit_code"] == 0
     assert r["n_stats"] > 0  # system metrics: W&B's default, not turned off through a private setting
-    # a rerun into the same run dir resumes the same W&B run (same id)
+    # a run rerun into its dir (after an interruption: no metrics.json yet) resumes the same W&B run (same id)
+    (tmp_path / "metrics.json").unlink()
     train(cfg, output_dir=tmp_path)
     ids = [read_offline_run(p, wait_s=30)["id"] for p in offline_runs(tmp_path)]
     assert len(ids) == 2 and ids[0] == ids[1] == r["id"]
