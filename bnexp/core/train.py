@@ -2,14 +2,14 @@
 
 `train(cfg)` is what `python -m bnexp.run` runs and what every sweep trial runs. It writes the resolved
 config (`config.yaml`) and `metrics.json` into the run directory (Hydra's run dir, or `output_dir`) and
-returns the metrics dict (keys: see bnexp.core.lit).
+returns the metrics dict (keys: see bnexp.core.metrics). bnexp.population.train_population trains K learning
+rates as one model through the same pieces: build_datamodule, compile_model, build_trainer, fit_evaluate,
+run_metrics and finish_run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.cli import ConfigError
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
+from bnexp.core.metrics import run_metrics
 from bnexp.core.provenance import provenance
+from bnexp.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("bnexp")
 
@@ -44,7 +46,7 @@ def _quiet_lightning() -> None:
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.model -> the net's constructor arguments (DeepConvNet, PopulationNet)."""
+    """cfg.model -> the net's constructor arguments (DeepConvNet; a population builds its members from them)."""
     m = cfg.model
     keys = ("depth", "bn", "bias", "bn_impl", "bn_momentum", "bn_eps", "fc_units", "init_std")
     return {k: m[k] for k in keys}
@@ -64,13 +66,18 @@ def build_module(cfg: DictConfig):
         loss=cfg.loss,
         log_every=cfg.trainer.log_every,
     )
-    if cfg.trainer.compile != "none":
-        # torch.compile the net (not the LightningModule): "reduce-overhead" captures the step in CUDA
-        # graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs (guards recompile).
+    return compile_model(module, cfg.trainer.compile)
+
+
+def compile_model(module: Any, mode: str) -> Any:
+    """torch.compile the module's net (not the LightningModule) unless mode is "none": "reduce-overhead" captures
+    the forward and backward in CUDA graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs
+    (guards recompile)."""
+    if mode != "none":
         import torch
 
-        log.info("torch.compile(model, mode=%s)", cfg.trainer.compile)
-        module.model = torch.compile(module.model, mode=cfg.trainer.compile)
+        log.info("torch.compile(model, mode=%s)", mode)
+        module.model = torch.compile(module.model, mode=mode)
     return module
 
 
@@ -88,14 +95,15 @@ def data_dir(cfg: DictConfig) -> str | None:
         return os.path.abspath(str(d))
 
 
-def build_datamodule(cfg: DictConfig):
+def build_datamodule(cfg: DictConfig, member_seeds: list[int] | None = None):
+    """The data; `member_seeds`: a population's, each member drawing its solo run's batches."""
     from bnexp.core.data import load_mnist, make_splits
     from bnexp.core.lit import MNISTDataModule
 
     d = cfg.data
     raw = load_mnist(data_dir(cfg), download=d.download)
     splits = make_splits(raw, d.limit_train, d.limit_val, d.limit_test)
-    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device)
+    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device, member_seeds)
 
 
 def _progress_bar(every: int) -> Any:
@@ -145,8 +153,24 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
     )
 
 
-def _finite_or_none(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def fit_evaluate(trainer: Any, module: Any, dm: Any) -> float:
+    """Fit; validate once more where training stopped between validations (divergence); test. Returns the
+    seconds fit took. `module.needs_validation(step)` says whether the last validation is missing."""
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    train_s = time.perf_counter() - t_fit
+    if module.needs_validation(trainer.global_step):
+        trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    return train_s
+
+
+def finish_run(out: Path, metrics: dict[str, Any], logger: Any, rule: Any) -> None:
+    """metrics.json (atomically), then the logger's summary and close (W&B)."""
+    from bnexp.tracking.loggers import finish_logger
+
+    write_json_atomic(out / "metrics.json", metrics)
+    finish_logger(logger, metrics, rule)
 
 
 def train(
@@ -164,7 +188,7 @@ def train(
     """
     import lightning as L
 
-    from bnexp.tracking.loggers import build_callbacks, build_logger, finish_logger
+    from bnexp.tracking.loggers import build_callbacks, build_logger
 
     _quiet_lightning()
     validate(cfg)
@@ -186,7 +210,7 @@ def train(
             f"{trainer.strategy.root_device.type}); use trainer.accelerator=gpu, or model.sync_bn=false"
         )
     if trainer.is_global_zero:  # DDP ranks share the run dir; one writer (as for metrics.json)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
         "training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s",
         cfg.model.bn,
@@ -198,32 +222,19 @@ def train(
         trainer.strategy.root_device,
     )
     with ddp_job(trainer, out):
-        t_fit = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        train_s = time.perf_counter() - t_fit
-        if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
-            trainer.validate(module, datamodule=dm, verbose=False)
-        trainer.test(module, datamodule=dm, verbose=False)
+        train_s = fit_evaluate(trainer, module, dm)
     steps = int(trainer.global_step)
-    metrics: dict[str, Any] = {k: _finite_or_none(float(v)) for k, v in module.final.items()}
-    metrics.update(
-        diverged=bool(module.diverged),
-        diverged_step=module.diverged_step,
+    metrics = run_metrics(
+        module.record,
+        cfg,
         step=steps,
         wall_s=time.perf_counter() - t0,
         train_s=train_s,
-        steps_per_s=steps / train_s if train_s > 0 else None,
-        bn=cfg.model.bn,
-        bias=cfg.model.bias,
-        depth=int(cfg.model.depth),
-        lr=float(cfg.optim.lr),
-        seed=int(cfg.seed),
-        val_history=[{k: _finite_or_none(v) for k, v in h.items()} for h in module.val_history],
+        steps_trained=steps,
         provenance=provenance(trainer.strategy.root_device, t_wall),
     )
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        finish_logger(lg, metrics, rule)
+        finish_run(out, metrics, lg, rule)
     return metrics
 
 
