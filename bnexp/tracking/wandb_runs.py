@@ -160,8 +160,10 @@ def start_run(
     group: str,
     config: dict,
     tags: list[str],
+    reinit: str = "finish_previous",
 ) -> Any:
-    """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline."""
+    """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline.
+    `reinit="create_new"` leaves the process's other runs open (a population's members log side by side)."""
     import wandb
 
     mode = resolve_mode(cfg)
@@ -176,7 +178,7 @@ def start_run(
         tags=tags,
         config=config,
         dir=str(out_dir),
-        reinit="finish_previous",
+        reinit=reinit,
     )
     try:
         run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
@@ -225,8 +227,9 @@ def _logger_class() -> type:
     return BNExpWandbLogger
 
 
-def build_wandb_logger(cfg: DictConfig, out_dir: Path) -> Any:
-    """A Lightning WandbLogger whose run holds the flat resolved config; the run starts now (rank 0 only)."""
+def build_wandb_logger(cfg: DictConfig, out_dir: Path, reinit: str = "finish_previous") -> Any:
+    """A Lightning WandbLogger whose run holds the flat resolved config; the run starts now (rank 0 only).
+    `reinit`: as start_run's."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     cls = _logger_class()
@@ -235,7 +238,7 @@ def build_wandb_logger(cfg: DictConfig, out_dir: Path) -> Any:
     config = {**flat_config(cfg), "variant": variant_name(cfg), "run_name": name}
     if getattr(rank_zero_only, "rank", 0) != 0:  # DDP workers: Lightning hands them a dummy experiment
         return cls(name=name, save_dir=str(out_dir), project=cfg.logger.get("project") or DEFAULT_PROJECT)
-    run = start_run(cfg, out_dir, name=name, job_type=job_type, group=group, config=config, tags=tags)
+    run = start_run(cfg, out_dir, name=name, job_type=job_type, group=group, config=config, tags=tags, reinit=reinit)
     _define_axes(run)
     return cls(experiment=run, name=name, save_dir=str(out_dir), project=getattr(run, "project", None))
 
