@@ -22,16 +22,12 @@ import torch
 from helpers.env import TINY, compose_cfg
 from omegaconf import OmegaConf
 
-from bnexp.core.lit import compute_loss
+from bnexp.core.metrics import Divergence, compute_loss
 from bnexp.core.net import DeepConvNet
-from bnexp.population.train import (
-    PopulationAdam,
-    PopulationNet,
-    PopulationSGD,
-    member_losses,
-    train_population,
-    train_step,
-)
+from bnexp.population.module import forward_backward
+from bnexp.population.net import PopulationNet
+from bnexp.population.optim import PopulationAdam, PopulationSGD
+from bnexp.population.train import train_population
 
 K = 3
 DEPTH = 3
@@ -69,6 +65,15 @@ def solo_models(seeds, dtype=torch.float32, **arch):
     return models
 
 
+def train_step(pop, opt, x, y, loss_kind, div: Divergence, step: int) -> torch.Tensor:
+    """One population step as PopulationModule.training_step takes it, without a Trainer."""
+    _, losses = forward_backward(pop, x, y, loss_kind, div, step)
+    opt.alive = div.alive
+    opt.step()
+    opt.zero_grad()
+    return losses.detach()
+
+
 def assert_member_equal(pop: PopulationNet, k: int, model: DeepConvNet, atol: float, rtol: float) -> None:
     got = pop.member(k).state_dict()
     for name, want in model.state_dict().items():
@@ -91,8 +96,7 @@ def test_from_seeds_is_the_solo_init_and_members_round_trip(bn, impl):
     state = torch.get_rng_state()
     pop.member(0)  # builds a DeepConvNet to copy into; must not move the global RNG
     assert torch.equal(state, torch.get_rng_state())
-    fresh = PopulationNet(K, depth=DEPTH, bn=bn, bn_impl=impl)  # K draws from the global RNG
-    assert fresh(torch.rand(2, 1, 28, 28)).shape == (K, 2, 10)
+    assert pop(torch.rand(2, 1, 28, 28)).shape == (K, 2, 10)
 
 
 @pytest.mark.parametrize("bn,impl", [("off", "torch"), ("pre", "torch"), ("post", "torch"), ("pre", "manual")])
@@ -100,9 +104,9 @@ def test_forward_and_gradients_match_members(bn, impl, batches):
     solos = solo_models([0, 1, 2], bn=bn, bn_impl=impl)
     pop = PopulationNet.from_members(solos)
     x, y = batches[0]
-    losses = member_losses(pop(x), y, "sigmoid")
+    losses = compute_loss(pop(x), y, "sigmoid")
     losses.sum().backward()
-    grads = dict(pop.named_parameters())
+    grads = {name.removeprefix("net."): p for name, p in pop.named_parameters()}
     for k, m in enumerate(solos):
         loss = compute_loss(m(x), y, "sigmoid")
         loss.backward()
@@ -132,21 +136,23 @@ def test_optimizer_matches_torch_optim(optim):
     pop = PopulationNet.from_members(solos)
     if optim == "sgd":
         ref = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationSGD(list(pop.parameters()), K, lrs, momentum=0.9)
+        opt = PopulationSGD(pop.parameters(), lrs, momentum=0.9)
     else:
         wd = 1e-2 if optim == "adam_wd" else 0.0
         ref = [torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationAdam(list(pop.parameters()), K, lrs, weight_decay=wd)
+        opt = PopulationAdam(pop.parameters(), lrs, weight_decay=wd)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         for m in solos:  # gradients over many magnitudes, as Adam's normalisation sees them
             for p in m.parameters():
                 p.grad = torch.randn(p.shape, generator=g) * 10.0 ** torch.randint(-9, 1, p.shape, generator=g)
         for name, p in pop.named_parameters():
+            name = name.removeprefix("net.")
             p.grad = torch.stack([dict(m.named_parameters())[name].grad.reshape(-1) for m in solos]).view_as(p)
         for o in ref:
             o.step()
-        opt.step(torch.ones(K, dtype=torch.bool))
+        opt.alive = torch.ones(K, dtype=torch.bool)
+        opt.step()
     # Adam: the same operations in the same order, so equal to the bit. SGD: torch's p.add_(buf, alpha=-lr)
     # is one fused multiply-add on the CPU, ours a multiply then an add (the lr is a vector): one rounding apart
     tol = dict(atol=1e-7, rtol=1e-6) if optim == "sgd" else dict(atol=0, rtol=0)
@@ -161,16 +167,16 @@ def run_both(batches, bn, dtype, optim, lrs, impl="torch", steps=30):
     pop = PopulationNet.from_members(solos)
     if optim == "sgd":
         ref = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationSGD(list(pop.parameters()), K, lrs, momentum=0.9)
+        opt = PopulationSGD(pop.parameters(), lrs, momentum=0.9)
     else:
         ref = [torch.optim.Adam(m.parameters(), lr=lr) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationAdam(list(pop.parameters()), K, lrs)
-    alive = torch.ones(K, dtype=torch.bool)
-    diverged_at = torch.full((K,), -1, dtype=torch.long)
+        opt = PopulationAdam(pop.parameters(), lrs)
+    div = Divergence(K, "cpu")
+    alive, diverged_at = div.alive, div.at
     pop_losses, solo_losses, frozen = [], [], {}
     for step, (x, y) in enumerate(batches[:steps]):
         x = x.to(dtype)
-        pop_losses.append(train_step(pop, opt, x, y, "sigmoid", alive, diverged_at, step))
+        pop_losses.append(train_step(pop, opt, x, y, "sigmoid", div, step))
         row = []
         for m, o in zip(solos, ref, strict=True):
             loss = compute_loss(m(x), y, "sigmoid")
@@ -232,17 +238,17 @@ def test_nan_in_one_member_stays_in_that_member(batches, bn):
     # member 1 sees NaN images: its loss, activations, BN statistics and gradients are NaN inside the
     # shared grouped conv / BN / bmm kernels; the others must come out exactly as without it
     clean, poisoned = (PopulationNet.from_members(solo_models(range(K), bn=bn)) for _ in range(2))
-    opts = [PopulationAdam(list(p.parameters()), K, [1e-3, 1e-3, 1e-3]) for p in (clean, poisoned)]
-    state = [(torch.ones(K, dtype=torch.bool), torch.full((K,), -1, dtype=torch.long)) for _ in range(2)]
+    opts = [PopulationAdam(p.parameters(), [1e-3, 1e-3, 1e-3]) for p in (clean, poisoned)]
+    divs = [Divergence(K, "cpu") for _ in range(2)]
     before = {n: t.clone() for n, t in poisoned.member(1).named_parameters()}
     for step, (x, y) in enumerate(batches[:3]):
         xs = x.repeat(1, K, 1, 1)  # (N, K, 28, 28): every member its own (here equal) images
         bad = xs.clone()
         if step == 0:
             bad[:, 1] = float("nan")
-        for net, opt, inp, (alive, at) in zip((clean, poisoned), opts, (xs, bad), state, strict=True):
-            train_step(net, opt, inp, y, "sigmoid", alive, at, step)
-    assert state[1][0].tolist() == [True, False, True] and state[1][1].tolist() == [-1, 0, -1]
+        for net, opt, inp, div in zip((clean, poisoned), opts, (xs, bad), divs, strict=True):
+            train_step(net, opt, inp, y, "sigmoid", div, step)
+    assert divs[1].alive.tolist() == [True, False, True] and divs[1].at.tolist() == [-1, 0, -1]
     for k in (0, 2):
         for a, b in zip(clean.member(k).state_dict().values(), poisoned.member(k).state_dict().values(), strict=True):
             assert torch.equal(a, b)
@@ -327,4 +333,4 @@ def test_all_diverged_stops_early_and_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="one output dir and seed per lr"):
         train_population(cfg, [1e-3, 1e-2], [tmp_path / "a"])
     with pytest.raises(ConfigError, match="precision"):
-        train_population(compose_cfg(TINY + ["trainer.precision=bf16-mixed"]), [1e-3], [tmp_path / "c"])
+        train_population(compose_cfg(TINY + ["trainer.precision=16-mixed"]), [1e-3], [tmp_path / "c"])
