@@ -279,6 +279,8 @@ class Worker:
                     [p[2] for p in points],
                     [c.seed for c in cfgs],
                     on_step=self.check_interrupted,
+                    member_cfgs=cfgs,  # each member's own run name, logged live to its own logger
+                    rule=self.rule,
                 )
         except Interrupted:
             reason = INTERRUPTED
@@ -287,10 +289,9 @@ class Worker:
         if reason is not None:
             return self._fail(trials, reason)
         states = []
-        for t, m, (cfg, ov, out) in zip(trials, results, points, strict=True):
+        for t, m, (cfg, ov, _out) in zip(trials, results, points, strict=True):
             t.set_user_attr("population", len(trials))
             states.append(self._finish(t, m, cfg, ov))
-            _log_member(cfg, m, out, self.rule)
         return states
 
     def ask_group(self) -> list[Any]:
