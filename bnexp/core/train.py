@@ -72,12 +72,16 @@ def build_module(cfg: DictConfig):
 def compile_model(module: Any, mode: str) -> Any:
     """torch.compile the module's net (not the LightningModule) unless mode is "none": "reduce-overhead" captures
     the forward and backward in CUDA graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs
-    (guards recompile)."""
+    (guards recompile). $BNEXP_COMPILE_BACKEND picks another torch.compile backend than inductor (then `mode`
+    only switches compilation on): aot_eager traces the very graphs (capture, autograd, BN buffer updates)
+    without code generation, for quick CPU checks of the compiled paths (bench/gpu_check.py --quick, tests)."""
     if mode != "none":
         import torch
 
-        log.info("torch.compile(model, mode=%s)", mode)
-        module.model = torch.compile(module.model, mode=mode)
+        backend = os.environ.get("BNEXP_COMPILE_BACKEND", "inductor")
+        log.info("torch.compile(model, mode=%s, backend=%s)", mode, backend)
+        kw = dict(mode=mode) if backend == "inductor" else dict(backend=backend)
+        module.model = torch.compile(module.model, **kw)
     return module
 
 

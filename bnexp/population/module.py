@@ -106,9 +106,13 @@ class PopulationModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         if logged:
             rows = dict(zip(("train/loss", "train/acc", "train/grad_norm"), values.tolist(), strict=True))  # 1 sync
-            self._log_members([{**per_member(rows, k), "lr": lr} for k, lr in enumerate(self.hparams.lrs)])
+            lrs = self.hparams.lrs  # stopped members' curves end where they stopped, as a solo run's
+            self._log_members({k: {**per_member(rows, k), "lr": lrs[k]} for k in self._live()})
         if step % self._check_every == 0:
             self._poll()
+
+    def _live(self) -> list[int]:
+        return [k for k, r in enumerate(self.records) if not r.diverged]
 
     def _grad_norms(self) -> torch.Tensor:
         """(K,) each member's gradient norm, as BNExpModule's train/grad_norm on its own net."""
@@ -190,12 +194,11 @@ class PopulationModule(L.LightningModule):
         return build_optimizer(h.optim, self.parameters(), list(h.lrs), h.momentum, h.weight_decay, kinds=KINDS)
 
     # ---- logging ----------------------------------------------------------------------------------
-    def _log_members(self, metrics: dict[int, dict[str, float]] | list[dict[str, float]]) -> None:
+    def _log_members(self, metrics: dict[int, dict[str, float]]) -> None:
         """Member k's metrics to trainer.loggers[k] (its CSV file / W&B run), at Lightning's logging step."""
         loggers = self.trainer.loggers
         if not loggers:
             return
-        items = metrics.items() if isinstance(metrics, dict) else enumerate(metrics)
         step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning's self.log uses
-        for k, m in items:
+        for k, m in metrics.items():
             loggers[k].log_metrics({**m, "epoch": self.current_epoch}, step=step)

@@ -278,7 +278,13 @@ KEYS = {
     "lr",
     "seed",
     "val_history",
+    "provenance",
+    "population",
 }
+# a member's CSV has a solo run's columns (tests/core/test_train.py: the same keys from BNExpModule)
+CSV_COLUMNS = {"step", "epoch", "lr", "perf/steps_per_s", "train/loss", "train/acc", "train/grad_norm"}
+CSV_COLUMNS |= {"val/loss", "val/acc", "val/loss_batchstats", "val/acc_batchstats", "val/acc_best"}
+CSV_COLUMNS |= {"test/loss", "test/acc", "test/acc_single"}
 
 
 def test_train_population_equals_run_train(tmp_path):
@@ -301,27 +307,47 @@ def test_train_population_equals_run_train(tmp_path):
         assert (pop[k]["lr"], pop[k]["seed"], pop[k]["diverged"]) == (lr, seed, False)
 
 
-def test_train_population_contract_files_and_divergence(tmp_path):
-    cfg = compose_cfg(TINY + ["model.bn=off"])
+def _csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_population_contract_files_csv_and_divergence(tmp_path):
+    cfg = compose_cfg(TINY + ["model.bn=off", "logger=csv"])
     lrs = [1e-3, 1e6, 3e-3]
     dirs = [tmp_path / f"m{k}" for k in range(K)]
     ms = train_population(cfg, lrs, dirs)
     for k, (m, lr, d) in enumerate(zip(ms, lrs, dirs, strict=True)):
         assert KEYS <= set(m), KEYS - set(m)
         assert m["lr"] == lr and m["seed"] == cfg.seed and m["bn"] == "off" and m["depth"] == 3
+        assert m["population"] == K and m["provenance"]["device"] == "cpu"
         assert json.loads((d / "metrics.json").read_text()) == json.loads(json.dumps(m))
         saved = OmegaConf.load(d / "config.yaml")
         assert saved.optim.lr == lr and saved.model.bn == "off" and saved.seed == cfg.seed
         assert m["val/acc_best"] == max(h["val/acc"] for h in m["val_history"])
         assert m["val_history"][-1]["step"] == m["step"]
+        rows = _csv_rows(d / "csv" / "metrics.csv")  # the member's own curves, as a solo run's CSV
+        want = CSV_COLUMNS if k != 1 else {c for c in CSV_COLUMNS if c.startswith(("val/", "test/"))}
+        assert want <= set(rows[0]), want - set(rows[0])  # (member 1 diverges before its first logging step)
+        train_rows = [r for r in rows if r.get("train/loss")]
+        assert all(float(r["lr"]) == pytest.approx(lr) for r in train_rows)
+        val = [float(r["val/acc"]) for r in rows if r["val/acc"]]
+        assert val == [pytest.approx(h["val/acc"]) for h in m["val_history"]]
         if k == 1:
             assert m["diverged"] is True and isinstance(m["diverged_step"], int)
             assert m["step"] == m["diverged_step"] + 1 < 30  # solo: the diverging step runs, then it stops
+            assert all(int(r["step"]) <= m["step"] for r in train_rows)  # nothing logged once frozen
         else:
             assert m["diverged"] is False and m["diverged_step"] is None and m["step"] == 30
             assert [h["step"] for h in m["val_history"]] == [10, 20, 30]
+            assert [int(r["step"]) for r in train_rows] == [4, 9, 14, 19, 24, 29]  # every log_every=5, as a solo run
             assert 0.0 <= m["test/acc"] <= 1.0 and 0.0 <= m["test/acc_single"] <= 1.0
             assert all(math.isfinite(m[key]) for key in ("val/loss", "test/loss"))
+    first = [float(r["train/loss"]) for r in _csv_rows(dirs[0] / "csv" / "metrics.csv") if r["train/loss"]]
+    third = [float(r["train/loss"]) for r in _csv_rows(dirs[2] / "csv" / "metrics.csv") if r["train/loss"]]
+    assert first != third  # each file holds its own member's values
 
 
 def test_all_diverged_stops_early_and_bad_input_is_refused(tmp_path):
