@@ -61,7 +61,9 @@ def population_step_s(cfg, lrs: list[float], steps: int, warmup: int, harness: b
 
     seeds = [int(cfg.seed)] * len(lrs)
     o = cfg.optim
-    module = PopulationModule(model_kwargs(cfg), seeds, lrs, o.name, o.momentum, o.weight_decay, cfg.loss)
+    module = PopulationModule(
+        model_kwargs(cfg), seeds, lrs, loss=cfg.loss, optim=o.name, momentum=o.momentum, weight_decay=o.weight_decay
+    )
     compile_model(module, cfg.trainer.compile)
     dm = build_datamodule(cfg, member_seeds=seeds)
     cuda = cfg.trainer.accelerator in ("gpu", "cuda")

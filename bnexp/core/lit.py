@@ -26,7 +26,7 @@ from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss
 from bnexp.core.net import DeepConvNet
 from bnexp.core.norm import is_bn
 
-__all__ = ["BNExpModule", "MNISTDataModule", "batch_stats", "build_optimizer", "compute_loss"]
+__all__ = ["BNExpModule", "EvalSteps", "MNISTDataModule", "batch_stats", "build_optimizer", "compute_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,31 @@ def has_bn(model: nn.Module) -> bool:
     return any(is_bn(m) for m in model.modules())
 
 
-class BNExpModule(L.LightningModule):
+class EvalSteps:
+    """The validation and test passes of a LightningModule with `self.model`, `hparams.loss` and `_has_bn`, into
+    `self._sums` (bnexp.core.metrics.EvalSums): shared by BNExpModule and bnexp.population's module, which turn
+    the sums into their record(s) in on_validation_epoch_end / on_test_epoch_end."""
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = EvalSums(self.hparams.loss)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._sums.add("", self(x), y)  # eval mode: population statistics
+        if self._has_bn:
+            with batch_stats(self.model):
+                self._sums.add("bs_", self(x), y)  # batch statistics, running buffers restored
+
+    def on_test_epoch_start(self) -> None:
+        self._sums = EvalSums(self.hparams.loss)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        # loader 0: the test set in big batches; loader 1: the first N test images one at a time
+        self._sums.add("" if dataloader_idx == 0 else "single_", self(x), y)
+
+
+class BNExpModule(EvalSteps, L.LightningModule):
     """Trains DeepConvNet with the seed's settings.
 
     `net` holds DeepConvNet's constructor arguments (bnexp.core.train.model_kwargs: depth, bn, bias, ...);
@@ -143,17 +167,7 @@ class BNExpModule(L.LightningModule):
         """Whether training stopped between validations (diverged): train() then validates once more."""
         return self.record.last_val_step != step
 
-    # ---- evaluation -----------------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self._sums = EvalSums(self.hparams.loss)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self._sums.add("", self(x), y)  # eval mode: population statistics
-        if self._has_bn:
-            with batch_stats(self.model):
-                self._sums.add("bs_", self(x), y)
-
+    # ---- evaluation (the passes: EvalSteps) -------------------------------------------------------
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._sums.has(""):
             return
@@ -161,14 +175,6 @@ class BNExpModule(L.LightningModule):
         self.log_dict(m)
         if not math.isfinite(m["val/loss"]) and self.trainer.state.fn == "fit":
             self._mark_diverged(self.global_step, self.global_step)
-
-    def on_test_epoch_start(self) -> None:
-        self._sums = EvalSums(self.hparams.loss)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        # loader 0: the test set in big batches; loader 1: the first N test images one at a time
-        self._sums.add("" if dataloader_idx == 0 else "single_", self(x), y)
 
     def on_test_epoch_end(self) -> None:
         m = self._sums.test()

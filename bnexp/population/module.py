@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from bnexp.core.lit import batch_stats, build_optimizer, check_every, has_bn, is_log_step
+from bnexp.core.lit import EvalSteps, build_optimizer, check_every, has_bn, is_log_step
 from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss, per_member
 from bnexp.population.net import PopulationNet
 from bnexp.population.optim import KINDS
@@ -54,7 +54,7 @@ def forward_backward(
     return logits, losses
 
 
-class PopulationModule(L.LightningModule):
+class PopulationModule(EvalSteps, L.LightningModule):
     """K = len(lrs) members; member k is `torch.manual_seed(seeds[k]); DeepConvNet(**net)` trained with lrs[k].
 
     `net` holds DeepConvNet's constructor arguments (bnexp.core.train.model_kwargs); the others as BNExpModule's.
@@ -65,10 +65,11 @@ class PopulationModule(L.LightningModule):
         net: dict[str, Any],
         seeds: Sequence[int],
         lrs: Sequence[float],
+        *,
+        loss: str = "sigmoid",
         optim: str = "adam",
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        loss: str = "sigmoid",
         log_every: int = 25,
     ) -> None:
         super().__init__()
@@ -146,18 +147,11 @@ class PopulationModule(L.LightningModule):
     def needs_validation(self, step: int) -> bool:
         return any(k not in self._done and self.records[k].last_val_step != self._stop(k) for k in range(self.K))
 
-    # ---- evaluation -----------------------------------------------------------------------------
+    # ---- evaluation (the passes: EvalSteps, as BNExpModule's) --------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._sums = EvalSums(self.hparams.loss)
+        super().on_validation_epoch_start()
         if self.divergence is not None and self.trainer.state.fn == "fit":
             self._poll()  # who stopped since the last check: their last validation is this one
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self._sums.add("", self(x), y)  # eval mode: population statistics
-        if self._has_bn:
-            with batch_stats(self.model):
-                self._sums.add("bs_", self(x), y)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._sums.has(""):
@@ -175,13 +169,6 @@ class PopulationModule(L.LightningModule):
                 self._stop_member(k, at, at, "non-finite validation loss")
                 self._done.add(k)
         self._log_members(logs)
-
-    def on_test_epoch_start(self) -> None:
-        self._sums = EvalSums(self.hparams.loss)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        self._sums.add("" if dataloader_idx == 0 else "single_", self(x), y)
 
     def on_test_epoch_end(self) -> None:
         ms = self._sums.test()

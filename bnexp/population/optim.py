@@ -55,12 +55,20 @@ class _PopulationOptimizer(torch.optim.Optimizer):
             upds = [torch.where(a, u, 0.0) for u in upds]
         torch._foreach_add_(ps, upds)
 
-    @staticmethod
-    def _closure(closure: Callable[[], Any] | None) -> Any:
-        if closure is None:
-            return None
-        with torch.enable_grad():
-            return closure()
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ps, gs, states = self._views()
+        if ps:
+            self.step_count += 1
+            self._update(ps, gs, states, self.param_groups[0])
+        return loss
+
+    def _update(self, ps: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        raise NotImplementedError
 
 
 class PopulationAdam(_PopulationOptimizer):
@@ -80,18 +88,11 @@ class PopulationAdam(_PopulationOptimizer):
     ) -> None:
         super().__init__(params, lr, dict(betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = self._closure(closure)
-        ps, gs, states = self._views()
-        if not ps:
-            return loss
-        group = self.param_groups[0]
+    def _update(self, ps: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict], group: dict) -> None:
         for s, p in zip(states, ps, strict=True):
             if not s:
                 s["exp_avg"], s["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         exp_avg, exp_avg_sq = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        self.step_count += 1
         (b1, b2), t = group["betas"], self.step_count
         torch._foreach_lerp_(exp_avg, gs, 1 - b1)
         torch._foreach_mul_(exp_avg_sq, b2)
@@ -105,7 +106,6 @@ class PopulationAdam(_PopulationOptimizer):
         upds = [m * neg_step for m in exp_avg]
         torch._foreach_div_(upds, denom)
         self._apply(ps, upds)
-        return loss
 
 
 class PopulationSGD(_PopulationOptimizer):
@@ -116,14 +116,8 @@ class PopulationSGD(_PopulationOptimizer):
     ) -> None:
         super().__init__(params, lr, dict(momentum=float(momentum), weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = self._closure(closure)
-        ps, gs, states = self._views()
-        if not ps:
-            return loss
-        self.step_count += 1
-        momentum = self.param_groups[0]["momentum"]
+    def _update(self, ps: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        momentum = group["momentum"]
         if momentum != 0:
             if "buf" not in states[0]:
                 for s, g in zip(states, gs, strict=True):
@@ -135,7 +129,6 @@ class PopulationSGD(_PopulationOptimizer):
             gs = [s["buf"] for s in states]
         neg_lr = self.lr_vector(ps[0]).neg().to(ps[0].dtype)  # (K, 1)
         self._apply(ps, [g * neg_lr for g in gs])
-        return loss
 
 
 KINDS = {"adam": PopulationAdam, "sgd": PopulationSGD}  # for bnexp.core.lit.build_optimizer

@@ -170,7 +170,8 @@ def train_population(
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
     o, t = cfg.optim, cfg.trainer
-    module = PopulationModule(model_kwargs(cfg), seeds, lrs, o.name, o.momentum, o.weight_decay, cfg.loss, t.log_every)
+    hp = dict(loss=cfg.loss, optim=o.name, momentum=o.momentum, weight_decay=o.weight_decay, log_every=t.log_every)
+    module = PopulationModule(model_kwargs(cfg), seeds, lrs, **hp)
     compile_model(module, t.compile)
     loggers = _member_loggers(cfgs, outs)
     trainer = build_trainer(cfg, outs[0], loggers or False, _callbacks(cfg, on_step))

@@ -17,14 +17,6 @@ from bnexp.population.net import PopulationNet
 from bnexp.population.train import train_population
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _members_match_solos(seeds, **arch) -> None:
     """Forward, per-member gradients and BN running statistics of a population vs its members as solo nets."""
     torch.set_default_dtype(torch.float64)

@@ -34,16 +34,6 @@ DEPTH = 3
 N = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CPU runners are shared: two OpenMP threads on a loaded 2-core box make the (larger)
-    # population kernels crawl; results do not depend on it
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batches(mnist_dir, n: int) -> list:
     from bnexp.core.data import BatchStream, load_mnist, make_splits
 
