@@ -120,22 +120,11 @@ def _compiled_vs_eager(tmp_path, over: list[str]) -> tuple[list[dict], list[dict
     return eager, comp
 
 
-def test_compiled_population_traces_the_eager_one(tmp_path, monkeypatch):
-    # dynamo capture + AOT autograd of the packed net (BN buffer updates, eval and batch-of-1 graphs), without
-    # inductor's code generation (minutes on this CPU; the slow test below): float64, so equal to rounding
-    monkeypatch.setenv("BNEXP_COMPILE_BACKEND", "aot_eager")
-    over = TINY + ["model.depth=2", "trainer.max_steps=20", "trainer.precision=64-true"]
-    eager, comp = _compiled_vs_eager(tmp_path, over)
-    for e, c in zip(eager, comp, strict=True):
-        for key in ("val/loss", "val/loss_batchstats", "test/loss"):
-            assert c[key] == pytest.approx(e[key], rel=1e-9, abs=1e-12), key
-        assert (c["val/acc"], c["test/acc_single"], c["step"]) == (e["val/acc"], e["test/acc_single"], e["step"])
-
-
 @pytest.mark.slow
 def test_compiled_population_matches_eager_inductor(tmp_path):
     # inductor on the CPU (reduce-overhead's CUDA graphs apply on a GPU only): float32, generated kernels round
-    # differently, so as the solo test (tests/core/test_train.py) a loose tolerance
+    # differently, so as the solo test (tests/core/test_train.py) a loose tolerance. The fast check (dynamo +
+    # AOT autograd, aot_eager, float64 to 1e-9) is bench/gpu_check.py --quick's `agreement` (tests/test_gpu_check.py)
     eager, comp = _compiled_vs_eager(tmp_path, TINY + ["model.depth=2", "trainer.max_steps=20"])
     for e, c in zip(eager, comp, strict=True):
         for key in ("val/loss", "val/loss_batchstats", "test/loss"):
