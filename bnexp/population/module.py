@@ -1,10 +1,10 @@
 """The LightningModule of a population: K learning rates of one variant trained as one packed net.
 
 It is BNExpModule's counterpart with manual optimization, and fills the same contract from the same pieces
-(bnexp.core.metrics: the loss, EvalSums, Divergence, one RunRecord per member; bnexp.core.lit: batch_stats,
-build_optimizer), so Lightning's loop, precision, device placement, progress bar, loggers and callbacks serve
-both. Member k's metrics go to logger k of the trainer (its own CSV file / W&B run), at the step Lightning's
-own `self.log` would use, so a member's curves overlay its solo run's.
+(bnexp.core.metrics: the loss, EvalSums, Divergence, one RunRecord per member; bnexp.core.lit: EvalSteps, the
+validation and test passes, and build_optimizer), so Lightning's loop, precision, device placement, progress
+bar, loggers and callbacks serve both. Member k's metrics go to logger k of the trainer (its own CSV file / W&B
+run), at the step Lightning's own `self.log` would use, so a member's curves overlay its solo run's.
 
 Per step, no host sync: the K losses are judged on the device (`Divergence.update`), a member whose loss is
 non-finite leaves the summed loss (torch.where: 0 * NaN would still be NaN) and the optimizer freezes it
@@ -128,7 +128,7 @@ class PopulationModule(EvalSteps, L.LightningModule):
         if self.records[k].diverge(step, stop_step):
             lr = self.hparams.lrs[k]
             log.warning("member %d (lr=%g): %s at step %d, frozen, marked diverged", k, lr, why, step)
-        if all(r.diverged for r in self.records):
+        if all(r.diverged for r in self.records) and not self.trainer.should_stop:
             log.warning("every member diverged by step %d; stopping", step)
             self.trainer.should_stop = True
 

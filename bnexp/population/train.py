@@ -9,10 +9,16 @@ Member k gets its own config.yaml, metrics.json (train()'s keys, provenance incl
 logger: `<member dir>/csv/metrics.csv` with logger=csv, its own W&B run with logger=wandb (several live runs in
 one process), each written while training as a solo run's is.
 
-Lightning or a plain loop: Lightning. The step is the same code either way (forward_backward in
+Lightning or a plain loop: Lightning, measured. The step is the same code either way (forward_backward in
 bnexp.population.module); `bench/bench_population.py --arms step` times it inside trainer.fit against a plain
-loop. The population gets for free what a second loop had to re-state (device and precision resolution, the
-loggers and callbacks, the progress bar, compile) and can no longer drift from the solo path.
+loop (this 2-core CPU under load, 1 thread, bn=pre, median of 3 rounds, thread CPU time): K=12 depth 4:
+551.7 vs 533.2 ms per step (rounds 521-605 vs 521-547: within the noise; wall 2063 vs 2065 ms); K=2 depth 1:
+20.2 vs 17.2 ms, i.e. Lightning's loop and manual-optimization hooks cost ~3 ms of CPU per step here. That is
+noise next to a CPU population's compute; on a GPU it can overlap the device's work (no host sync per step:
+divergence is read every trainer.log_every steps), not yet measured: bench/gpu_check.py's `population` section
+times it. For it the population gets what a second loop had to
+re-state (device and precision resolution, the loggers and callbacks, the progress bar, compile) and can no
+longer drift from the solo path.
 
 Not per member: LayerStats and LandscapeProbe (logger.diagnostics_every, logger.landscape_every) read the
 solo net's blocks; in population mode they are left out with a log line. train/grad_norm, lr and
