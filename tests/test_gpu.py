@@ -57,12 +57,11 @@ def _population(tmp_path: Path, tag: str, over: list[str]) -> list[dict]:
     return train_population(compose_cfg(over), [1e-3, 1e-2], [tmp_path / tag / str(k) for k in (0, 1)])
 
 
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 @pytest.mark.parametrize("run", [_solo, _population], ids=["solo", "population"])
-def test_compiled_on_cuda_matches_eager(tmp_path, mode, run):
-    # reduce-overhead: the forward and backward as CUDA graphs; float32 (as users run it), a short horizon
+def test_reduce_overhead_on_cuda_matches_eager(tmp_path, run):
+    # the forward and backward as CUDA graphs; float32 (as users run it), a short horizon
     over = [*GPU, "model.depth=2", "trainer.max_steps=20"]
-    eager, comp = run(tmp_path, "eager", over), run(tmp_path, mode, [*over, f"trainer.compile={mode}"])
+    eager, comp = run(tmp_path, "eager", over), run(tmp_path, "compiled", [*over, "trainer.compile=reduce-overhead"])
     for e, c in zip(eager, comp, strict=True):
         for key in LOSSES:
             assert c[key] is not None and c[key] == pytest.approx(e[key], rel=2e-2), key

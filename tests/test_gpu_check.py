@@ -17,7 +17,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     rec = json.loads(out.read_text())
     s = rec["sections"]
     assert rec["ok"] is True and rec["device"] == "cpu" and rec["compile_backend"] == "aot_eager"
-    assert list(s) == ["gpu_tests", "step", "trial", "population", "study", "agreement"]
+    assert list(s) == ["gpu_tests", "agreement", "step", "trial", "study", "population"]
     assert all(v["ok"] and v["wall_s"] > 0 and "error" not in v for v in s.values()), s
     t = s["gpu_tests"]  # pytest -m gpu ran (every test skipped: no CUDA) and was read back from its JUnit XML
     assert t["returncode"] == 0 and t["tests"] == t["skipped"] > 0 and t["failed_tests"] == []
