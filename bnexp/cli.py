@@ -4,6 +4,12 @@ Bad input is any `UsageError` (`ConfigError` for settings, `bnexp.core.data.Data
 Hydra's / OmegaConf's own compose errors (an unknown key, a wrong type, a missing group option). Each is
 turned into one line that names the fix; nothing else is printed after it. A real crash keeps its traceback.
 
+Directories a command writes (`hydra.run.dir`, `sweep.out_dir`, report `--out`) that cannot be made (a
+regular file in the way, no permission, a read-only or full disk) are one line naming the path, before any
+work. A file over `ulimit -f` raises SIGXFSZ, whose default action kills a process mid-write; CPython ignores
+it at startup, and `guard` ignores it again explicitly (an embedding interpreter may not), so the write fails
+with EFBIG and becomes the one line of the atomic writer (bnexp.files), the previous file left whole.
+
 Paths: a relative `BNEXP_DATA_DIR` means the directory it named where the command was typed, so
 `absolute_env_paths()` makes it absolute before any child process (DDP ranks, sweep workers, submitit
 jobs, test subprocesses in other directories) inherits it.
@@ -14,10 +20,13 @@ Imports here stay light (no torch, Lightning or Optuna): every command imports t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 PATH_ENV_VARS = ("BNEXP_DATA_DIR",)
@@ -57,6 +66,50 @@ def absolute_env_paths() -> None:
             os.environ[var] = os.path.abspath(os.path.expanduser(v))
 
 
+# an OSError with one of these, on a path, is the machine's or the user's (where files go), not a bug
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                errno.EFBIG, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}  # fmt: skip
+
+
+def ignore_sigxfsz() -> None:
+    """A file over `ulimit -f` fails its write with EFBIG (an error we report) instead of killing the process."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def dir_problem(path: str | os.PathLike) -> str | None:
+    """Why bnexp could not make and write into directory `path` (None: it can): the nearest existing part of
+    the path is a regular file, or a directory this user cannot write."""
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    for part in (p, *p.parents):
+        if not os.path.lexists(part):
+            continue
+        if not part.is_dir():
+            return f"{part} is a regular file" if part.is_file() else f"{part} is not a directory"
+        if not os.access(part, os.W_OK | os.X_OK):
+            return f"{part} is not writable by this user"
+        return None
+    return None
+
+
+def check_writable_dir(path: str | os.PathLike, key: str) -> None:
+    """Refuse, naming the path, a directory a command would fail to make or write into (check before work)."""
+    why = dir_problem(path)
+    if why is not None:
+        raise UsageError(f"cannot write into {path}: {why}; set {key} to a directory you can write")
+
+
+def explain_os_error(e: BaseException, key: str) -> str | None:
+    """One line for an OSError on a path (also a logging handler's ValueError around one), else None."""
+    oe = e if isinstance(e, OSError) else e.__cause__
+    if not isinstance(oe, OSError) or oe.errno not in _PATH_ERRNOS or not oe.filename:
+        return None
+    why = dir_problem(oe.filename if oe.errno in (errno.ENOTDIR, errno.EEXIST) else Path(oe.filename).parent)
+    if why is not None:
+        return f"cannot write {oe.filename}: {why}; set {key} to a directory you can write"
+    return f"cannot write {oe.filename} ({oe.strerror}); free disk space or fix the path's permissions ({key})"
+
+
 def _schema_fields(node: Any) -> dict[str, dataclasses.Field] | None:
     return {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else None
 
@@ -89,13 +142,22 @@ def explain_hydra_error(e: BaseException, schema: Any, prog: str) -> str:
     return msg + f" ({prog} --cfg job shows every key and value)"
 
 
-def guard(fn: Callable[[], Any], schema: Any = None, prog: str = "python -m bnexp.run") -> Any:
-    """Run a command; bad input becomes one line and exit status 2 (Hydra's own error lines suppressed)."""
+def guard(
+    fn: Callable[[], Any], schema: Any = None, prog: str = "python -m bnexp.run", out_key: str | None = None
+) -> Any:
+    """Run a command; bad input becomes one line and exit status 2 (Hydra's own error lines suppressed).
+
+    `out_key` names the setting that says where the command writes (default: from the schema, Hydra's run dir)."""
     import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    ignore_sigxfsz()
     absolute_env_paths()
+    # where the command's files go: Hydra makes this directory (and its log file) before the job starts
+    if out_key is None:
+        fields = _schema_fields(schema) if schema is not None else None
+        out_key = "sweep.out_dir" if fields and "sweep" in fields else "hydra.run.dir (with -m: hydra.sweep.dir)"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so we can tell bad input from crashes
     try:
         return fn()
@@ -105,6 +167,11 @@ def guard(fn: Callable[[], Any], schema: Any = None, prog: str = "python -m bnex
         # a UsageError raised inside a Hydra job arrives wrapped by some launchers
         inner = e.__cause__ if isinstance(e.__cause__, UsageError) else None
         fail(one_line(inner) if inner else explain_hydra_error(e, schema, prog))
+    except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
+        msg = explain_os_error(e, out_key)
+        if msg is None:
+            raise
+        fail(msg)
     except yaml.YAMLError as e:  # a config file of the user's (a spec in --config-dir) that does not parse
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"

@@ -1,33 +1,96 @@
-"""Result files written whole or not at all: a temp file in the same directory, then os.replace.
+"""Result files are written whole or not at all: every writer goes through a temp file in the same directory,
+flushed and fsynced, then renamed over the target (`os.replace` is atomic on POSIX). A reader (a dashboard,
+`python -m bnexp.report` beside a sweep, a second worker) sees the old file or the new one, never a cut-off
+one, whatever happens meanwhile (a full disk, kill -9, a concurrent writer). A write that fails raises
+`FileWriteError` (a UsageError and an OSError: one line naming the file, exit 2) and leaves the previous file
+as it was.
 
-A reader (a report, a resumed sweep, a test) sees the old file or the new one, never half of one, also
-when the writer is killed mid-write.
+A set of files that belong together (a report: summary.json, trials.csv, the figures, report.md) is written
+inside `staged()`: every file goes to its temp file first and only when all are written are they renamed, so a
+full disk leaves the whole previous set in place, never half a new report beside half an old one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bnexp.cli import UsageError
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same directory and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+class FileWriteError(UsageError, OSError):
+    """A result file could not be written (disk full, no permission, a path under a regular file)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_STAGE: list[list[tuple[str, Path]]] = []  # open staged() blocks: (temp file, target) pairs to rename
+
+
+@contextlib.contextmanager
+def staged() -> Iterator[None]:
+    """Write a set of files together: inside the block each write goes to its temp file; at the end, once every
+    one is written, all are renamed over their targets. On an error nothing is renamed and the temps go."""
+    _STAGE.append([])
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        yield
+        pending = _STAGE[-1]
+        while pending:  # renames need no space: once every temp is written, the set lands whole
+            tmp, path = pending[0]
+            os.replace(tmp, path)
+            pending.pop(0)
+    finally:
+        for tmp, _ in _STAGE.pop():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """`obj` as indented JSON, written as write_text_atomic does."""
-    write_text_atomic(path, json.dumps(obj, indent=2))
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result is as readable as any file
+        if _STAGE:  # renamed with the rest of its set at the end of staged()
+            _STAGE[-1].append((tmp, path))
+        else:
+            os.replace(tmp, path)
+        tmp = None
+        return path
+    except OSError as e:
+        raise FileWriteError(
+            f"cannot write {path} ({e.strerror or e}); free disk space or fix the directory's permissions, "
+            "then rerun: the previous file is unchanged"
+        ) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`write_bytes_atomic` of `text` as UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Strict JSON (NaN/inf refused: callers turn non-finite floats into null first), indented."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -61,6 +61,16 @@ def trial_dir_name(number: int, values: Mapping[str, Any], lr: float, seed: int,
     return f"{int(number):04d}_{safe(run_name(values, lr, seed, keys))}"
 
 
+def run_id(*parts: str) -> str:
+    """A deterministic W&B run id for what `parts` name (a study and a point; a run dir): the same point retried,
+    or a run rerun into its dir, resumes its W&B run instead of starting another. Letters, digits, '-', '_'."""
+    import hashlib
+
+    digest = hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:12]
+    head = re.sub(r"[^A-Za-z0-9_-]+", "-", str(parts[0]))[-40:].strip("-") if parts else ""
+    return f"{head}-{digest}" if head else digest
+
+
 def safe(s: str) -> str:
     """A name usable as one path component, W&B group or artifact name."""
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s).strip("_") or "_"

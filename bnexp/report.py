@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from bnexp.cli import ConfigError, UsageError, fail, one_line
+from bnexp.cli import ConfigError, check_writable_dir, guard, one_line
 
 
 def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
@@ -28,15 +28,30 @@ def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
     try:
         meta = json.loads(meta_path.read_text())
         recorded, study = meta["storage"], meta["study"]
-    except (ValueError, KeyError, TypeError) as e:
+        if not (isinstance(recorded, str) and isinstance(study, str)):
+            raise TypeError("its storage and study are not text")
+    except (ValueError, KeyError, TypeError) as e:  # cut off, garbled bytes, not the object a sweep writes
+        db = sweep_dir / "study.db"
+        where = f"sqlite:///{db.resolve()}" if db.is_file() else "URL"
         raise ConfigError(
-            f"{meta_path} is damaged ({one_line(e)}); rebuild with --storage URL --study-name NAME"
+            f"{meta_path} is damaged ({one_line(e)[:120]}); rebuild with --storage {where} --study-name NAME "
+            f"--out {sweep_dir} (a wrong NAME lists the studies there)"
         ) from None
     if storage is None and ":***@" in recorded:  # sweep.json never holds a password
         storage = os.environ.get("BNEXP_STORAGE")
         if not storage:
             raise ConfigError(f"the study's storage needs its password: set BNEXP_STORAGE or --storage ({recorded})")
     return storage or recorded, study
+
+
+def storage_and_study(sweep_dir: str | None, storage: str | None, study_name: str | None) -> tuple[str, str]:
+    """(storage URL, study name) from a sweep dir (its sweep.json), or --storage / $BNEXP_STORAGE and --study-name."""
+    if sweep_dir:
+        return _storage_from_dir(Path(sweep_dir), storage)
+    storage = storage or os.environ.get("BNEXP_STORAGE")
+    if storage and study_name:
+        return storage, study_name
+    raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")
 
 
 def _from_storage(url: str, study_name: str, out: Path) -> dict:
@@ -51,10 +66,12 @@ def _from_storage(url: str, study_name: str, out: Path) -> dict:
 def _from_csv(a: argparse.Namespace) -> dict:
     from bnexp.analysis.report import load_trials_csv, write_report
     from bnexp.analysis.stability import StabilityRule
+    from bnexp.sweep.spec import check_rule
 
     path = Path(a.trials)
     if not path.is_file():
         raise ConfigError(f"{path} not found; give a trials.csv written by a sweep's report")
+    check_rule(a.threshold, a.mode, a.epsilon, a.seed_quorum, lambda k, v: f"--{k.replace('_', '-')} {v}")
     trials = load_trials_csv(path)
     for t in trials:
         t.pop("stable", None)  # recomputed under the (possibly new) rule
@@ -84,27 +101,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _report(a: argparse.Namespace) -> tuple[dict, Path]:
+    if a.trials:
+        if not a.out:
+            raise ConfigError("--trials needs --out DIR")
+        check_writable_dir(a.out, "--out")
+        return _from_csv(a), Path(a.out)
+    storage, study = storage_and_study(a.sweep_dir, a.storage, a.study_name)
+    out = Path(a.out or a.sweep_dir or f"report-{study}")
+    check_writable_dir(out, "--out")  # before the storage is read: a report that cannot be written is not made
+    return _from_storage(storage, study, out), out
+
+
 def main(argv: list[str] | None = None) -> None:
     from bnexp.sweep.app import _print_summary
 
     a = parser().parse_args(argv)
-    try:
-        if a.trials:
-            if not a.out:
-                raise ConfigError("--trials needs --out DIR")
-            summary, out = _from_csv(a), Path(a.out)
-        else:
-            storage = a.storage or os.environ.get("BNEXP_STORAGE") if not a.sweep_dir else a.storage
-            if a.sweep_dir:
-                storage, study = _storage_from_dir(Path(a.sweep_dir), storage)
-                out = Path(a.out or a.sweep_dir)
-            elif storage and a.study_name:
-                study, out = a.study_name, Path(a.out or f"report-{a.study_name}")
-            else:
-                raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")
-            summary = _from_storage(storage, study, out)
-    except UsageError as e:
-        fail(one_line(e))
+    # guard: bad input (a damaged study.db or sweep.json, an --out that cannot be written, a full disk while
+    # the report is written) is one line and exit status 2; the report's earlier files stay whole
+    summary, out = guard(lambda: _report(a), prog="python -m bnexp.report", out_key="--out")
     _print_summary(summary, out)
     sys.exit(0)
 

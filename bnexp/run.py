@@ -10,14 +10,15 @@ child hand-off (bnexp.core.ddp) and the error layer (bnexp.cli: bad input is one
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from bnexp.cli import UsageError, guard
-from bnexp.core.config import Config, register_configs
+from bnexp.cli import UsageError, fail, guard, one_line
+from bnexp.core.config import Config, check_hardware, register_configs, validate
 from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 
 register_configs()
@@ -25,13 +26,25 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
-    from bnexp.core.train import summary_line, train
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnexp.core.train import CHECKPOINT, is_stop, summary_line, train
 
     try:
+        check_hardware(validate(cfg))  # this machine has the devices asked for (train() validates again)
         metrics = train(cfg)
-    except UsageError:
+    except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         _drop_empty_run_dir()
-        raise
+        fail(one_line(e))
+    except BaseException as e:
+        if not is_stop(e):
+            raise
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if (out / CHECKPOINT).is_file() and is_rank_zero():
+            again = " ".join([*HydraConfig.get().overrides.task, f"hydra.run.dir={out}"])
+            print(f"bnexp: stopped; checkpoint {out / CHECKPOINT}; resume: python -m bnexp.run {again}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(130)
     if is_rank_zero():
         print(summary_line(metrics), flush=True)
     return metrics

@@ -3,8 +3,10 @@ no traceback, and nothing finished lost (an earlier run's files, a finished swee
 
 import gzip
 import hashlib
+import json
 import logging
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,8 @@ def sweep_args(out: Path, *extra: str) -> list[str]:
         "sweep.name=t",
         "sweep.grid.model.bn=[pre]",
         "sweep.lr.points=2",
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",  # one worker: these tests watch (and stop, and patch) the worker in this process
         "sweep.lr.low=1e-3",
         "sweep.lr.high=1e-2",
         "sweep.progress=false",
@@ -65,29 +69,97 @@ def _data_dir(tmp: Path, mnist: Path, labels: bytes | None) -> Path:
     return d
 
 
-def three_of_four(tmp, mnist):
+def three_of_four(tmp, mnist, **_):
     return _data_dir(tmp, mnist, None)
 
 
-def truncated_gz(tmp, mnist):
+def truncated_gz(tmp, mnist, **_):
     return _data_dir(tmp, mnist, (mnist / LABELS).read_bytes()[:1000])
 
 
-def wrong_checksum(tmp, mnist):
+def wrong_checksum(tmp, mnist, **_):
     raw = bytearray(gzip.decompress((mnist / LABELS).read_bytes()))
     raw[100] = (raw[100] + 1) % 10  # a valid label, a valid gzip, the right size: only the MD5 tells
     return _data_dir(tmp, mnist, gzip.compress(bytes(raw)))
 
 
-def unreachable_mirror(tmp, mnist, monkeypatch):
+def unreachable_mirror(tmp, mnist, monkeypatch, **_):
     monkeypatch.setattr(bnexp.core.data, "MIRRORS", ["http://127.0.0.1:9/"])  # port 9: connection refused
     return three_of_four(tmp, mnist)
 
 
-def bad_spec_file(tmp, mnist):
+def bad_spec_file(tmp, mnist, **_):
     (tmp / "sweep").mkdir()
     (tmp / "sweep" / "bad.yaml").write_text("grid: {model.bn: [off, pre]\nlr: [")
     return tmp
+
+
+def regular_file(tmp, mnist, **_):
+    """`{tmp}/afile`: a regular file where a command is told to make a directory under it."""
+    (tmp / "afile").write_text("not a directory\n")
+    return tmp
+
+
+# ---- damaged sweep dirs: a copy of the finished sweep at {tmp}/damaged, one file spoiled --------------
+def _damaged(tmp, finished, name: str, spoil) -> Path:
+    d = tmp / "damaged"
+    shutil.copytree(finished, d)
+    meta = json.loads((d / "sweep.json").read_text())  # its own study.db, as a sweep run in that dir records
+    (d / "sweep.json").write_text(json.dumps({**meta, "storage": f"sqlite:///{d / 'study.db'}"}))
+    spoil(d / name)
+    return d
+
+
+def _integrity(db: Path) -> str:
+    try:
+        with sqlite3.connect(db) as c:
+            return c.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        return str(e)
+
+
+def garbled_db(tmp, mnist, finished, **_):
+    """Real pages in the middle of a real study.db overwritten: SQLite's integrity_check fails."""
+
+    def spoil(db: Path) -> None:
+        b = bytearray(db.read_bytes())
+        mid = len(b) // 2 // 4096 * 4096
+        b[mid : mid + 4 * 4096] = bytes([0xA5]) * 4 * 4096
+        db.write_bytes(bytes(b))
+        assert _integrity(db) != "ok"  # the damage is real, whatever pages it hit
+
+    return _damaged(tmp, finished, "study.db", spoil)
+
+
+def truncated_db(tmp, mnist, finished, **_):
+    return _damaged(tmp, finished, "study.db", lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 2]))
+
+
+def not_a_db(tmp, mnist, finished, **_):
+    return _damaged(tmp, finished, "study.db", lambda db: db.write_bytes(b"not a database, just text\n" * 400))
+
+
+def garbled_journal(tmp, mnist, finished, **_):
+    """The finished study copied into an Optuna journal file (the real one), then a line in its middle garbled."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    d = tmp / "damaged"
+    d.mkdir()
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(d / "study.log")))
+    optuna.copy_study(from_study_name="t", from_storage=f"sqlite:///{finished}/study.db", to_storage=journal)
+    lines = (d / "study.log").read_bytes().splitlines(keepends=True)
+    lines[len(lines) // 2] = b'{"op_code": 5, "worker_id": "w", garbled\n'
+    (d / "study.log").write_bytes(b"".join(lines))
+    return d
+
+
+def truncated_sweep_json(tmp, mnist, finished, **_):
+    return _damaged(tmp, finished, "sweep.json", lambda f: f.write_bytes(f.read_bytes()[:20]))
+
+
+def garbled_sweep_json(tmp, mnist, finished, **_):
+    return _damaged(tmp, finished, "sweep.json", lambda f: f.write_bytes(b"\x00\xff\xfe" * 30))
 
 
 RUN_DIR = ["hydra.run.dir={tmp}/run"]  # an earlier, finished run lives there (seeded below)
@@ -108,6 +180,13 @@ CASES = {
     "lr-range-equal": ("sweep", ["sweep.lr.low=0.1", "sweep.lr.high=0.1"], True, None, ["must be < sweep.lr.high"]),
     "lr-range-negative": ("sweep", ["sweep.lr.low=-1"], True, None, ["must be positive", "sweep.lr.low=1e-5"]),
     "batch-size-0": ("run", ["data.batch_size=0"], True, None, ["data.batch_size=0 must be >= 1", "batch_size=64"]),
+    "run-dir-holds-a-finished-run": (
+        "run",
+        [],
+        True,
+        None,
+        ["already holds a finished run (metrics.json)", "choose another run dir (hydra.run.dir=...)"],
+    ),
     "mnist-file-missing": ("run", DATA, True, three_of_four, [f"{LABELS} is missing", "data.download=true"]),
     "mnist-missing-offline": (
         "run",
@@ -121,11 +200,11 @@ CASES = {
     "data-dir-missing": (
         "run",
         ["data.dir={tmp}/no/such/dir", "data.download=false"],
-        False,
+        True,
         None,
         ["does not exist", "set data.dir=... or BNEXP_DATA_DIR"],
     ),
-    "storage-malformed": ("sweep", ["sweep.storage=notaurl"], False, None, ["cannot open storage 'notaurl'", "URL"]),
+    "storage-malformed": ("sweep", ["sweep.storage=notaurl"], True, None, ["cannot open storage 'notaurl'", "URL"]),
     "storage-unreachable": (
         "sweep",
         ["sweep.storage=postgresql://u:p@127.0.0.1:1/x"],
@@ -149,7 +228,7 @@ CASES = {
     "report-no-study": (
         "report",
         ["--storage", "SQLITE", "--study-name", "nope"],
-        False,
+        True,
         None,
         ["no study 'nope'", "studies there: t"],
     ),
@@ -160,6 +239,87 @@ CASES = {
         None,
         ["cannot open storage"],
     ),
+    # ---- values Lightning, torch, numpy or the OS would reject later: a bnexp line first -------------------
+    "seed-negative": ("run", ["seed=-1"], True, None, ["seed=-1 must be a whole number in [0, 4294967295]", "seed=0"]),
+    "weight-decay-negative": ("run", ["optim.weight_decay=-1"], True, None, ["optim.weight_decay=-1.0", ">= 0"]),
+    "sgd-momentum-negative": ("run", ["optim=sgd", "optim.momentum=-1"], True, None, ["optim.momentum=-1.0", "[0, 1)"]),
+    "devices-0": ("run", ["trainer.devices=0"], True, None, ["trainer.devices=0", "trainer.devices=1"]),
+    "precision-bogus": ("run", ["trainer.precision=bogus"], True, None, ["'bogus' is not allowed", "32-true"]),
+    "accelerator-bogus": ("run", ["trainer.accelerator=bogus"], True, None, ["'bogus' is not allowed", "cpu, gpu"]),
+    "strategy-bogus": ("run", ["trainer.strategy=bogus"], True, None, ["'bogus' is not allowed", "auto, ddp"]),
+    "num-nodes-0": ("run", ["trainer.num_nodes=0"], True, None, ["trainer.num_nodes=0 must be >= 1"]),
+    "init-std-negative": ("run", ["model.init_std=-1"], True, None, ["model.init_std=-1.0", "model.init_std=0.05"]),
+    "single-n-over-limit-test": (
+        "run",
+        ["data.single_n=100", "data.limit_test=10"],
+        True,
+        None,
+        ["data.single_n=100", "data.limit_test=10", "lower data.single_n"],
+    ),
+    "depth-1000": (
+        "run",
+        ["model.depth=1000"],
+        True,
+        None,
+        ["model.depth=1000 needs about", "GB", "raise trainer.max_memory_gb=", "or lower model.depth"],
+    ),
+    "run-dir-under-file": (
+        "run",
+        ["hydra.run.dir={tmp}/afile/run"],
+        True,
+        regular_file,
+        ["{tmp}/afile is a regular file", "hydra.run.dir"],
+    ),
+    "out-dir-under-file": (
+        "sweep",
+        ["sweep.out_dir={tmp}/afile/sw"],
+        True,
+        regular_file,
+        ["{tmp}/afile is a regular file", "sweep.out_dir"],
+    ),
+    "report-out-under-file": (
+        "report",
+        ["--storage", "SQLITE", "--study-name", "t", "--out", "{tmp}/afile/report"],
+        True,
+        regular_file,
+        ["{tmp}/afile is a regular file", "--out"],
+    ),
+    "seeds-not-numbers": ("sweep", ["sweep.seeds=[0,abc]"], True, None, ["sweep.seeds=[0, 'abc']", "=[0,1,2]"]),
+    "retries-negative": ("sweep", ["sweep.retries=-1"], True, None, ["sweep.retries=-1 must be >= 0", "=2"]),
+    "heartbeat-negative": ("sweep", ["sweep.heartbeat=-5"], True, None, ["sweep.heartbeat=-5 must be >= 0", "=10"]),
+    "grace-negative": ("sweep", ["sweep.grace=-1"], True, None, ["sweep.grace=-1 must be >= 0", "sweep.grace=40"]),
+    "rule-threshold-3": ("sweep", ["sweep.rule.threshold=3"], True, None, ["sweep.rule.threshold=3", "in [0, 1]"]),
+    "rule-quorum-7": ("sweep", ["sweep.rule.seed_quorum=7"], True, None, ["sweep.rule.seed_quorum=7", "in (0, 1]"]),
+    "rule-epsilon-negative": ("sweep", ["sweep.rule.epsilon=-1"], True, None, ["sweep.rule.epsilon=-1", ">= 0"]),
+    "lr-high-inf": ("sweep", ["sweep.lr.high=inf"], True, None, ["sweep.lr.high=inf is not a finite number"]),
+    "depth-1000-sweep": ("sweep", ["model.depth=1000"], True, None, ["needs about", "trainer.max_memory_gb="]),
+    "report-threshold-3": (
+        "report",
+        ["--trials", "{tmp}/sw/trials.csv", "--out", "{tmp}/rejudged", "--threshold", "3"],
+        True,
+        None,
+        ["--threshold 3", "in [0, 1]"],
+    ),
+    # ---- damaged storage and records: refused, naming the file; never a report from part of the data ------
+    "report-garbled-db": ("report", ["{data}"], True, garbled_db, ["{data}/study.db is damaged", ".recover"]),
+    "report-truncated-db": ("report", ["{data}"], True, truncated_db, ["{data}/study.db is damaged", ".recover"]),
+    "report-not-a-db": ("report", ["{data}"], True, not_a_db, ["{data}/study.db is damaged", "not a database"]),
+    "report-garbled-journal": (
+        "report",
+        ["--storage", "journal://{data}/study.log", "--study-name", "t", "--out", "{data}"],
+        True,
+        garbled_journal,
+        ["{data}/study.log is damaged", "cut the file before its first damaged line"],
+    ),
+    "sweep-garbled-db": ("sweep", ["sweep.out_dir={data}"], True, garbled_db, ["{data}/study.db is damaged"]),
+    "report-truncated-sweep-json": (
+        "report",
+        ["{data}"],
+        True,
+        truncated_sweep_json,
+        ["{data}/sweep.json is damaged", "--storage sqlite:///{data}/study.db"],
+    ),
+    "report-garbled-sweep-json": ("report", ["{data}"], True, garbled_sweep_json, ["{data}/sweep.json is damaged"]),
 }
 
 
@@ -171,10 +331,8 @@ def _digest(d: Path) -> dict[str, str]:
 def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsys):
     cli, args, inproc, setup, needles = CASES[case]
     data = tmp_path
-    if setup is unreachable_mirror:
-        data = setup(tmp_path, mnist_dir, monkeypatch)
-    elif setup is not None:
-        data = setup(tmp_path, mnist_dir)
+    if setup is not None:
+        data = setup(tmp_path, mnist_dir, monkeypatch=monkeypatch, finished=finished_sweep)
     # what is finished before the bad command: an earlier run, and a whole sweep (study + report)
     sw = tmp_path / "sw"
     shutil.copytree(finished_sweep, sw)
@@ -182,11 +340,14 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text('{"val/acc": 0.97}')
     (run_dir / "config.yaml").write_text("model: {bn: pre}\n")
-    before = {"sw": _digest(sw), "run": _digest(run_dir)}
+    damaged = tmp_path / "damaged"  # a damaged sweep is refused, not rebuilt from what is left of it
+    before = {"sw": _digest(sw), "run": _digest(run_dir), "damaged": _digest(damaged)}
     sqlite = f"sqlite:///{sw}/study.db"
     args = [a.format(tmp=tmp_path, data=data).replace("SQLITE", sqlite) for a in args]
+    needles = [n.format(tmp=tmp_path, data=data) for n in needles]
     if cli == "run":
-        args = [*TRAIN, *RUN_DIR, *args]
+        run_dir_arg = [] if any(a.startswith("hydra.run.dir=") for a in args) else RUN_DIR
+        args = [*TRAIN, *run_dir_arg, *args]
         args = [a.format(tmp=tmp_path) for a in args]
     elif cli == "sweep":
         args = sweep_args(sw, *args)
@@ -208,6 +369,7 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     assert "Traceback" not in err, err
     errors = [ln for ln in lines if ln.startswith("bnexp: error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], err  # one line, the last thing said
+    assert not any("Error executing job" in ln for ln in lines), err  # Hydra's own line stays unsaid
     print(f"\n[{case}] exit {code}: {errors[0]}")  # pytest -s lists every message
     for n in needles:
         assert n in errors[0], (n, errors[0])
@@ -217,6 +379,7 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     assert {k: after.get(k) for k in before["run"]} == before["run"]
     assert all(k.startswith(".hydra/") or k == "run.log" for k in set(after) - set(before["run"])), after
     assert _digest(sw) == before["sw"]
+    assert _digest(damaged) == before["damaged"]
 
 
 def test_bad_value_leaves_no_empty_run_dir(tmp_path, capsys, monkeypatch):
@@ -226,3 +389,31 @@ def test_bad_value_leaves_no_empty_run_dir(tmp_path, capsys, monkeypatch):
         run.main()
     assert e.value.code == 2 and "model.depth=0" in capsys.readouterr().err
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_path_error_names_what_blocks_it(tmp_path):
+    """The OS's own errors, as Hydra meets them making a run dir and opening its log file there."""
+    import logging.config
+    import os
+
+    from bnexp.cli import dir_problem, explain_os_error
+
+    (tmp_path / "afile").write_text("x")
+    assert dir_problem(tmp_path / "new" / "deep") is None and dir_problem(tmp_path) is None
+    assert dir_problem(tmp_path / "afile" / "run") == f"{tmp_path}/afile is a regular file"
+    with pytest.raises(OSError) as mkdir:  # Hydra: Path(run_dir).mkdir(parents=True, exist_ok=True)
+        Path(tmp_path / "afile" / "run").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ValueError) as handler:  # Hydra: its file handler at <run dir>/<job>.log
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": f"{tmp_path}/afile/x.log"}},
+            }
+        )
+    for e in (mkdir.value, handler.value):
+        assert explain_os_error(e, "hydra.run.dir") == (
+            f"cannot write {tmp_path}/afile/{'run' if e is mkdir.value else 'x.log'}: {tmp_path}/afile is a regular "
+            "file; set hydra.run.dir to a directory you can write"
+        )
+    assert explain_os_error(ValueError("a bug"), "k") is None  # not a path: a crash keeps its traceback
+    assert explain_os_error(FileNotFoundError(2, os.strerror(2), "/x"), "k") is None

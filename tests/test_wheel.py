@@ -50,7 +50,14 @@ def test_a_wheel_installed_elsewhere_trains_and_sweeps(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "steps=2" in r.stdout and list((work / "outputs" / "runs").glob("*/*/metrics.json"))
 
-    sweep = [*run, "sweep.lr.points=1", "sweep.grid.model.bn=[off,pre]", "sweep.progress=false"]
+    sweep = [
+        *run,
+        "sweep.lr.points=1",
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",
+        "sweep.grid.model.bn=[off,pre]",
+        "sweep.progress=false",
+    ]
     r = subprocess.run([str(venv / "bin" / "bnexp-sweep"), *sweep], cwd=work, env=env, capture_output=True, text=True,
                        timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

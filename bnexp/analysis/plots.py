@@ -1,16 +1,30 @@
-"""The report's figures (matplotlib, Agg): every function takes the analysis dicts and trial records and
-writes one PNG. What each shows, and how to read it, is its docstring's first line (report.md's caption).
+"""The report's figures (matplotlib, Agg). `write_figures` draws every figure that fits the study and returns
+(file, caption) pairs: the caption (what to read from the figure) is report.md's line under it and the W&B
+image's caption. Every `plot_*` function takes a `FigureData` (the analysis dicts, the trial records, the rule)
+and writes one PNG, whole or not at all (bnexp.files).
+
+Colour conventions: a variant has one colour in every panel (stability, divergence); a learning rate has one
+colour on a log scale (viridis, dark = low lr) in the learning curves and the statistics-lag picture, with a
+colourbar; population statistics are blue and batch statistics orange wherever the two are compared.
+
+One module for every figure (~600 lines) because they share those conventions, `FigureData` and the captions;
+split it when a figure grows its own helpers.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bnexp import names
 from bnexp.analysis.stability import (
+    STATISTICS,
     StabilityRule,
     _as_bool,
     _as_float,
@@ -18,8 +32,31 @@ from bnexp.analysis.stability import (
     _lr_key,
     _sort_key,
     _state,
+    history,
     variant_key,
 )
+from bnexp.files import write_bytes_atomic
+
+STATS_COLOURS = {"population": "tab:blue", "batch": "tab:orange"}
+STATS_NAMES = {"population": "population statistics (val_acc)", "batch": "batch statistics (val_acc_batchstats)"}
+SEED_STYLES = ("-", "--", ":", "-.")
+_DPI = 110
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    _plt().close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _colours(n: int) -> list:
@@ -34,43 +71,125 @@ def _facets(variants: list[dict]) -> list:
     return depths if len(depths) > 1 else [None]
 
 
-def plot_stability(
-    path: Path,
-    study: str,
-    variants: list[dict],
-    trials: list[dict],
-    rule: StabilityRule,
-    variant_keys: Sequence[str],
-) -> None:
-    import matplotlib
+def _grid(n: int, w: float, h: float, **kw: Any) -> tuple[Any, Any]:
+    ncol = min(max(n, 1), 3)
+    nrow = math.ceil(max(n, 1) / ncol)
+    return _plt().subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False, **kw)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.legend_handler import HandlerTuple
-    from matplotlib.lines import Line2D
 
-    facets = _facets(variants)
-    # Colour by the variant minus depth, so one placement has one colour in every panel.
+def _variant_palette(variants: list[dict], variant_keys: Sequence[str]) -> dict[tuple, Any]:
+    """Colour by the variant minus depth, so one placement has one colour in every depth's panel."""
     colour_keys = sorted(
         {tuple((k, v[k]) for k in variant_keys if k != "depth") for v in variants},
         key=lambda ck: _sort_key(tuple(x[1] for x in ck), [x[0] for x in ck]),
     )
-    palette = dict(zip(colour_keys, _colours(len(colour_keys)), strict=True))
-    ncol = min(len(facets), 3)
-    nrow = math.ceil(len(facets) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 4.8 * nrow), sharey=True, squeeze=False)
-    by_variant: dict[tuple, list[dict]] = {}
+    return dict(zip(colour_keys, _colours(len(colour_keys)), strict=True))
+
+
+def _colour_key(v: dict, variant_keys: Sequence[str]) -> tuple:
+    return tuple((k, v[k]) for k in variant_keys if k != "depth")
+
+
+def _by_variant(trials: list[dict], variant_keys: Sequence[str]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
     for r in trials:
         if _state(r) == "COMPLETE":
-            by_variant.setdefault(variant_key(r, variant_keys), []).append(r)
+            out.setdefault(variant_key(r, variant_keys), []).append(r)
+    return out
+
+
+class _LrColours:
+    """One colour per lr of the study, dark = low (viridis without its palest yellow: a thin yellow line vanishes
+    on white). Up to 12 lrs: one band each on the colourbar, labelled with its lr; more: a continuous log scale."""
+
+    def __init__(self, trials: list[dict], max_bands: int = 12) -> None:
+        import matplotlib
+        from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
+
+        self.lrs = sorted({lr for r in trials if (lr := _lr_key(r)) is not None}) or [1e-3]
+        n, viridis = len(self.lrs), matplotlib.colormaps["viridis"]
+        self.index: dict[float, int] | None = None
+        if n <= max_bands:
+            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, n)))
+            self.norm: Any = BoundaryNorm(np.arange(n + 1) - 0.5, n)  # band i = the i-th lowest lr
+            self.index = {lr: i for i, lr in enumerate(self.lrs)}
+        else:
+            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, 256)))
+            self.norm = LogNorm(self.lrs[0], self.lrs[-1])
+
+    def __call__(self, lr: float) -> Any:
+        return self.cmap(self.norm(self.index.get(lr, 0) if self.index is not None else lr))
+
+    def colourbar(self, fig: Any, axes: Any) -> None:
+        from matplotlib.cm import ScalarMappable
+
+        cb = fig.colorbar(ScalarMappable(norm=self.norm, cmap=self.cmap), ax=axes, pad=0.02)
+        if self.index is not None:
+            cb.set_ticks(range(len(self.lrs)), labels=[f"{lr:.2g}" for lr in self.lrs])
+            cb.minorticks_off()
+            cb.set_label("learning rate (one colour per grid lr)")
+        else:
+            cb.set_label("learning rate (log colour scale)")
+
+
+def _diverged_at(rec: dict) -> float | None:
+    """The step of a diverged trial's first non-finite loss; its last step where older records lack it."""
+    step = _as_float(rec.get("diverged_step"))
+    return step if step is not None else _as_float(rec.get("step"))
+
+
+def _seed_style(seeds: list) -> dict:
+    return {s: SEED_STYLES[i % len(SEED_STYLES)] for i, s in enumerate(seeds)}
+
+
+def _seeds(recs: list[dict]) -> list:
+    return sorted({r.get("seed") for r in recs}, key=lambda s: _sort_key((s,), ("seed",)))
+
+
+def _is_off(v: dict) -> bool:
+    return v.get("bn") == "off"
+
+
+@dataclass
+class FigureData:
+    """What every figure reads: the study's name, its analysis (bnexp.analysis.stability.analyse), its trial
+    records and the rule they were judged by."""
+
+    study: str
+    variants: list[dict]
+    trials: list[dict]
+    rule: StabilityRule
+    variant_keys: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.variant_keys = tuple(self.variant_keys)
+        self.by_variant = _by_variant(self.trials, self.variant_keys)
+        self.lr_colours = _LrColours(self.trials)  # one lr, one colour, in every figure
+
+    def recs(self, v: dict) -> list[dict]:
+        """A variant's COMPLETE trials."""
+        return self.by_variant.get(variant_key(v, self.variant_keys), [])
+
+
+# ------------------------------------------------------------------------------------- the figures
+
+
+def plot_stability(path: Path, d: FigureData) -> None:
+    """Final metric against learning rate per variant, the stable range shaded, diverged trials as x."""
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+
+    study, variants, trials, rule, variant_keys = d.study, d.variants, d.trials, d.rule, d.variant_keys
+    facets = _facets(variants)
+    palette = _variant_palette(variants, variant_keys)
+    fig, axes = _grid(len(facets), 6.5, 4.8, sharey=True)
 
     all_vals = [v for r in trials if (v := _as_float(r.get(rule.metric))) is not None]
     unit_range = all(0.0 <= v <= 1.0 for v in all_vals)
     for ax, facet in zip(axes.flat, facets, strict=False):  # spare axes are hidden below
         members = [v for v in variants if facet is None or v.get("depth") == facet]
         for vi, v in enumerate(members):
-            ck = tuple((k, v[k]) for k in variant_keys if k != "depth")
-            colour = palette[ck]
+            colour = palette[_colour_key(v, variant_keys)]
             pts = v["points"]
             xs = [p["lr"] for p in pts]
             ys = [np.nan if p["mean_val_acc"] is None else p["mean_val_acc"] for p in pts]
@@ -79,11 +198,10 @@ def plot_stability(
             legend = f"{v['label']}: {v['stable_decades']:.1f} dec{ci_txt}, run {v['longest_run_decades']:.1f}"
             # NaN breaks the line, so an all-diverged lr is a gap, not a bridge.
             ax.plot(xs, ys, "-o", color=colour, ms=4, lw=1.5, label=legend)
-            recs = by_variant.get(variant_key(v, variant_keys), [])
+            recs = d.recs(v)
             if any(p["n_seeds"] > 1 for p in pts):
-                sx = [_lr_key(r) for r in recs if _eligible_value(r, rule.metric) is not None]
-                sy = [_eligible_value(r, rule.metric) for r in recs if _eligible_value(r, rule.metric) is not None]
-                ax.scatter(sx, sy, s=8, color=colour, alpha=0.35, lw=0)
+                ok = [(_lr_key(r), y) for r in recs if (y := _eligible_value(r, rule.metric)) is not None]
+                ax.scatter([x for x, _ in ok], [y for _, y in ok], s=8, color=colour, alpha=0.35, lw=0)
             div = [r for r in recs if _as_bool(r.get("diverged", False)) and _lr_key(r)]
             if div:
                 # nudge each variant sideways (+-0.1 decade) so stacked x's at y=0 stay apart
@@ -124,7 +242,7 @@ def plot_stability(
             fontsize=7,
             loc="best",
             handler_map={tuple: HandlerTuple(ndivide=1)},
-            title="stable width (decades)",
+            title="stable width (decades) [95% CI], longest run",
             title_fontsize=7,
         )
     for ax in list(axes.flat)[len(facets) :]:
@@ -134,17 +252,265 @@ def plot_stability(
         fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_heatmap(path: Path, study: str, variants: list[dict], rule: StabilityRule) -> None:
+def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
+    """One variant's validation accuracy against step, one line per lr (and seed), population statistics
+    beside batch statistics."""
+    from matplotlib.lines import Line2D
+
+    plt = _plt()
+    study, rule, recs = d.study, d.rule, d.recs(variant)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True, squeeze=False, layout="constrained")
+    seeds = _seeds(recs)
+    style = _seed_style(seeds)
+    ordered = sorted(recs, key=lambda r: (_lr_key(r) or 0.0, _sort_key((r.get("seed"),), ("seed",))))
+    any_history = False
+    for ax, (stats, metric) in zip(axes[0], STATISTICS.items(), strict=True):
+        for r in ordered:
+            lr = _lr_key(r)
+            h = [(s, v) for s, v in history(r, metric) if s is not None]
+            if lr is None or not h:
+                continue
+            any_history = True
+            colour = d.lr_colours(lr)
+            xs = [s for s, _ in h]
+            ys = [np.nan if v is None else v for _, v in h]
+            ax.plot(xs, ys, ls=style[r.get("seed")], marker=".", ms=3, lw=1.3, color=colour)
+            if _as_bool(r.get("diverged", False)):
+                finite = [(s, v) for s, v in h if v is not None]
+                at = _diverged_at(r)
+                y = finite[-1][1] if finite else 0.0
+                x = at if at is not None else (finite[-1][0] if finite else xs[-1])
+                ax.plot([x], [y], "x", color="tab:red", alpha=0.5, ms=10, mew=3.5)
+                ax.plot([x], [y], "x", color=colour, ms=7, mew=1.6)
+        if rule.mode == "threshold":
+            ax.axhline(rule.threshold, ls="--", color="0.3", lw=1)
+        ax.set_xlabel("training step")
+        ax.grid(True, alpha=0.3)
+        title = STATS_NAMES[stats]
+        if stats == "batch" and _is_off(variant):
+            title += "\n(BN off: no batch statistics, same as left)"
+        elif stats == rule_stats(rule):
+            title += "\n(what the rule judges)"
+        ax.set_title(title, fontsize=9, color=STATS_COLOURS[stats])
+    axes[0, 0].set_ylabel("validation accuracy")
+    axes[0, 0].set_ylim(-0.03, 1.03)
+    if not any_history:
+        for ax in axes[0]:
+            ax.text(0.5, 0.5, "no validation history recorded", ha="center", transform=ax.transAxes)
+    handles = [Line2D([], [], color="0.2", ls=style[s], label=f"seed {s}") for s in seeds] if len(seeds) > 1 else []
+    handles.append(Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged (last finite value)"))
+    if rule.mode == "threshold":
+        handles.append(Line2D([], [], ls="--", color="0.3", label=f"threshold {rule.threshold:g}"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    d.lr_colours.colourbar(fig, axes)
+    fig.suptitle(
+        f"{study}: {variant['label']} learning curves, one line per learning rate (colour) and seed\n"
+        "where the left (population statistics) swings and the right (batch statistics) does not, "
+        "BN's running averages lag the weights",
+        fontsize=10,
+    )
+    _save(fig, path)
+
+
+def rule_stats(rule: StabilityRule) -> str | None:
+    """Which statistics view the rule's metric is ('population', 'batch'), else None."""
+    return next((s for s, m in STATISTICS.items() if m == rule.metric), None)
+
+
+def plot_divergence(path: Path, d: FigureData) -> None:
+    """Step of the first non-finite loss against learning rate; trials that trained to the end on a top line."""
+    from matplotlib.lines import Line2D
+
+    study, variants, trials, variant_keys = d.study, d.variants, d.trials, d.variant_keys
+    facets = _facets(variants)
+    palette = _variant_palette(variants, variant_keys)
+    fig, axes = _grid(len(facets), 6.5, 4.6, sharey=True)
+    end = max([s for r in trials if (s := _as_float(r.get("step"))) is not None] or [1.0])
+    n_div = 0
+    for ax, facet in zip(axes.flat, facets, strict=False):
+        members = [v for v in variants if facet is None or v.get("depth") == facet]
+        for vi, v in enumerate(members):
+            colour = palette[_colour_key(v, variant_keys)]
+            recs = [r for r in d.recs(v) if _lr_key(r)]
+            nudge = 10 ** (0.16 * (vi / max(len(members) - 1, 1) - 0.5)) if len(members) > 1 else 1.0
+            div = [
+                (_lr_key(r) * nudge, s)
+                for r in recs
+                if _as_bool(r.get("diverged")) and (s := _diverged_at(r)) is not None
+            ]
+            ok = [_lr_key(r) * nudge for r in recs if not _as_bool(r.get("diverged"))]
+            n_div += len(div)
+            ax.plot([x for x, _ in div], [y for _, y in div], "o", color=colour, ms=6, ls="none", label=v["label"])
+            ax.plot(ok, [end] * len(ok), "o", mfc="none", mec=colour, ms=6, ls="none")
+        ax.axhline(end, ls=":", color="0.4", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=10)  # steps 0..9 linear, then log: early and late divergence both show
+        ax.set_ylim(-0.5, end * 1.6)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("step of the first non-finite loss")
+        ax.grid(True, which="major", alpha=0.3)
+        if facet is not None:
+            ax.set_title(f"depth {facet}")
+        if not any(v["points"] for v in members):
+            ax.set_xlim(1e-4, 1.0)
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(
+            Line2D([], [], marker="o", mfc="none", mec="0.3", ls="none", label=f"no divergence in {end:g} steps")
+        )
+        ax.legend(handles=handles, fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(facets) :]:
+        ax.set_visible(False)
+    if n_div == 0:
+        for ax in list(axes.flat)[: len(facets)]:
+            ax.text(0.5, 0.5, "no trial diverged", ha="center", transform=ax.transAxes)
+    fig.suptitle(
+        f"{study}: when training diverges (one point per trial)\n"
+        "filled = diverged at that step; hollow on the dotted line = trained to the end",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_widths(path: Path, d: FigureData) -> None:
+    """Per variant: the stable lr range (left) and its width in decades (right), judged by population and by
+    batch statistics; pooled over seeds, each seed alone, the bootstrap interval."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    study, variants = d.study, d.variants
+    n = max(len(variants), 1)
+    fig, (ax_r, ax_w) = plt.subplots(
+        1, 2, figsize=(13, 2.2 + 0.8 * n), sharey=True, width_ratios=[1.4, 1], layout="constrained"
+    )
+    offsets = {"population": -0.2, "batch": 0.2}
+    several = any(len(v.get("per_seed") or []) > 1 for v in variants)
+    all_lrs = [p["lr"] for v in variants for p in v["points"]]
+    for i, v in enumerate(variants):
+        for stats, view in (v.get("by_statistics") or {}).items():
+            y, c = i + offsets[stats], STATS_COLOURS[stats]
+            if not view["n_finite"]:
+                ax_w.text(0.02, y, "not recorded", va="center", fontsize=7, color=c)
+                continue
+            if view["stable_lr_min"] is not None:
+                lo, hi = view["stable_lr_min"], view["stable_lr_max"]
+                ax_r.plot([lo, hi], [y, y], "-", color=c, lw=7, alpha=0.45, solid_capstyle="butt")
+                ax_r.plot([lo, hi], [y, y], "|", color=c, ms=12, mew=2)
+                ax_r.annotate(f"{view['stable_decades']:.2f} dec", (hi, y), xytext=(6, 0),
+                              textcoords="offset points", va="center", fontsize=7, color=c)  # fmt: skip
+            else:
+                ax_r.text(min(all_lrs or [1e-3]), y, "no stable lr", va="center", fontsize=7, color=c)
+            ax_w.barh(y, view["stable_decades"], height=0.34, color=c, alpha=0.45)
+            ci = view.get("stable_decades_ci")
+            if ci:
+                ax_w.plot(ci, [y, y], "-", color="k", lw=1.2)
+                ax_w.plot(ci, [y, y], "|", color="k", ms=9)
+            seeds = view.get("per_seed") or []
+            if len(seeds) > 1:
+                # each seed on its own thin line inside the pooled band, top to bottom in seed order
+                ys = y + np.linspace(-0.12, 0.12, len(seeds))
+                for s, yy in zip(seeds, ys, strict=True):
+                    if s["stable_lr_min"] is None:  # no stable lr at all: not the same as one stable lr
+                        ax_w.plot([0], [yy], "x", color=c, mew=1.5, ms=6)
+                        continue
+                    ax_w.plot([s["stable_decades"]], [yy], "o", mfc="white", mec=c, mew=1.5, ms=5)
+                    ax_r.plot([s["stable_lr_min"], s["stable_lr_max"]], [yy, yy], "-|", color=c, lw=1.2, ms=6)
+    ax_r.set_xscale("log")
+    if not all_lrs:
+        ax_r.set_xlim(1e-4, 1.0)
+    else:  # room on the right for the decades label
+        ax_r.set_xlim(min(all_lrs) / 10**0.2, max(all_lrs) * 10**0.6)
+    ax_r.set_yticks(range(len(variants)), [v["label"] for v in variants])
+    ax_r.set_ylim(max(len(variants), 1) - 0.5, -0.5)
+    ax_r.set_xlabel("learning rate")
+    ax_r.set_title("stable lr range", fontsize=9)
+    ax_w.set_xlabel("stable width (decades = log10 max/min stable lr)")
+    ax_w.set_title("stable width", fontsize=9)
+    ax_w.set_xlim(left=0)
+    for ax in (ax_r, ax_w):
+        ax.grid(True, axis="x", alpha=0.3)
+    if not variants:
+        ax_r.text(0.5, 0.5, "no completed trials", ha="center", transform=ax_r.transAxes)
+    handles = [Patch(color=STATS_COLOURS[s], alpha=0.45, label=f"{STATS_NAMES[s]}, seeds pooled") for s in offsets]
+    if several:
+        handles += [
+            Line2D([], [], color="0.3", lw=1.2, marker="o", mfc="white", ms=5, label="each seed alone"),
+            Line2D([], [], color="0.3", marker="x", ls="none", ms=6, label="a seed with no stable lr"),
+            Line2D([], [], color="k", lw=1.2, marker="|", ms=9, label="bootstrap 95% interval (seeds resampled)"),
+        ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=7, frameon=False)
+    fig.suptitle(
+        f"{study}: stable learning-rate range judged by population statistics (blue) vs batch statistics (orange)",
+        fontsize=10,
+    )
+    _save(fig, path)
+
+
+def plot_stats_lag(path: Path, d: FigureData) -> None:
+    """Per BN variant: validation accuracy with population statistics against batch statistics, every
+    validation faint, the final one bold, coloured by lr."""
+    study, rule = d.study, d.rule
+    bn = [v for v in d.variants if not _is_off(v)]
+    fig, axes = _grid(len(bn), 4.6, 4.4, sharex=True, sharey=True, layout="constrained")
+    if len(bn) <= 1:
+        fig.set_size_inches(7.5, 5.2)
+    pop, bat = STATISTICS["population"], STATISTICS["batch"]
+    for ax, v in zip(axes.flat, bn, strict=False):
+        for r in d.recs(v):
+            lr = _lr_key(r)
+            if lr is None:
+                continue
+            colour = d.lr_colours(lr)
+            hp, hb = dict(history(r, pop)), dict(history(r, bat))
+            pairs = [(hb[s], hp[s]) for s in hp if s in hb and hp[s] is not None and hb[s] is not None]
+            ax.scatter([b for b, _ in pairs], [p for _, p in pairs], s=9, color=colour, alpha=0.35, lw=0)
+            fp, fb = _as_float(r.get(pop)), _as_float(r.get(bat))
+            if fp is not None and fb is not None:
+                ax.scatter([fb], [fp], s=40, color=colour, edgecolor="k", lw=0.8, zorder=3)
+        ax.plot([0, 1], [0, 1], "-", color="0.5", lw=0.8)
+        if rule.mode == "threshold":
+            t = rule.threshold
+            ax.axhline(t, ls="--", color="0.3", lw=0.8)
+            ax.axvline(t, ls="--", color="0.3", lw=0.8)
+            ax.fill_between([t, 1.05], -0.05, t, color="tab:red", alpha=0.06, lw=0)
+            ax.text(
+                1.02, t - 0.02, "stable by batch\nstatistics only", ha="right", va="top", fontsize=7, color="tab:red"
+            )
+        ax.set_title(v["label"], fontsize=9)
+        ax.set_xlabel("val acc, batch statistics")
+        ax.set_ylabel("val acc, population statistics")
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+    if not bn:
+        ax = axes[0, 0]
+        ax.text(0.5, 0.5, "no BN variant: population and\nbatch statistics are the same", ha="center",
+                va="center", transform=ax.transAxes)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[max(len(bn), 1) :]:
+        ax.set_visible(False)
+    d.lr_colours.colourbar(fig, axes)
+    fig.suptitle(
+        f"{study}: population-statistics lag, colour = learning rate\n"
+        "bold: final validation, faint: every validation; below the diagonal: inference with BN's running\n"
+        "averages is worse than the same weights normalised with each batch's own statistics",
+        fontsize=10,
+    )
+    _save(fig, path)
+
+
+def plot_heatmap(path: Path, d: FigureData) -> None:
+    """Mean final metric per variant (rows) and lr (columns), stable cells boxed, diverged marked."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    plt = _plt()
+    study, variants, rule = d.study, d.variants, d.rule
     lrs = sorted({p["lr"] for v in variants for p in v["points"]})
     col = {lr: j for j, lr in enumerate(lrs)}
     grid = np.full((len(variants), max(len(lrs), 1)), np.nan)
@@ -152,19 +518,17 @@ def plot_heatmap(path: Path, study: str, variants: list[dict], rule: StabilityRu
         for p in v["points"]:
             if p["mean_val_acc"] is not None:
                 grid[i, col[p["lr"]]] = p["mean_val_acc"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(lrs) + 3), max(3.0, 0.35 * len(variants) + 1.8)))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(lrs) + 3), max(3.2, 0.35 * len(variants) + 2.0)))
     # no finite result (all diverged or not run): light grey
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     finite = grid[np.isfinite(grid)]
     unit = finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1)
     im = ax.imshow(
-        np.ma.masked_invalid(grid),
-        cmap=cmap,
-        aspect="auto",
-        vmin=0 if unit else None,
-        vmax=1 if unit else None,
+        np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=0 if unit else None, vmax=1 if unit else None
     )
+    other = "batch" if rule_stats(rule) == "population" else "population"
     for i, v in enumerate(variants):
+        other_lrs = set(((v.get("by_statistics") or {}).get(other) or {}).get("stable_lrs") or [])
         for p in v["points"]:
             j = col[p["lr"]]
             if p["diverged_any"]:
@@ -172,15 +536,95 @@ def plot_heatmap(path: Path, study: str, variants: list[dict], rule: StabilityRu
                 ax.text(j, i, txt, ha="center", va="center", color="tab:red", fontsize=9, fontweight="bold")
             if p.get("stable"):
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=1.5))
-    ax.set_xticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs], rotation=60, fontsize=7)
+            elif p["lr"] in other_lrs:
+                ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, ec="tab:orange", lw=1.3, ls="--"))
+    ax.set_xticks(range(len(lrs)), [f"{lr:.2g}" for lr in lrs], rotation=60, fontsize=7)
     ax.set_yticks(range(len(variants)), [v["label"] for v in variants], fontsize=7)
     ax.set_xlabel("learning rate")
     fig.colorbar(im, ax=ax, label=f"mean final {rule.metric}")
     ax.set_title(
-        f"{study}: mean {rule.metric} per variant and lr\n"
-        "x = diverged (xN: N seeds), white box = stable lr, grey = no finite result",
+        f"{study}: mean {rule.metric} per variant and lr\nwhite box = stable lr; dashed orange = stable only by"
+        f" {other} statistics\nx = diverged (xN: N seeds diverged); grey = no finite result",
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------ all of them
+
+
+def curves_file(label: str) -> str:
+    return f"curves-{names.safe(label)}.png"
+
+
+def write_figures(
+    out: Path,
+    study: str,
+    variants: list[dict],
+    trials: list[dict],
+    rule: StabilityRule,
+    variant_keys: Sequence[str],
+) -> list[tuple[str, str]]:
+    """Draw every figure that fits the study into `out`; (file name, one-line caption) in report order."""
+    d = FigureData(study, variants, trials, rule, tuple(variant_keys))
+    m = rule.metric
+    several_seeds = any(len(v.get("per_seed") or []) > 1 for v in variants)
+    figs: list[tuple[str, str]] = []
+    plot_stability(out / "stability.png", d)
+    figs.append(
+        (
+            "stability.png",
+            f"Final {m} against learning rate (line: mean over seeds, dots: single seeds, x: diverged); the shaded"
+            " band is each variant's stable range under the rule: compare the bands' widths and where each ends.",
+        )
+    )
+    plot_widths(out / "widths.png", d)
+    seeds_txt = " Dots are each seed alone and the whisker is the bootstrap 95% interval." if several_seeds else ""
+    figs.append(
+        (
+            "widths.png",
+            "Stable lr range and its width, judged by population statistics (blue, what inference uses) and by"
+            " batch statistics (orange): where orange reaches further than blue, BN's running averages, not the"
+            f" weights, end the stable range.{seeds_txt}",
+        )
+    )
+    plot_divergence(out / "divergence.png", d)
+    figs.append(
+        (
+            "divergence.png",
+            "Step of the first non-finite loss against learning rate (hollow on the dotted line: trained to the"
+            " end): the lr where divergence sets in, and how much sooner it comes as the lr grows.",
+        )
+    )
+    if any(not _is_off(v) for v in variants):
+        plot_stats_lag(out / "stats_lag.png", d)
+        figs.append(
+            (
+                "stats_lag.png",
+                "Validation accuracy with population statistics (y) against batch statistics (x) for each BN"
+                " variant, colour = lr: points far below the diagonal are trials whose inference accuracy"
+                " lags what the same weights reach with batch statistics.",
+            )
+        )
+    if len({v.get("depth") for v in variants}) > 1:
+        plot_heatmap(out / "heatmap.png", d)
+        figs.append(
+            (
+                "heatmap.png",
+                f"Mean final {m} per variant and lr, white boxes stable: read across a row for the stable band,"
+                " down a column for how depth moves it.",
+            )
+        )
+    for v in variants:
+        f = curves_file(v["label"])
+        plot_curves(out / f, d, v)
+        figs.append(
+            (
+                f,
+                f"{v['label']}: validation accuracy during training, one line per lr (colour) and seed (line style),"
+                " population statistics left, batch statistics right: see at which lr the curves stop"
+                " rising, swing, or diverge.",
+            )
+        )
+    return figs

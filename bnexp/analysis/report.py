@@ -1,10 +1,17 @@
-"""A study's report files: summary.json, trials.csv, the figures and report.md (what bnexp.analysis.stability
-finds, written out). `write_report` is the one writer; `load_trials_csv` reads a saved table back, typed.
+"""A study's report files: summary.json, trials.csv, curves.csv, the figures and report.md (what
+bnexp.analysis.stability finds, written out). `write_report` is the one writer; `load_trials_csv` reads a saved
+table back, typed, with its learning curves.
+
+trials.csv has one row per trial and no `val_history` column: a JSON list of a dozen dicts in one cell makes
+the table unreadable in a spreadsheet and in `column -t`. The curves go to curves.csv instead, long format
+(one row per trial and validation, keyed by the trial's `number`), which plots and filters directly.
+Every file is written through a temp file and a rename (bnexp.files).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -15,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from bnexp.analysis.plots import plot_heatmap, plot_stability
+from bnexp.analysis.plots import write_figures
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
+    HISTORY_KEYS,
+    STATISTICS,
     StabilityRule,
     _as_bool,
     _state,
@@ -25,7 +34,9 @@ from bnexp.analysis.stability import (
     compare,
     is_stable,
     variant_key,
+    variant_label,
 )
+from bnexp.files import staged, write_json_atomic, write_text_atomic
 
 # Known columns get a fixed type on reading back, so e.g. bias "true" stays a string.
 _COLUMN_TYPES: dict[str, type] = {
@@ -40,8 +51,11 @@ _COLUMN_TYPES: dict[str, type] = {
     "val_acc": float,
     "val_acc_best": float,
     "val_acc_batchstats": float,
+    "val_loss": float,
     "test_acc": float,
+    "test_acc_single": float,
     "step": int,
+    "diverged_step": int,
     "wall_s": float,
     "overrides": str,
     "stable": bool,
@@ -86,27 +100,66 @@ def _parse_cell(text: str, typ: type | None) -> Any:
         return text
 
 
+def _write_csv(path: str | Path, columns: list[str], rows: Sequence[Sequence[str]]) -> None:
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(columns)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def write_trials_csv(path: str | Path, trials: Sequence[dict]) -> list[str]:
-    """One row per trial; columns = the union of keys in first-seen order. Returns columns."""
+    """One row per trial; columns = the union of keys in first-seen order, `val_history` left out (it is
+    curves.csv's). Returns columns."""
     columns: list[str] = []
     for rec in trials:
         for k in rec:
-            if k not in columns:
+            if k not in columns and k != "val_history":
                 columns.append(k)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for rec in trials:
-            w.writerow([_cell(rec.get(k)) for k in columns])
+    _write_csv(path, columns, [[_cell(rec.get(k)) for k in columns] for rec in trials])
     return columns
+
+
+_CURVE_ID = ("number", "variant", "lr", "seed", "step")
+
+
+def write_curves_csv(path: str | Path, trials: Sequence[dict], variant_keys: Sequence[str]) -> int:
+    """Every trial's validation history, one row per validation: number, variant, lr, seed, step, then the
+    metrics under their metrics.json names (val/acc, val/acc_batchstats, ...). Returns the row count."""
+    seen = [k for r in trials for h in r.get("val_history") or [] for k in h if k != "step"]
+    order = list(HISTORY_KEYS.values())
+    metrics = [k for k in order if k in seen] + list(dict.fromkeys(k for k in seen if k not in order))
+    rows = []
+    for r in trials:
+        label = variant_label(variant_key(r, variant_keys), variant_keys)
+        for h in r.get("val_history") or []:
+            ident = [r.get("number"), label, r.get("lr"), r.get("seed"), h.get("step")]
+            rows.append([_cell(x) for x in ident] + [_cell(h.get(k)) for k in metrics])
+    _write_csv(path, [*_CURVE_ID, *metrics], rows)
+    return len(rows)
 
 
 def load_trials_csv(path: str | Path) -> list[dict]:
     """Parse a ``trials.csv`` back with types. Empty cells become None (also for keys a trial
-    never had), except in known text columns, where they stay ``""``."""
+    never had), except in known text columns, where they stay ``""``. A curves.csv beside it gives each
+    trial back its ``val_history`` (matched by ``number``; only when the numbers are unique)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: _parse_cell(v, _COLUMN_TYPES.get(k)) for k, v in row.items()} for row in rows]
+    trials = [{k: _parse_cell(v, _COLUMN_TYPES.get(k)) for k, v in row.items()} for row in rows]
+    curves = Path(path).with_name("curves.csv")
+    numbers = [t.get("number") for t in trials]
+    if curves.is_file() and None not in numbers and len(set(numbers)) == len(numbers):
+        hist: dict[Any, list[dict]] = {n: [] for n in numbers}
+        with open(curves, newline="") as f:
+            for row in csv.DictReader(f):
+                n = _parse_cell(row["number"], int)
+                if n in hist:
+                    entry = {"step": _parse_cell(row["step"], int)}
+                    entry.update({k: _parse_cell(v, float) for k, v in row.items() if k not in _CURVE_ID})
+                    hist[n].append(entry)
+        for t in trials:
+            t["val_history"] = hist[t["number"]]
+    return trials
 
 
 def _json_safe(obj: Any) -> Any:
@@ -126,7 +179,76 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], files: list[str]) -> str:
+def _range(view: dict) -> str:
+    lo, hi = view.get("stable_lr_min"), view.get("stable_lr_max")
+    return f"{lo:.3g} – {hi:.3g}" if lo is not None else "none"
+
+
+def _per_seed_txt(view: dict) -> str:
+    seeds = view.get("per_seed") or []
+    if len(seeds) < 2:
+        return "–"
+    return ", ".join(f"s{s['seed']} {s['stable_decades']:.2f}" for s in seeds)
+
+
+def _lrs_txt(lrs: Sequence[float]) -> str:
+    return ", ".join(f"{lr:.3g}" for lr in lrs)
+
+
+def _statistics_section(summary: dict) -> list[str]:
+    """Each variant's stable range judged by population and by batch statistics, and one line per variant
+    where they differ."""
+    pop_m, bat_m = STATISTICS["population"], STATISTICS["batch"]
+    lines = [
+        "## Population vs batch statistics",
+        "",
+        f"The rule judges `{summary['rule']['metric']}`. Population statistics (`{pop_m}`) is the net in"
+        " inference mode, normalising with BN's running averages; batch statistics"
+        f" (`{bat_m}`) is the same weights normalising each validation batch with its own statistics."
+        " The same rule on each gives:",
+        "",
+        "| variant | population: stable lr range | decades | per seed | batch: stable lr range | decades | per seed |",
+        "|---|---|---:|---|---|---:|---|",
+    ]
+    differ = []
+    for v in summary["variants"]:
+        views = v.get("by_statistics") or {}
+        cells = []
+        for stats in ("population", "batch"):
+            view = views.get(stats) or {}
+            if not view.get("n_finite"):
+                cells += ["not recorded", "–", "–"]
+            else:
+                cells += [_range(view), f"{view['stable_decades']:.2f}", _per_seed_txt(view)]
+        lines.append(f"| {v['label']} | " + " | ".join(cells) + " |")
+        if v.get("statistics_differ"):
+            p, b = views["population"], views["batch"]
+            only_b = [lr for lr in b["stable_lrs"] if lr not in p["stable_lrs"]]
+            only_p = [lr for lr in p["stable_lrs"] if lr not in b["stable_lrs"]]
+            parts = [
+                f"- **{v['label']}**: population statistics {_range(p)} ({p['stable_decades']:.2f} decades),"
+                f" batch statistics {_range(b)} ({b['stable_decades']:.2f} decades)"
+            ]
+            if only_b:
+                parts.append(f"stable only by batch statistics at lr {_lrs_txt(only_b)}")
+            if only_p:
+                parts.append(f"only by population statistics at lr {_lrs_txt(only_p)}")
+            differ.append("; ".join(parts) + ".")
+    lines.append("")
+    if differ:
+        lines += [
+            "Where the two differ (at an lr stable only by batch statistics the weights classify well with each"
+            " batch's own statistics; inference with the running averages is what falls short):",
+            "",
+            *differ,
+        ]
+    else:
+        lines.append("Both ways give the same stable learning rates for every variant.")
+    return [*lines, ""]
+
+
+def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figures: Sequence[tuple[str, str]]) -> str:
+    several = any(len(v.get("per_seed") or []) > 1 for v in summary["variants"])
     lines = [
         f"# Stability report: {summary['study']}",
         "",
@@ -141,20 +263,28 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], files
         "## Variants",
         "",
         "| variant | trials | stable | diverged | failed | stable lr range | decades"
-        " | 95% CI | longest run (points / decades) | best lr | best acc |",
-        "|---|---:|---:|---:|---:|---|---:|---|---|---:|---:|",
+        " | 95% CI | per-seed decades | longest run (points / decades) | best lr | best acc |",
+        "|---|---:|---:|---:|---:|---|---:|---|---|---|---:|---:|",
     ]
     for v in summary["variants"]:
-        rng = f"{v['stable_lr_min']:.3g} – {v['stable_lr_max']:.3g}" if v["stable_lr_min"] is not None else "none"
         ci = v["stable_decades_ci"]
         ci_txt = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "–"
         lines.append(
             f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']}"
-            f" | {v['n_failed']} | {rng} | {v['stable_decades']:.2f} | {ci_txt}"
-            f" | {v['longest_run']} / {v['longest_run_decades']:.2f}"
+            f" | {v['n_failed']} | {_range(v)} | {v['stable_decades']:.2f} | {ci_txt}"
+            f" | {_per_seed_txt(v)} | {v['longest_run']} / {v['longest_run_decades']:.2f}"
             f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_val_acc'], '.4f')} |"
         )
-    lines += ["", "## BN vs no BN", ""]
+    if several:
+        lines += [
+            "",
+            "*Per-seed decades* judge each seed's own trials alone: their spread is the seed-to-seed"
+            " variation of the width. The *95% CI* is a percentile bootstrap that resamples each lr's seeds"
+            f" with replacement ({summary['n_boot']} times) and recomputes the width: it only recombines the"
+            " seeds that ran, so with 2-3 seeds it shows how far the width moves where an lr's seeds"
+            " disagree, not where another seed's width would fall.",
+        ]
+    lines += ["", *_statistics_section(summary), "## BN vs no BN", ""]
     if summary["comparison"]:
         lines += [
             "| depth | bias | bn | decades | off decades | Δ decades | Δ longest run |",
@@ -169,9 +299,9 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], files
             )
     else:
         lines.append("No BN / no-BN pairs in this table.")
-    lines += ["", "![stability](stability.png)", ""]
-    if "heatmap.png" in files:
-        lines += ["![heatmap](heatmap.png)", ""]
+    lines += ["", "## Figures", ""]
+    for f, caption in figures:
+        lines += [f"![{f.removesuffix('.png')}]({f})", "", f"*{caption}*", ""]
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     return "\n".join(lines)
 
@@ -188,9 +318,10 @@ def write_report(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Write summary.json, trials.csv, stability.png, heatmap.png (several depths), report.md.
+    """Write summary.json, trials.csv, curves.csv, the figures (bnexp.analysis.plots.write_figures) and
+    report.md into `out_dir`.
 
-    Returns the summary dict (as written to summary.json).
+    Returns the summary dict (as written to summary.json); its `figures` lists each figure with its caption.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,31 +332,36 @@ def write_report(
     # Per-trial stable column; relative mode needs each trial's variant best.
     bests = {variant_key(v, variant_keys): v["variant_best"] for v in variants}
     rows = [{**r, "stable": is_stable(r, rule, bests.get(variant_key(r, variant_keys)))} for r in trials]
-    write_trials_csv(out / "trials.csv", rows)
+    with staged():  # the report's files land together: a full disk leaves the previous report whole
+        write_trials_csv(out / "trials.csv", rows)
+        files = ["summary.json", "trials.csv"]
+        if write_curves_csv(out / "curves.csv", trials, variant_keys):
+            files.append("curves.csv")
+        else:
+            (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
-    files = ["summary.json", "trials.csv", "stability.png", "report.md"]
-    plot_stability(out / "stability.png", study, variants, trials, rule, variant_keys)
-    if len({v.get("depth") for v in variants}) > 1:
-        plot_heatmap(out / "heatmap.png", study, variants, rule)
-        files.insert(3, "heatmap.png")
+        figures = write_figures(out, study, variants, trials, rule, variant_keys)
+        files += [f for f, _ in figures] + ["report.md"]
 
-    summary = _json_safe(
-        {
-            "study": study,
-            "threshold": rule.threshold,
-            "rule": asdict(rule),
-            "seed_quorum": seed_quorum,
-            "variant_keys": list(variant_keys),
-            "n_boot": n_boot,
-            "n_records": len(trials),
-            "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
-            "n_failed": sum(_state(r) == "FAIL" for r in trials),
-            "variants": variants,
-            "comparison": comparison,
-            "files": files,
-        }
-    )
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, allow_nan=False)
-    (out / "report.md").write_text(_markdown(summary, rule, commands, files))
+        summary = _json_safe(
+            {
+                "study": study,
+                "threshold": rule.threshold,
+                "rule": asdict(rule),
+                "rule_describe": rule.describe(),
+                "seed_quorum": seed_quorum,
+                "statistics": dict(STATISTICS),
+                "variant_keys": list(variant_keys),
+                "n_boot": n_boot,
+                "n_records": len(trials),
+                "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
+                "n_failed": sum(_state(r) == "FAIL" for r in trials),
+                "variants": variants,
+                "comparison": comparison,
+                "figures": [{"file": f, "caption": c} for f, c in figures],
+                "files": files,
+            }
+        )
+        write_json_atomic(out / "summary.json", summary)
+        write_text_atomic(out / "report.md", _markdown(summary, rule, commands, figures))
     return summary

@@ -13,7 +13,10 @@ Conventions (the choices a reader needs to interpret the numbers):
   - ``mode="threshold"``: metric >= ``threshold``;
   - ``mode="relative"``: metric >= best - ``epsilon``, best = the highest finite metric of a
     non-diverged trial of the same variant.
-  A None / NaN / inf metric is never stable.
+  A None / NaN / inf metric is never stable. With ``last_k`` > 1 the metric compared is the lowest of
+  the final value and the last ``last_k`` validations in the trial's ``val_history`` (so all k must
+  pass; relative mode's best is the highest such value); a trial with fewer than k finite
+  validations recorded is not stable. ``last_k=1`` (default) judges the final value alone.
 * Learning rates are grouped after rounding to 10 significant digits (so 1e-3 and 10**-3 merge).
   An lr is *stable* when the fraction of its COMPLETE trials (seeds) that are stable is
   ``>= seed_quorum`` (default 0.5, inclusive: 1 of 2 seeds is enough).
@@ -26,7 +29,16 @@ Conventions (the choices a reader needs to interpret the numbers):
   finite seeds, and that mean (ties: the lowest lr).
 * ``stable_decades_ci``: percentile-bootstrap 95% interval on ``stable_decades``, resampling
   the trials (seeds) within each lr with replacement (the relative-mode best is recomputed in
-  each resample). None when no lr has more than one trial, or ``n_boot == 0``.
+  each resample). None when no lr has more than one trial, or ``n_boot == 0``. It only recombines
+  the seeds that ran: with 2-3 seeds it says how much the width moves where an lr's seeds disagree,
+  not where a new seed's width would fall.
+* ``per_seed``: one entry per seed, its stable range from its own trials alone (relative mode:
+  against its own best); their spread is the seed-to-seed variation of the width.
+* ``by_statistics``: the same widths judged by the population statistics (``population``:
+  ``val_acc``, inference mode, what the default rule uses) and by the batch statistics (``batch``:
+  ``val_acc_batchstats``), with the rule's threshold/mode/epsilon/last_k; the view whose metric is
+  the rule's is the top-level numbers. ``statistics_differ``: both recorded and their stable
+  ranges differ. "Stable" itself is always the rule's verdict (``is_stable``).
 
 The report files (tables, plots, report.md) are bnexp.analysis.report's and bnexp.analysis.plots'.
 """
@@ -36,7 +48,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -61,15 +73,37 @@ class StabilityRule:
     mode: str = "threshold"  # or "relative": metric >= best_of_variant - epsilon
     epsilon: float = 0.02
     metric: str = "val_acc"
+    last_k: int = 1  # the final k validations must all pass (1: the final value alone)
 
     def __post_init__(self) -> None:
         if self.mode not in RULE_MODES:
             raise ValueError(f"mode must be one of {RULE_MODES}, got {self.mode!r}")
+        if isinstance(self.last_k, bool) or not isinstance(self.last_k, int) or self.last_k < 1:
+            raise ValueError(f"last_k must be a whole number >= 1, got {self.last_k!r}")
 
     def describe(self) -> str:
         if self.mode == "threshold":
-            return f"not diverged and {self.metric} >= {self.threshold:g}"
-        return f"not diverged and {self.metric} >= (best {self.metric} of the variant) - {self.epsilon:g}"
+            text = f"not diverged and {self.metric} >= {self.threshold:g}"
+        else:
+            text = f"not diverged and {self.metric} >= (best {self.metric} of the variant) - {self.epsilon:g}"
+        return text + (f" at each of the last {self.last_k} validations" if self.last_k > 1 else "")
+
+    def with_metric(self, metric: str) -> StabilityRule:
+        """The same rule judged on another metric (population vs batch statistics)."""
+        return replace(self, metric=metric)
+
+
+# What each "statistics" view of a width judges by: record column of the final value. BN off has no batch
+# statistics to differ: its val_acc_batchstats is its val_acc (bnexp.core.lit).
+STATISTICS: dict[str, str] = {"population": "val_acc", "batch": "val_acc_batchstats"}
+# record column -> the key of the same metric in a val_history entry (metrics.json names)
+HISTORY_KEYS: dict[str, str] = {
+    "val_acc": "val/acc",
+    "val_acc_batchstats": "val/acc_batchstats",
+    "val_acc_best": "val/acc_best",
+    "val_loss": "val/loss",
+    "val_loss_batchstats": "val/loss_batchstats",
+}
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -111,6 +145,29 @@ def _eligible_value(rec: dict, metric: str) -> float | None:
     return _as_float(rec.get(metric))
 
 
+def history(rec: dict, metric: str) -> list[tuple[int | None, float | None]]:
+    """(step, value) of ``metric`` at each validation in the trial's ``val_history`` (None: not finite)."""
+    key = HISTORY_KEYS.get(metric, metric)
+    out = []
+    for h in rec.get("val_history") or []:
+        if isinstance(h, dict):
+            step = _as_float(h.get("step"))
+            out.append((None if step is None else int(step), _as_float(h.get(key))))
+    return out
+
+
+def _judged_value(rec: dict, rule: StabilityRule) -> float | None:
+    """The value ``rule`` compares: the final metric, or with ``last_k`` > 1 the lowest of it and the last
+    k validations (None when fewer than k finite ones are recorded)."""
+    value = _eligible_value(rec, rule.metric)
+    if value is None or rule.last_k <= 1:
+        return value
+    last = [v for _, v in history(rec, rule.metric)[-rule.last_k :]]
+    if len(last) < rule.last_k or any(v is None for v in last):
+        return None
+    return min(value, *last)
+
+
 def variant_key(rec: dict, variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS) -> tuple:
     """The variant a trial belongs to: its values of ``variant_keys``, in that order."""
     return tuple(rec.get(k) for k in variant_keys)
@@ -137,9 +194,11 @@ def _sort_key(key: tuple, variant_keys: Sequence[str]) -> tuple:
     return tuple(out)
 
 
-def variant_best(trials: Sequence[dict], metric: str = "val_acc") -> float | None:
-    """Highest finite metric over a variant's non-diverged COMPLETE trials (relative mode)."""
-    vals = [v for r in trials if (v := _eligible_value(r, metric)) is not None]
+def variant_best(trials: Sequence[dict], rule: StabilityRule | str = "val_acc") -> float | None:
+    """Highest finite judged metric over a variant's non-diverged COMPLETE trials (relative mode); a metric
+    name means that metric's final value."""
+    rule = StabilityRule(metric=rule) if isinstance(rule, str) else rule
+    vals = [v for r in trials if (v := _judged_value(r, rule)) is not None]
     return max(vals) if vals else None
 
 
@@ -149,7 +208,7 @@ def is_stable(rec: dict, rule: StabilityRule, variant_best: float | None = None)
     In relative mode ``variant_best`` (see ``variant_best()``) is required; None there means
     the variant has no finite result, so nothing is stable.
     """
-    value = _eligible_value(rec, rule.metric)
+    value = _judged_value(rec, rule)
     if value is None:
         return False
     if rule.mode == "threshold":
@@ -174,6 +233,7 @@ def record_of(metrics: dict) -> dict:
         "diverged": bool(metrics.get("diverged", False)),
         "val_acc": metrics.get("val/acc"),
         "val_acc_batchstats": metrics.get("val/acc_batchstats"),
+        "val_history": metrics.get("val_history") or [],
     }
 
 
@@ -224,6 +284,88 @@ def _longest_run(stable: list[bool]) -> tuple[int, int, int]:
     return best
 
 
+def _width(
+    complete: list[dict], rule: StabilityRule, seed_quorum: float, n_boot: int, rng_key: list[int] | None
+) -> dict[str, Any]:
+    """Stable lrs and widths of one variant's COMPLETE trials under ``rule`` (module docstring); the
+    bootstrap interval only with ``n_boot`` > 0 and an ``rng_key``."""
+    best = variant_best(complete, rule)
+    by_lr: dict[float, list[dict]] = {}
+    for r in complete:
+        lr = _lr_key(r)
+        if lr is not None:
+            by_lr.setdefault(lr, []).append(r)
+    lrs = sorted(by_lr)
+
+    points = []
+    vals: list[np.ndarray] = []  # per lr: (1, n_seeds) judged values, NaN where a trial cannot be stable
+    for lr in lrs:
+        group = by_lr[lr]
+        finals = [v for r in group if (v := _eligible_value(r, rule.metric)) is not None]
+        n_st = sum(is_stable(r, rule, best) for r in group)
+        n_div = sum(_as_bool(r.get("diverged", False)) for r in group)
+        vals.append(np.array([[np.nan if (v := _judged_value(r, rule)) is None else v for r in group]], dtype=float))
+        points.append(
+            {
+                "lr": lr,
+                "n_seeds": len(group),
+                "n_stable": n_st,
+                "n_diverged": n_div,
+                "frac_stable": n_st / len(group),
+                "mean_val_acc": float(np.mean(finals)) if finals else None,
+                "diverged_any": n_div > 0,
+            }
+        )
+
+    log_lrs = np.log10(np.array(lrs, dtype=float)) if lrs else np.zeros(0)
+    stable_lrs: list[bool] = _stable_lr_mask(vals, rule, seed_quorum)[0].tolist() if lrs else []
+    for p, s in zip(points, stable_lrs, strict=True):
+        p["stable"] = bool(s)
+    idx = [i for i, s in enumerate(stable_lrs) if s]
+    run_len, run_lo, run_hi = _longest_run(stable_lrs)
+
+    # Bootstrap only makes sense when at least one lr has more than one seed to resample.
+    ci = None
+    if n_boot > 0 and rng_key is not None and any(p["n_seeds"] > 1 for p in points):
+        rng = np.random.default_rng(rng_key)
+        boot_vals = [v[0][rng.integers(0, v.shape[1], size=(n_boot, v.shape[1]))] for v in vals]
+        boot = _decades(_stable_lr_mask(boot_vals, rule, seed_quorum), log_lrs)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        ci = [float(lo), float(hi)]
+
+    return {
+        "n_stable": sum(is_stable(r, rule, best) for r in complete),
+        "n_lrs": len(lrs),
+        "n_stable_lrs": len(idx),
+        "stable_lr_min": lrs[idx[0]] if idx else None,
+        "stable_lr_max": lrs[idx[-1]] if idx else None,
+        "stable_decades": float(log_lrs[idx[-1]] - log_lrs[idx[0]]) if idx else 0.0,
+        "stable_decades_ci": ci,
+        "longest_run": run_len,
+        "longest_run_lr_min": lrs[run_lo] if run_len else None,
+        "longest_run_lr_max": lrs[run_hi] if run_len else None,
+        "longest_run_decades": float(log_lrs[run_hi] - log_lrs[run_lo]) if run_len else 0.0,
+        "variant_best": best,
+        "points": points,
+    }
+
+
+def _per_seed(complete: list[dict], rule: StabilityRule, seed_quorum: float) -> list[dict]:
+    """Each seed's stable range from its own trials alone (relative mode: against its own best)."""
+    by_seed: dict[Any, list[dict]] = {}
+    for r in complete:
+        by_seed.setdefault(r.get("seed"), []).append(r)
+    out = []
+    for s in sorted(by_seed, key=lambda s: _sort_key((s,), ("seed",))):
+        w = _width(by_seed[s], rule, seed_quorum, 0, None)
+        out.append({"seed": s, "n_trials": len(by_seed[s])} | {k: w[k] for k in _SEED_KEYS})
+    return out
+
+
+_SEED_KEYS = ("n_stable_lrs", "stable_lr_min", "stable_lr_max", "stable_decades", "longest_run_decades")
+_VIEW_KEYS = ("n_stable", "variant_best", "stable_decades_ci", *_SEED_KEYS)
+
+
 def _analyse_variant(
     key: tuple,
     recs: list[dict],
@@ -235,59 +377,29 @@ def _analyse_variant(
 ) -> dict:
     label = variant_label(key, variant_keys)
     complete = [r for r in recs if _state(r) == "COMPLETE"]
-    best = variant_best(complete, rule.metric)
-    by_lr: dict[float, list[dict]] = {}
-    for r in complete:
-        lr = _lr_key(r)
-        if lr is not None:
-            by_lr.setdefault(lr, []).append(r)
-    lrs = sorted(by_lr)
+    # per-variant stream from its label, so adding a variant leaves the others' CIs alone
+    main = _width(complete, rule, seed_quorum, n_boot, [seed, zlib.crc32(label.encode())])
+    per_seed = _per_seed(complete, rule, seed_quorum)
 
-    points = []
-    vals: list[np.ndarray] = []
-    for lr in lrs:
-        group = by_lr[lr]
-        ev = [_eligible_value(r, rule.metric) for r in group]
-        finite = [v for v in ev if v is not None]
-        n_st = sum(is_stable(r, rule, best) for r in group)
-        vals.append(np.array([[np.nan if v is None else v for v in ev]], dtype=float))
-        points.append(
-            {
-                "lr": lr,
-                "n_seeds": len(group),
-                "n_stable": n_st,
-                "n_diverged": sum(_as_bool(r.get("diverged", False)) for r in group),
-                "frac_stable": n_st / len(group),
-                "mean_val_acc": float(np.mean(finite)) if finite else None,
-                "diverged_any": any(_as_bool(r.get("diverged", False)) for r in group),
-            }
-        )
+    views: dict[str, dict] = {}
+    for name, metric in STATISTICS.items():
+        if metric == rule.metric:
+            w, ps = main, per_seed
+        else:
+            r_m = rule.with_metric(metric)
+            w = _width(complete, r_m, seed_quorum, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
+            ps = _per_seed(complete, r_m, seed_quorum)
+        views[name] = {
+            "metric": metric,
+            "n_finite": sum(_eligible_value(r, metric) is not None for r in complete),
+            **{k: w[k] for k in _VIEW_KEYS},
+            "stable_lrs": [p["lr"] for p in w["points"] if p["stable"]],
+            "per_seed": ps,
+        }
+    pop, bat = views["population"], views["batch"]
+    differ = bool(pop["n_finite"] and bat["n_finite"]) and (pop["stable_lrs"] != bat["stable_lrs"])
 
-    log_lrs = np.log10(np.array(lrs, dtype=float)) if lrs else np.zeros(0)
-    stable_lrs: list[bool] = []
-    if lrs:
-        stable_lrs = _stable_lr_mask(vals, rule, seed_quorum)[0].tolist()
-    for p, s in zip(points, stable_lrs, strict=True):
-        p["stable"] = bool(s)
-    stable_idx = [i for i, s in enumerate(stable_lrs) if s]
-    lo_i, hi_i = (stable_idx[0], stable_idx[-1]) if stable_idx else (None, None)
-    decades = float(log_lrs[hi_i] - log_lrs[lo_i]) if stable_idx else 0.0
-    run_len, run_lo, run_hi = _longest_run(stable_lrs)
-
-    # Bootstrap only makes sense when at least one lr has more than one seed to resample.
-    ci = None
-    if n_boot > 0 and any(p["n_seeds"] > 1 for p in points):
-        # per-variant stream from its label, so adding a variant leaves the others' CIs alone
-        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        boot_vals = []
-        for v in vals:
-            n = v.shape[1]
-            boot_vals.append(v[0][rng.integers(0, n, size=(n_boot, n))])
-        boot = _decades(_stable_lr_mask(boot_vals, rule, seed_quorum), log_lrs)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        ci = [float(lo), float(hi)]
-
-    means = [(p["mean_val_acc"], p["lr"]) for p in points if p["mean_val_acc"] is not None]
+    means = [(p["mean_val_acc"], p["lr"]) for p in main["points"] if p["mean_val_acc"] is not None]
     # ties go to the lowest lr
     best_mean, best_lr = max(means, key=lambda m: (m[0], -m[1])) if means else (None, None)
 
@@ -295,25 +407,24 @@ def _analyse_variant(
     out.update(
         {
             "label": label,
+            "metric": rule.metric,
             "n_trials": len(complete),
-            "n_stable": sum(is_stable(r, rule, best) for r in complete),
+            "n_stable": main["n_stable"],
             "n_diverged": sum(_as_bool(r.get("diverged", False)) for r in complete),
             "n_failed": sum(_state(r) == "FAIL" for r in recs),
             "n_other": sum(_state(r) not in ("COMPLETE", "FAIL") for r in recs),
-            "n_lrs": len(lrs),
-            "n_stable_lrs": len(stable_idx),
-            "stable_lr_min": lrs[lo_i] if stable_idx else None,
-            "stable_lr_max": lrs[hi_i] if stable_idx else None,
-            "stable_decades": decades,
-            "stable_decades_ci": ci,
-            "longest_run": run_len,
-            "longest_run_lr_min": lrs[run_lo] if run_len else None,
-            "longest_run_lr_max": lrs[run_hi] if run_len else None,
-            "longest_run_decades": (float(log_lrs[run_hi] - log_lrs[run_lo]) if run_len else 0.0),
+        }
+    )
+    out.update({k: v for k, v in main.items() if k not in ("n_stable", "variant_best", "points")})
+    out.update(
+        {
             "best_lr": best_lr,
             "best_val_acc": best_mean,
-            "variant_best": best,
-            "points": points,
+            "variant_best": main["variant_best"],
+            "per_seed": per_seed,
+            "by_statistics": views,
+            "statistics_differ": differ,
+            "points": main["points"],
         }
     )
     return out

@@ -8,14 +8,15 @@ a step is trained. Both end in `ConfigError`, which the CLIs turn into one line 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from bnexp.cli import ConfigError
-from bnexp.core.net import BIAS_MODES, BN_MODES
+from bnexp.core.net import BIAS_MODES, BN_MODES, conv_plan, use_bias
 from bnexp.core.norm import BN_IMPLS
 
 OPTIMS = ("adam", "sgd")
@@ -23,6 +24,23 @@ LOSSES = ("sigmoid", "softmax")
 LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+# What Lightning 2.x's Trainer accepts (tests/core/test_config.py checks these against Lightning's own lists, so
+# a new Lightning that adds or drops one fails a test, not a user's run 40 minutes in)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+              "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64")  # fmt: skip
+STRATEGIES = (
+    "auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true", "ddp_fork_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true", "ddp_notebook_find_unused_parameters_false",
+    "ddp_notebook_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
+    "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device", "single_xla", "xla_debug",
+    "xla", "single_tpu",
+)  # fmt: skip
+MAX_SEED = 2**32 - 1  # numpy's seed range (Lightning's seed_everything seeds numpy too)
+MNIST_TEST_SIZE = 10_000
 
 
 @dataclass
@@ -72,6 +90,9 @@ class TrainerConfig:
     compile: str = "none"  # none | default | reduce-overhead | max-autotune
     deterministic: bool = False
     progress_bar: bool = True
+    # refuse a config whose net needs more (parameters, gradients, optimizer state, activations: memory_estimate);
+    # the seed's net at depth 19 needs about 0.1 GB
+    max_memory_gb: float = 16.0
 
 
 @dataclass
@@ -83,12 +104,12 @@ class LoggerConfig:
     group: Optional[str] = None  # wandb group: the sweep's study; None -> "single"
     job_type: str = "run"  # run | trial (set by the sweep) | sweep-summary
     run_name: Optional[str] = None  # None -> e.g. pre-auto-d19-lr2e-03-s0
+    run_id: Optional[str] = None  # W&B run id; None -> derived from the run dir (a sweep: from the study and point)
     tags: list = field(default_factory=list)  # extra tags beside the variant's
     diagnostics_every: int = 0  # per-layer activation/grad stats every N steps (0: off)
     log_histograms: bool = True  # wandb: activation histograms with the per-layer stats
     landscape_every: int = 0  # loss-landscape probe every N steps (0: off); costs ~2x a step per scale
     landscape_scales: list = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # step sizes, multiples of lr
-    system_stats: bool = False  # wandb: sample CPU/GPU/memory in the background
     init_timeout: float = 60.0  # wandb: seconds to wait for a run to start (online; auto falls back offline)
 
 
@@ -101,6 +122,43 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     loss: str = "sigmoid"  # sigmoid (the seed: sigmoid cross-entropy on one-hot) | softmax
+
+
+# settings of where and how a run runs, not of what it computes: they never make a result "different"
+# (a study's identity, a checkpoint's config check)
+EXECUTION_KEYS = (
+    "logger",
+    "data.dir",
+    "data.download",
+    "data.on_device",
+    "data.eval_batch_size",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.compile",
+    "trainer.progress_bar",
+    "trainer.deterministic",
+)
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config container as {dotted.key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_settings(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The settings that change a run's result: every key but EXECUTION_KEYS, flat."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {k: v for k, v in flat(node).items() if not any(k == e or k.startswith(e + ".") for e in EXECUTION_KEYS)}
 
 
 def register_configs() -> None:
@@ -120,6 +178,126 @@ def _positive(value: Any, key: str, example: str) -> None:
         raise ConfigError(f"{key}={value} must be a positive number (e.g. {key}={example})")
 
 
+def _at_least(value: Any, key: str, low: int, example: Any) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low} (e.g. {key}={example})")
+
+
+def _non_negative(value: Any, key: str, example: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{key}={value} must be a finite number >= 0 (e.g. {key}={example})")
+
+
+def _devices(t: DictConfig) -> None:
+    """Lightning's `devices`: a count >= 1, -1 (all), "auto", or GPU indices ([0, 1] or "0,1")."""
+    d = t.devices
+    hint = "trainer.devices=1 (a count), -1 (all), auto, or GPU indices like [0,1]"
+    if isinstance(d, str) and d.strip() != "auto":
+        s = d.strip()
+        if re.fullmatch(r"-?\d+", s):
+            d = int(s)
+        elif re.fullmatch(r"\d+(,\d+)*,?", s):
+            d = [int(x) for x in s.split(",") if x]
+        else:
+            raise ConfigError(f"trainer.devices={d!r} is not a device count or list; use {hint}")
+    if isinstance(d, bool):
+        raise ConfigError(f"trainer.devices={d} is not a device count or list; use {hint}")
+    if isinstance(d, int) and d < 1 and d != -1:
+        raise ConfigError(f"trainer.devices={d} selects no device; use {hint}")
+    if isinstance(d, (list, ListConfig)):
+        if not d or any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in d) or len(set(d)) < len(d):
+            raise ConfigError(f"trainer.devices={list(d)} must list distinct GPU indices >= 0; use {hint}")
+        if str(t.accelerator) == "cpu":
+            raise ConfigError(
+                f"trainer.devices={list(d)} lists device indices, which a CPU does not have; with "
+                "trainer.accelerator=cpu give a number of processes, e.g. trainer.devices=2"
+            )
+    elif str(t.accelerator) == "cpu" and d == -1:
+        raise ConfigError(
+            "trainer.devices=-1 (all GPUs) with trainer.accelerator=cpu; give a number, e.g. trainer.devices=2"
+        )
+
+
+def memory_estimate(cfg: DictConfig) -> dict[str, float]:
+    """Bytes the net needs to train under `cfg`, from the config alone (nothing is built): parameters with
+    their gradients and optimizer state, activations kept for the backward pass at data.batch_size (and
+    their gradients), and the widest layer of an evaluation pass at data.eval_batch_size."""
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    plan = conv_plan(int(m.depth))
+    bn, bias = m.bn != "off", use_bias(str(m.bn), str(m.bias).lower())
+    per_layer = (1 if bias else 0) + (4 if bn else 0)  # per channel: bias; BN weight, bias and 2 running stats
+    params, kept, widest = 0, 0, 28 * 28
+    for p in plan:
+        params += 9 * p["c_in"] * p["c_out"] + per_layer * p["c_out"]
+        size = p["c_out"] * p["hw_out"] ** 2  # one image's activation, (C, H, W)
+        kept += size * (3 if bn else 2)  # conv output, (BN output,) ReLU output
+        widest = max(widest, size)
+    flat = plan[-1]["c_out"] * plan[-1]["hw_out"] ** 2
+    params += flat * m.fc_units + per_layer * m.fc_units + 10 * m.fc_units + 10
+    word = 8 if str(cfg.trainer.precision).startswith("64") else 4
+    states = 2 if o.name == "adam" else (1 if o.momentum > 0 else 0)  # Adam: 2 moments; SGD: momentum buffer
+    return {
+        "params": params,
+        "param_bytes": params * word * (2 + states),  # weights, gradients, optimizer state
+        "train_bytes": d.batch_size * kept * word * 2,  # kept activations and their gradients
+        "eval_bytes": d.eval_batch_size * widest * word * 3,  # one layer's input, pre-activation and output
+    }
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    t, m, d = cfg.trainer, cfg.model, cfg.data
+    _positive(t.max_memory_gb, "trainer.max_memory_gb", "16")
+    est = memory_estimate(cfg)
+    need = (est["param_bytes"] + max(est["train_bytes"], est["eval_bytes"])) / 1e9
+    if need <= t.max_memory_gb:
+        return
+    gb = {k: est[k] / 1e9 for k in ("param_bytes", "train_bytes", "eval_bytes")}
+    if gb["param_bytes"] >= max(gb["train_bytes"], gb["eval_bytes"]):
+        lower = "model.depth (or model.fc_units)"
+    else:
+        lower = "data.batch_size" if gb["train_bytes"] >= gb["eval_bytes"] else "data.eval_batch_size"
+    n = est["params"]
+    count = f"{n / 1e9:,.1f} billion" if n >= 1e9 else f"{n / 1e6:,.1f} million"
+    what = f"model.depth={m.depth}" if lower.startswith("model") else f"{lower}={d[lower[5:]]} (model.depth={m.depth})"
+    raise ConfigError(
+        f"{what} needs about {need:,.1f} GB ({count} parameters with gradients and {cfg.optim.name} state: "
+        f"{gb['param_bytes']:,.1f} GB; activations at data.batch_size={d.batch_size}: {gb['train_bytes']:,.1f} GB, "
+        f"at data.eval_batch_size={d.eval_batch_size}: {gb['eval_bytes']:,.1f} GB), more than "
+        f"trainer.max_memory_gb={t.max_memory_gb:g}; raise trainer.max_memory_gb={math.ceil(need * 1.1):d} "
+        f"or lower {lower}"
+    )
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """What the config alone cannot say: whether this machine has the devices asked for. Apart from validate(),
+    which must also pass where a study is only created (a login node without GPUs)."""
+    import torch
+
+    t = cfg.trainer
+    acc, d = str(t.accelerator), t.devices
+    gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    if acc in ("gpu", "cuda"):
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError(
+                f"trainer.accelerator={acc}, but this machine has no CUDA device (torch.cuda.device_count() is 0); "
+                "use trainer.accelerator=cpu or auto"
+            )
+        if isinstance(d, str) and d.strip() not in ("auto", "-1"):
+            d = [int(x) for x in d.split(",") if x] if "," in d else int(d)
+        wanted = max(d) + 1 if isinstance(d, (list, ListConfig)) else (d if isinstance(d, int) else 1)
+        if wanted > n:
+            raise ConfigError(f"trainer.devices={t.devices} asks for {wanted} GPUs, this machine has {n}; "
+                              f"use trainer.devices={n} or fewer")  # fmt: skip
+    elif acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps, but MPS is not available here; use trainer.accelerator=cpu or auto")
+    if not gpu and str(t.precision) in ("16-mixed", "16"):
+        raise ConfigError(
+            f"trainer.precision={t.precision} (fp16 autocast) does not run on a CPU; use trainer.precision=bf16-mixed "
+            "or 32-true"
+        )
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check values; raise ConfigError naming the fix. Normalises YAML's `off` (parsed as False)."""
     m = cfg.model
@@ -134,27 +312,49 @@ def validate(cfg: DictConfig) -> DictConfig:
     if not 0.0 <= m.bn_momentum <= 1.0:
         raise ConfigError(f"model.bn_momentum={m.bn_momentum} must be in [0, 1] (TF decay 0.99 = momentum 0.01)")
     _positive(m.bn_eps, "model.bn_eps", "1e-3")
-    if m.fc_units < 1:
-        raise ConfigError(f"model.fc_units={m.fc_units} must be >= 1 (e.g. model.fc_units=100)")
+    _positive(m.init_std, "model.init_std", "0.05")
+    _at_least(m.fc_units, "model.fc_units", 1, 100)
     if m.sync_bn and m.bn_impl != "torch":
         raise ConfigError("model.sync_bn=true needs model.bn_impl=torch")
-    _choice(cfg.optim.name, "optim.name", OPTIMS)
-    _positive(cfg.optim.lr, "optim.lr", "0.002")
+    o = cfg.optim
+    _choice(o.name, "optim.name", OPTIMS)
+    _positive(o.lr, "optim.lr", "0.002")
+    if not (math.isfinite(o.momentum) and 0.0 <= o.momentum < 1.0):
+        raise ConfigError(f"optim.momentum={o.momentum} must be in [0, 1) (e.g. optim.momentum=0.9; 0: plain SGD)")
+    _non_negative(o.weight_decay, "optim.weight_decay", "0.0001")
+    if isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} must be a whole number in [0, {MAX_SEED}] (e.g. seed=0)")
     d = cfg.data
-    for key in ("batch_size", "eval_batch_size", "single_n"):
-        if d[key] < 1:
-            raise ConfigError(f"data.{key}={d[key]} must be >= 1 (e.g. data.batch_size=64)")
+    for key, example in (("batch_size", 64), ("eval_batch_size", 1000), ("single_n", 100)):
+        _at_least(d[key], f"data.{key}", 1, example)
     for key in ("limit_train", "limit_val", "limit_test"):
         if d[key] is not None and d[key] < 1:
             raise ConfigError(f"data.{key}={d[key]} must be >= 1 or null")
     if d.limit_train is not None and d.limit_train < d.batch_size:
         raise ConfigError(f"data.limit_train={d.limit_train} is smaller than data.batch_size={d.batch_size}")
+    n_test = min(d.limit_test or MNIST_TEST_SIZE, MNIST_TEST_SIZE)
+    if d.single_n > n_test:  # the batch-of-1 check would silently score fewer images than asked
+        where = f"data.limit_test={d.limit_test} keeps only" if d.limit_test else "the MNIST test set has only"
+        raise ConfigError(
+            f"data.single_n={d.single_n} scores the first {d.single_n} test images one at a time, but {where} "
+            f"{n_test}; lower data.single_n to <= {n_test} or raise data.limit_test"
+        )
     t = cfg.trainer
-    for key in ("max_steps", "val_every", "log_every"):
-        if t[key] < 1:
-            raise ConfigError(f"trainer.{key}={t[key]} must be >= 1 (e.g. trainer.max_steps=800)")
+    for key, example in (("max_steps", 800), ("val_every", 100), ("log_every", 25), ("num_nodes", 1)):
+        _at_least(t[key], f"trainer.{key}", 1, example)
     _choice(t.compile, "trainer.compile", COMPILE_MODES)
+    _choice(t.accelerator, "trainer.accelerator", ACCELERATORS)
+    _choice(t.precision, "trainer.precision", PRECISIONS)
+    _choice(t.strategy, "trainer.strategy", STRATEGIES)
+    _devices(t)
     _choice(cfg.loss, "loss", LOSSES)
-    _choice(cfg.logger.name, "logger", LOGGERS)
-    _choice(cfg.logger.mode, "logger.mode", WANDB_MODES)
+    lg = cfg.logger
+    _choice(lg.name, "logger", LOGGERS)
+    _choice(lg.mode, "logger.mode", WANDB_MODES)
+    for key in ("diagnostics_every", "landscape_every"):
+        _at_least(lg[key], f"logger.{key}", 0, 100)
+    _positive(lg.init_timeout, "logger.init_timeout", "60")
+    for x in lg.landscape_scales:
+        _positive(x, "logger.landscape_scales", "[0.5,1.0,2.0,4.0]")
+    _check_memory(cfg)  # last: it reads the values checked above
     return cfg

@@ -248,10 +248,11 @@ class BatchStream:
     RNG is untouched); each epoch's permutation is moved to the data's device once, so GPU-resident
     data gives GPU batches with one small copy per epoch. A new permutation every epoch; at an epoch
     boundary the next permutation fills the batch (TF's next_batch), so every batch is full.
-    Each iter() restarts the same sequence. Deliberately no __len__: it never ends; stop by steps.
+    Each iter() restarts the same sequence, `start` batches in (a run resumed from a checkpoint at step
+    `start` continues the very sequence it was on). Deliberately no __len__: it never ends; stop by steps.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> None:
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
         if len(x) == 0:
@@ -261,6 +262,7 @@ class BatchStream:
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.seed = seed
+        self.start = int(start)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, b, device = len(self.x), self.batch_size, self.x.device
@@ -269,7 +271,7 @@ class BatchStream:
         def new_perm() -> torch.Tensor:
             return torch.randperm(n, generator=gen).to(device)
 
-        perm, pos = new_perm(), 0
+        perm, pos, step = new_perm(), 0, 0
         while True:
             if pos + b <= n:
                 idx = perm[pos : pos + b]
@@ -282,7 +284,9 @@ class BatchStream:
                     parts.append(perm[:pos])
                     need -= pos
                 idx = torch.cat(parts)
-            yield self.x[idx], self.y[idx]
+            if step >= self.start:  # the batches before `start` are drawn (same permutations), not gathered
+                yield self.x[idx], self.y[idx]
+            step += 1
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -114,6 +114,7 @@ class BNExpModule(EvalSteps, L.LightningModule):
         self.model = DeepConvNet(**(net or {}))
         self.record = RunRecord()
         self.divergence: Divergence | None = None
+        self.resumed_from_step: int | None = None
         self._check_every = 1
         self._sums = EvalSums(loss)
         self._has_bn = has_bn(self.model)
@@ -124,6 +125,26 @@ class BNExpModule(EvalSteps, L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    # ---- a stopped run's state, beyond weights and optimizer (bnexp.core.train: checkpoint on stop) ---
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        r = self.record
+        checkpoint["bnexp"] = {
+            "val_history": r.val_history,
+            "final": {k: float(v) for k, v in r.final.items()},
+            "diverged_step": r.diverged_step,
+            "stop_step": r.stop_step,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("bnexp", {})
+        self.record = RunRecord(
+            val_history=list(state.get("val_history", [])),
+            final=dict(state.get("final", {})),
+            diverged_step=state.get("diverged_step"),
+            stop_step=state.get("stop_step"),
+        )
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
     # ---- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -262,7 +283,9 @@ class MNISTDataModule(L.LightningDataModule):
             return MemberBatches(self.splits.train_x, self.splits.train_y, self.batch_size, self.member_seeds)
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
-        return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank)
+        # a run resumed at step s draws the batches an uninterrupted run would have from step s on
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank, start)
 
     def val_dataloader(self):
         from bnexp.core.data import eval_batches

@@ -27,6 +27,67 @@ from bnexp.core.provenance import provenance
 from bnexp.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("bnexp")
+CHECKPOINT = "last.ckpt"  # taken when a run is stopped (SIGTERM, SIGINT, a sweep's stop); a rerun resumes it
+
+
+class StopRequested(Exception):
+    """A stop asked for from outside the training (a sweep worker's SIGTERM/SIGINT flag, at the next batch)."""
+
+
+def is_stop(e: BaseException) -> bool:
+    """A stop, not a failure: StopRequested, Ctrl-C, or Lightning's SIGTERMException (a SystemExit its loops raise
+    at the next batch after its SIGTERM handler ran). Matched by name so that an except clause imports nothing."""
+    return isinstance(e, (StopRequested, KeyboardInterrupt)) or (
+        isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException"
+    )
+
+
+def _checkpoint_on_stop(path: Path) -> Any:
+    """A callback that saves the whole training state (weights, BN buffers, optimizer, step, the module's
+    history) when the run is stopped, so that `train` into the same dir resumes at that step."""
+    import lightning as L
+
+    class CheckpointOnStop(L.Callback):
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+            # a stop lands at the start of a batch, after the loop counted it "ready": record the loop at the
+            # last finished batch, or the resumed run validates every val_every steps one step early
+            progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+            for part in ("total", "current"):
+                if part in progress:
+                    done = progress[part]["completed"]
+                    progress[part].update(ready=done, started=done, processed=done)
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if is_stop(exception) and trainer.global_step > 0 and trainer.is_global_zero:
+                trainer.save_checkpoint(path)
+                log.warning("stopped at step %d: checkpoint %s; the same run into this dir resumes it",
+                            trainer.global_step, path)  # fmt: skip
+
+    return CheckpointOnStop()
+
+
+def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
+    """The checkpoint to resume in `out`, if any. A dir that holds a finished run, or a checkpoint of another
+    configuration, is refused: results are never silently mixed."""
+    from bnexp.core.config import result_settings
+
+    if (out / "metrics.json").is_file():
+        raise ConfigError(
+            f"{out} already holds a finished run (metrics.json); choose another run dir (hydra.run.dir=...) "
+            "or remove it to train again"
+        )
+    ckpt = out / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    if (out / "config.yaml").is_file():
+        old, new = result_settings(OmegaConf.load(out / "config.yaml")), result_settings(cfg)
+        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if differ:
+            raise ConfigError(
+                f"{out} holds a checkpoint of another configuration ({', '.join(differ[:4])} differ); "
+                "choose another run dir (hydra.run.dir=...), or rerun with the settings it was started with"
+            )
+    return ckpt
 
 
 def _quiet_lightning() -> None:
@@ -114,17 +175,38 @@ def _progress_bar(every: int) -> Any:
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     class StepBar(TQDMProgressBar):
-        """One training bar refreshed every `every` steps; no bars for the short evaluation passes."""
+        """`step 300/800 [..., loss=0.0412, val/acc=0.943]`, refreshed every `every` steps: the steps of the one
+        training stream (Lightning's epoch means nothing here), the training loss and the last validation
+        accuracy (population statistics); no bars for the short evaluation passes."""
 
-        def init_validation_tqdm(self):
-            bar = super().init_validation_tqdm()
-            bar.disable = True
-            return bar
+        def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
+            super().on_train_epoch_start(trainer)
+            bar = self.train_progress_bar
+            bar.total, bar.initial = trainer.max_steps, trainer.global_step  # a resumed run starts where it was
+            bar.set_description("step")
 
-        def init_test_tqdm(self):
-            bar = super().init_test_tqdm()
-            bar.disable = True
-            return bar
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            bar, n = self.train_progress_bar, trainer.global_step
+            if bar is not None and self._should_update(n, bar.total):
+                bar.n = n
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
+            m = trainer.callback_metrics
+            out = {}
+            if "train/loss" in m:
+                out["loss"] = f"{float(m['train/loss']):.4f}"
+            if "val/acc" in m:
+                out["val/acc"] = f"{float(m['val/acc']):.3f}"
+            return out
+
+        def _quiet(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        # no bars for the short evaluation passes (validation every val_every steps, the final test)
+        on_validation_start = on_validation_batch_start = on_validation_batch_end = on_validation_end = _quiet
+        on_test_start = on_test_batch_start = on_test_batch_end = on_test_end = _quiet
+        on_sanity_check_start = on_sanity_check_end = _quiet
 
     return StepBar(refresh_rate=every)
 
@@ -157,11 +239,13 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
     )
 
 
-def fit_evaluate(trainer: Any, module: Any, dm: Any) -> float:
-    """Fit; validate once more where training stopped between validations (divergence); test. Returns the
-    seconds fit took. `module.needs_validation(step)` says whether the last validation is missing."""
+def fit_evaluate(trainer: Any, module: Any, dm: Any, resume: Path | None = None) -> float:
+    """Fit (from the checkpoint `resume` of a stopped run, if given); validate once more where training stopped
+    between validations (divergence); test. Returns the seconds fit took. `module.needs_validation(step)` says
+    whether the last validation is missing."""
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    # weights_only=False: our own checkpoint (it holds the module's record beside the tensors)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=False)
     train_s = time.perf_counter() - t_fit
     if module.needs_validation(trainer.global_step):
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -174,6 +258,7 @@ def finish_run(out: Path, metrics: dict[str, Any], logger: Any, rule: Any) -> No
     from bnexp.tracking.loggers import finish_logger
 
     write_json_atomic(out / "metrics.json", metrics)
+    (out / CHECKPOINT).unlink(missing_ok=True)  # a stopped run's checkpoint: metrics.json is the result now
     finish_logger(logger, metrics, rule)
 
 
@@ -200,12 +285,14 @@ def train(
     t0, t_wall = time.perf_counter(), time.time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
+    resume = _resume_point(cfg, out)  # a finished run there is refused; a stopped one is resumed
     out.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg)
     if on_module is not None:
         on_module(module)
     lg = build_logger(cfg, out) if logger == "from_cfg" else logger
-    trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or [])])
+    stop_ckpt = _checkpoint_on_stop(out / CHECKPOINT)
+    trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or []), stop_ckpt])
     if cfg.model.sync_bn and trainer.world_size > 1 and trainer.strategy.root_device.type != "cuda":
         # torch's DDP refuses SyncBatchNorm on CPU modules ("only work with GPU modules"); say so now,
         # before any rank is started, instead of a traceback from every rank
@@ -225,8 +312,10 @@ def train(
         cfg.trainer.max_steps,
         trainer.strategy.root_device,
     )
+    if resume is not None:
+        log.info("resuming from %s", resume)
     with ddp_job(trainer, out):
-        train_s = fit_evaluate(trainer, module, dm)
+        train_s = fit_evaluate(trainer, module, dm, resume)
     steps = int(trainer.global_step)
     metrics = run_metrics(
         module.record,
@@ -234,8 +323,9 @@ def train(
         step=steps,
         wall_s=time.perf_counter() - t0,
         train_s=train_s,
-        steps_trained=steps,
+        steps_trained=steps - (module.resumed_from_step or 0),
         provenance=provenance(trainer.strategy.root_device, t_wall),
+        resumed_from_step=module.resumed_from_step,  # None, or the step a stopped run went on from
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, rule)

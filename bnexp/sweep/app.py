@@ -17,7 +17,6 @@ W&B sweep-summary run when `logger=wandb`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from omegaconf import DictConfig
 
 from bnexp import names
 from bnexp.cli import ConfigError, UsageError, fail, guard, one_line, redact
+from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
 log = logging.getLogger("bnexp.sweep")
@@ -181,8 +181,8 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(hc.runtime.output_dir)
     task = list(hc.overrides.task)
     sw, notes = resolve(cfg, task)
-    name = sw.name
-    if hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
+    name = sw.study or sw.name
+    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
         name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
     for n in notes:
         log.info(n)
@@ -207,19 +207,29 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     ]
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
-        meta.write_text(json.dumps({"study": name, "storage": redact(url), "design_size": len(pts)}, indent=2))
+        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts)})
     if sw.action == "create":
         print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
         return {"design_size": len(pts)}
 
     rule, _ = rule_of(sw)
     if sw.action in ("all", "work"):
+        from bnexp.core.config import check_hardware
+        from bnexp.sweep import local
+
+        check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
+        n, threads, gpus = local.plan(sw, base, len(pts))
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
         install_signal_handlers(worker)
+        others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
+        if n > 1:
+            local.pin_this_worker(threads)
         bar = Progress(study, sw, len(pts))
         try:
             counts = worker.loop(progress=bar, max_trials=sw.max_trials)
         finally:
+            local.stop(others, worker.interrupted)
+            bar.update()
             bar.close()
         log.info("worker done: %s", counts)
         if worker.interrupted:

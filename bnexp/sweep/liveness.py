@@ -62,6 +62,11 @@ def claim(study: Any, heartbeat: int) -> Any:
     return Trial(study, tid)
 
 
+def set_user_attr(study: Any, tid: int, key: str, value: Any) -> None:
+    """A user attr on a trial this process did not claim (by id)."""
+    study._storage.set_trial_user_attr(tid, key, value)
+
+
 def set_state(study: Any, tid: int, state: Any, value: float | None = None) -> bool:
     """Finish a trial by id (also one this process did not claim); False when it was already finished."""
     from optuna.exceptions import UpdateFinishedTrialError

@@ -25,6 +25,7 @@ METRIC_ATTRS = {  # trial record column <- metrics.json key
     "test_acc": "test/acc",
     "test_acc_single": "test/acc_single",
     "step": "step",
+    "diverged_step": "diverged_step",  # first step with a non-finite loss; None when the run did not diverge
     "wall_s": "wall_s",
 }
 
@@ -80,10 +81,11 @@ def recorded_spec(study: Any) -> dict:
 
 
 def rule_of(sweep: dict | DictConfig) -> tuple[StabilityRule, float]:
-    """The study's stability rule and seed quorum (the spec's `rule` node)."""
+    """The study's stability rule and seed quorum (the spec's `rule` node; a study recorded before `last_k`
+    existed judges its final validation alone)."""
     r = dict(sweep.get("rule") or {})
     quorum = float(r.pop("seed_quorum", 0.5))
-    return StabilityRule(**{k: v for k, v in r.items() if k in ("threshold", "mode", "epsilon")}), quorum
+    return StabilityRule(**{k: v for k, v in r.items() if k in ("threshold", "mode", "epsilon", "last_k")}), quorum
 
 
 def keys_of(sweep: dict | DictConfig) -> tuple[str, ...]:

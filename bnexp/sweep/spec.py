@@ -31,28 +31,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
-from bnexp.core.config import Config, validate
+from bnexp.core.config import EXECUTION_KEYS, MAX_SEED, Config, flat, validate
 
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("none", "median", "hyperband")
 ACTIONS = ("all", "work", "create", "report", "plan")
 RULE_MODES = ("threshold", "relative")
 SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
-# settings of where and how a trial runs, not of what it computes: they never make a study "different"
-EXECUTION_KEYS = (
-    "logger",
-    "data.dir",
-    "data.download",
-    "data.on_device",
-    "data.eval_batch_size",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.strategy",
-    "trainer.compile",
-    "trainer.progress_bar",
-    "trainer.deterministic",
-)
 
 
 @dataclass
@@ -68,6 +53,7 @@ class RuleSpec:
     mode: str = "threshold"  # threshold | relative (within epsilon of the variant's best)
     epsilon: float = 0.02
     seed_quorum: float = 0.5  # with several seeds: an lr is stable when this fraction of its seeds is
+    last_k: int = 1  # stable only when each of the final k validations passes (1: the final value alone)
 
 
 @dataclass
@@ -86,8 +72,10 @@ class SweepConfig:
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
     retries: int = 2  # times a failed point is enqueued again
     progress: bool = True  # a progress bar with per-variant stable ranges
+    jobs: Any = "auto"  # local workers on this machine: auto (a core each on CPU, a GPU each) | N (bnexp.sweep.local)
     action: str = "all"  # all | work (--no-report) | create (--create-only) | report (--report-only) | plan
-    max_trials: Optional[int] = None  # --max-trials N: this worker stops after N trials
+    max_trials: Optional[int] = None  # --max-trials N: this worker stops after N trials (one worker)
+    study: Optional[str] = None  # the Optuna study's name; None: sweep.name (with -m: plus the job's overrides)
 
 
 @dataclass
@@ -206,22 +194,46 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("action", ACTIONS)):
         if sw[k] not in allowed:
             raise ConfigError(f"sweep.{k}={sw[k]!r} is not allowed; choose one of: {', '.join(allowed)}")
-    if sw.rule.mode not in RULE_MODES:
-        raise ConfigError(f"sweep.rule.mode={sw.rule.mode!r} is not allowed; choose one of: {', '.join(RULE_MODES)}")
+    r = sw.rule
+    check_rule(r.threshold, r.mode, r.epsilon, r.seed_quorum, lambda k, v: f"sweep.rule.{k}={v}")
+    if r.last_k < 1:
+        raise ConfigError(f"sweep.rule.last_k={r.last_k} must be >= 1 (1: judge the final validation alone)")
     if not sw.seeds:
         raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0,1,2]")
     for s in sw.seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"sweep.seeds={list(sw.seeds)}: seeds are whole numbers >= 0, e.g. sweep.seeds=[0,1,2]")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(
+                f"sweep.seeds={list(sw.seeds)}: seeds are whole numbers >= 0 and <= {MAX_SEED}, "
+                "e.g. sweep.seeds=[0,1,2]"
+            )
     if len(set(sw.seeds)) != len(sw.seeds):
         raise ConfigError(f"sweep.seeds={list(sw.seeds)} lists a seed twice")
-    for k, low in (("population", 1), ("retries", 0), ("heartbeat", 0), ("grace", 0)):
-        if sw[k] < low:
-            raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low}")
+    for k in ("population", "retries", "heartbeat", "grace"):
+        low = 1 if k == "population" else 0
+        if sw[k] < low:  # the example is the default
+            raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low} (e.g. sweep.{k}={getattr(SweepConfig, k)})")
     if sw.max_trials is not None and sw.max_trials < 1:
         raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
     if not re.fullmatch(r"[\w.\-]+", sw.name):
         raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
+
+
+def check_rule(threshold: Any, mode: Any, epsilon: Any, seed_quorum: Any, name: Any) -> None:
+    """The stability rule's values (its metric is an accuracy); `name(key, value)` spells a setting as the
+    command takes it (`sweep.rule.threshold=3`, `--threshold 3`)."""
+
+    def bad(key: str, v: Any, ok: str, example: str) -> ConfigError:
+        shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
+        return ConfigError(f"{name(key, shown)} must be {ok} (e.g. {name(key, example)})")
+
+    if mode not in RULE_MODES:
+        raise ConfigError(f"{name('mode', repr(mode))} is not allowed; choose one of: {', '.join(RULE_MODES)}")
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise bad("threshold", threshold, "in [0, 1]: a final val/acc", "0.9")
+    if not (math.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
+        raise bad("epsilon", epsilon, ">= 0 and <= 1: an accuracy difference", "0.02")
+    if not (math.isfinite(seed_quorum) and 0.0 < seed_quorum <= 1.0):
+        raise bad("seed_quorum", seed_quorum, "in (0, 1]: the fraction of an lr's seeds that must be stable", "0.5")
 
 
 # ---- the design ----------------------------------------------------------------------------------
@@ -276,16 +288,6 @@ def trial_cfg(base: DictConfig, variant: dict[str, Any], lr: float, seed: int) -
     return validate(c)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _counts(key: str, ignore: tuple[str, ...]) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in ignore)
 
@@ -293,7 +295,7 @@ def _counts(key: str, ignore: tuple[str, ...]) -> bool:
 def spec_hash(sw: DictConfig, base: DictConfig) -> str:
     """What makes a study the same study: its design and the training settings that change a result."""
     axes = grid_axes(sw.grid)
-    train = _flat(OmegaConf.to_container(base, resolve=True))
+    train = flat(OmegaConf.to_container(base, resolve=True))
     ignore = (*EXECUTION_KEYS, *SWEPT, *axes)
     ident = {
         "grid": axes,
@@ -333,6 +335,6 @@ RERUN_IGNORE = ("logger.group", "logger.job_type", "logger.run_name", "trainer.p
 
 def rerun_overrides(trial: DictConfig, default: DictConfig) -> list[str]:
     """The `python -m bnexp.run` overrides that rebuild `trial` from the default config: every key that differs."""
-    t = _flat(OmegaConf.to_container(trial, resolve=True))
-    d = _flat(OmegaConf.to_container(default, resolve=True))
+    t = flat(OmegaConf.to_container(trial, resolve=True))
+    d = flat(OmegaConf.to_container(default, resolve=True))
     return [f"{k}={_override_value(v)}" for k, v in t.items() if d.get(k, object()) != v and _counts(k, RERUN_IGNORE)]

@@ -64,8 +64,47 @@ def _with_installed_driver(url: str) -> str:
     return f"postgresql://{rest}"  # SQLAlchemy does not know Heroku's postgres://
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (relative paths as SQLAlchemy opens them: from the current dir); else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if not u.drivername.startswith("sqlite") or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
+def check_sqlite(url: str) -> None:
+    """A SQLite study file must pass `PRAGMA integrity_check` before Optuna reads it: a damaged file would give
+    a traceback, or worse a report built from the rows that still read. Opened read-only; a new file passes."""
+    import sqlite3
+    from contextlib import closing
+
+    path = sqlite_path(url)
+    if path is None or not path.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=120)) as db:
+            found = [row[0] for row in db.execute("PRAGMA integrity_check(3)")]
+    except sqlite3.OperationalError:  # locked, unreadable: not damage; opening it through Optuna says why
+        return
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+        found = [str(e)]
+    if found != ["ok"]:
+        raise ConfigError(
+            f"{path} is damaged (SQLite: {'; '.join(found)[:100]}); nothing was read from it. Restore it from a "
+            f"backup, or save what SQLite still reads (sqlite3 {path} .recover | sqlite3 recovered.db) and pass "
+            "--storage sqlite:///recovered.db; each finished trial's metrics.json is still in its trial dir"
+        )
+
+
 def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
-    """An Optuna storage for `url`; a URL that does not open is a ConfigError (password masked)."""
+    """An Optuna storage for `url`; a URL that does not open, or a damaged study file, is a ConfigError (password
+    masked)."""
     import optuna
 
     _quiet_optuna()
@@ -78,6 +117,12 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
             return optuna.storages.JournalStorage(JournalFileBackend(path))
         except OSError as e:
             raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
+        except ValueError as e:  # a line of the journal is not JSON (Optuna forgives only a cut-off last line)
+            raise ConfigError(
+                f"{path} is damaged ({one_line(e)[:120]}); nothing was read from it. Restore it from a backup, "
+                "or cut the file before its first damaged line (every line is one JSON operation)"
+            ) from None
+    check_sqlite(url)
     kw: dict[str, Any] = {}
     full = _with_installed_driver(url)
     if full.startswith("sqlite"):

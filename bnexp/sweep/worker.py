@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from bnexp import names
 from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError, one_line
+from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.sweep import liveness
 from bnexp.sweep.records import trial_attrs
 from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
@@ -36,15 +37,13 @@ log = logging.getLogger("bnexp.sweep")
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(StopRequested):
+    """The worker was asked to stop (SIGTERM/SIGINT): the trial in flight ends at its next batch, checkpointed."""
 
 
 def _is_stop(e: BaseException) -> bool:
-    """Our Interrupted, or Lightning's SIGTERMException (a SystemExit its loops raise at the next batch
-    after its own SIGTERM hook ran): for a sweep worker the same interruption. Matched by name so that
-    the except clause imports nothing."""
-    return isinstance(e, Interrupted) or (isinstance(e, SystemExit) and type(e).__name__ == "SIGTERMException")
+    """A stop, not a failure (bnexp.core.train.is_stop), except a second Ctrl-C: that one ends the worker."""
+    return is_stop(e) and not isinstance(e, KeyboardInterrupt)
 
 
 def _oom_kind(e: BaseException) -> str | None:
@@ -161,6 +160,7 @@ class Worker:
         self.study, self.study_name, self.sw, self.base = study, study_name, sw, base
         self.out_dir, self.default, self.rule = Path(out_dir), default, rule
         self.grid_keys = list(grid_axes(sw.grid))
+        self.spec_hash = liveness.study_user_attrs(study).get("spec_hash", "")
         self.keys = names.variant_keys(self.grid_keys)
         self.interrupted = False
         self.current: list[Any] = []
@@ -180,7 +180,26 @@ class Worker:
         values = names.cfg_values(cfg, self.grid_keys)
         name = names.trial_dir_name(trial.number, values, cfg.optim.lr, cfg.seed, self.keys)
         cfg.logger.run_name = names.run_name(values, cfg.optim.lr, cfg.seed, self.keys)
-        return cfg, ov, self.out_dir / "trials" / names.safe(self.study_name) / name
+        # the same point retried (after a kill, a preemption) resumes its W&B run
+        cfg.logger.run_id = names.run_id(self.study_name, self.spec_hash, trial.user_attrs.get("key", trial.number))
+        return cfg, ov, self._resumable_dir(trial) or self.out_dir / "trials" / names.safe(self.study_name) / name
+
+    def _resumable_dir(self, trial: Any) -> Path | None:
+        """A retried point whose earlier attempt was stopped (SIGTERM, preemption) with a checkpoint: its dir, so
+        that train() resumes there at the step it stopped instead of starting over."""
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        stopped = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("key") == key and t.user_attrs.get("checkpoint")
+        ]
+        for t in sorted(stopped, key=lambda t: -t.number):
+            ckpt = Path(t.user_attrs["checkpoint"])
+            if ckpt.is_file():
+                return ckpt.parent
+        return None
 
     def _is_duplicate(self, trial: Any) -> bool:
         from optuna.trial import TrialState
@@ -212,13 +231,53 @@ class Worker:
     def _finish(self, trial: Any, metrics: dict, cfg: DictConfig, ov: list[str], pruned: bool = False) -> str:
         from optuna.trial import TrialState
 
-        for k, v in trial_attrs(metrics, cfg, ov, self.grid_keys).items():
-            trial.set_user_attr(k, v)
-        if pruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
-            return "pruned"
-        self.study.tell(trial, _objective_value(metrics))
+        attrs = trial_attrs(metrics, cfg, ov, self.grid_keys)
+        try:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            if pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return "pruned"
+            self.study.tell(trial, _objective_value(metrics))
+        except Exception as e:
+            if liveness.trial_state(self.study, liveness.trial_id(trial)) == TrialState.RUNNING:
+                raise  # not the case below: a real storage error
+            return self._keep_stale_result(trial, metrics, attrs, e)
         return "diverged" if metrics["diverged"] else "complete"
+
+    def _keep_stale_result(self, trial: Any, metrics: dict, attrs: dict, why: BaseException) -> str:
+        """Another worker failed this trial as stale while it trained (a long pause, a stopped process, a
+        database hiccup longer than sweep.grace) and re-enqueued its point. The finished result is not thrown
+        away: it is recorded on that waiting point, or, if another worker already took it, kept on disk."""
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get("key")
+        waiting = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if t.user_attrs.get("key") == key
+        ]
+        rec = {
+            **attrs,
+            "trial_dir": trial.user_attrs.get("trial_dir"),
+            "worker": worker_id(),
+            "kept_from": trial.number,
+        }
+        for t in waiting:
+            tid = liveness.trial_id(t)
+            for k, v in rec.items():
+                liveness.set_user_attr(self.study, tid, k, v)
+            if liveness.set_state(self.study, tid, TrialState.COMPLETE, _objective_value(metrics)):
+                log.warning(
+                    "trial %d was failed as stale while it trained (%s); its result is recorded on the retry of its "
+                    "point, trial %d", trial.number, one_line(why)[:120], t.number
+                )  # fmt: skip
+                return "diverged" if metrics["diverged"] else "complete"
+        log.warning(
+            "trial %d was failed as stale while it trained and its point is being retried elsewhere; its result "
+            "is kept in %s", trial.number, trial.user_attrs.get("trial_dir")
+        )  # fmt: skip
+        return "kept"
 
     def _fail(self, trials: list[Any], reason: str) -> list[str]:
         from optuna.trial import TrialState
@@ -250,6 +309,8 @@ class Worker:
                 )
         except BaseException as e:
             if _is_stop(e):
+                if (out / CHECKPOINT).is_file():  # taken at the stop: the retry of this point resumes from it
+                    trial.set_user_attr("checkpoint", str(out / CHECKPOINT))
                 return self._fail([trial], INTERRUPTED)[0]
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
@@ -367,18 +428,6 @@ class Worker:
             if progress is not None:
                 progress.update()
         return counts
-
-
-def _log_member(cfg: DictConfig, metrics: dict, out: Path, rule: StabilityRule | None) -> None:
-    """Population members train outside Lightning: give each the W&B run train() would have given it."""
-    if cfg.logger.name != "wandb":
-        return
-    try:
-        from bnexp.tracking.wandb_runs import log_finished_run
-
-        log_finished_run(cfg, out, metrics, rule)
-    except Exception as e:  # metrics.json on disk is the result; W&B is a view of it
-        log.warning("W&B run for a population member not written: %s", one_line(e))
 
 
 def install_signal_handlers(worker: Worker) -> None:

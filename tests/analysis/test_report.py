@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
-from helpers.tables import PNG_MAGIC, RULE, seeded, sweep, trial
+from helpers.tables import PNG_MAGIC, RULE, lagging_table, seeded, sweep, trial
 
 from bnexp.analysis.report import load_trials_csv, write_report
 from bnexp.analysis.stability import StabilityRule, is_stable
@@ -55,8 +56,13 @@ def test_write_report_files(tmp_path: Path) -> None:
 
     for name in ("summary.json", "trials.csv", "stability.png", "heatmap.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 0, name
-    _assert_png(tmp_path / "stability.png")
-    _assert_png(tmp_path / "heatmap.png")
+    figures = [f["file"] for f in summary["figures"]]
+    assert figures[:5] == ["stability.png", "widths.png", "divergence.png", "stats_lag.png", "heatmap.png"]
+    assert figures[5:] == [f"curves-{v['label']}.png" for v in summary["variants"]]  # one per variant
+    for f in figures:
+        _assert_png(tmp_path / f)
+    assert set(summary["files"]) == {"summary.json", "trials.csv", "report.md", *figures}  # no curves: no curves.csv
+    assert not list(tmp_path.glob(".*.tmp"))  # every file renamed into place
 
     js = _strict_json(tmp_path / "summary.json")
     assert js == summary
@@ -88,7 +94,14 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 0.0001 – 1 | 4.00 |" in md
     assert "| 19 | auto | pre | 4.00 | 2.00 | +2.00 |" in md
     assert "![stability](stability.png)" in md and "![heatmap](heatmap.png)" in md
+    for f in summary["figures"]:  # each figure with its one-line caption under it
+        assert f"]({f['file']})\n\n*{f['caption']}*\n" in md
+        assert "\n" not in f["caption"] and len(f["caption"]) > 40
     assert "```bash\n" + "\n".join(cmds) + "\n```" in md
+    # two seeds per lr: per-seed widths listed and the interval explained
+    # seed 1 diverged at lr 1: alone it is stable over 3 decades, pooled (1 of 2 seeds is enough) 4
+    assert "| s0 4.00, s1 3.00 |" in md and "only recombines the seeds that ran" in md
+    assert [s["seed"] for s in pre19["per_seed"]] == [0, 1]
 
 
 def test_trials_csv_round_trip(tmp_path: Path) -> None:
@@ -150,3 +163,50 @@ def test_write_report_relative_mode(tmp_path: Path) -> None:
     back = load_trials_csv(tmp_path / "trials.csv")
     assert [t["stable"] for t in back] == [False, True, True, False, False]
     assert "best" in (tmp_path / "report.md").read_text()
+
+
+def test_report_judges_both_ways_and_says_where_they_differ(tmp_path: Path) -> None:
+    summary = write_report(tmp_path, "lag", lagging_table(), RULE, ["echo"], n_boot=100)
+    off, pre = summary["variants"]
+    assert pre["label"] == "pre-auto-d4" and pre["statistics_differ"] and not off["statistics_differ"]
+    assert pre["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
+    assert pre["by_statistics"]["batch"]["stable_decades"] == pytest.approx(2.0)
+    assert summary["statistics"] == {"population": "val_acc", "batch": "val_acc_batchstats"}
+    md = (tmp_path / "report.md").read_text()
+    assert "| pre-auto-d4 | 0.001 – 0.01 | 1.00 | s0 1.00, s1 1.00 | 0.001 – 0.1 | 2.00 | s0 2.00, s1 2.00 |" in md
+    (line,) = [ln for ln in md.splitlines() if ln.startswith("- **")]  # one line, for the variant that differs
+    assert line == (
+        "- **pre-auto-d4**: population statistics 0.001 – 0.01 (1.00 decades), batch statistics 0.001 – 0.1"
+        " (2.00 decades); stable only by batch statistics at lr 0.1."
+    )
+
+
+def test_report_says_when_both_ways_agree(tmp_path: Path) -> None:
+    write_report(tmp_path, "same", sweep([0.5, 0.95, 0.95, 0.5, 0.5]), RULE, ["echo"])
+    md = (tmp_path / "report.md").read_text()
+    assert "Both ways give the same stable learning rates for every variant." in md
+    assert not [ln for ln in md.splitlines() if ln.startswith("- **")]
+    assert "only recombines the seeds that ran" not in md  # one seed: no interval to explain
+
+
+def test_curves_csv_keeps_the_histories_out_of_trials_csv(tmp_path: Path) -> None:
+    trials = lagging_table()
+    summary = write_report(tmp_path, "lag", trials, RULE, [], n_boot=0)
+    assert "curves.csv" in summary["files"]
+    header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    assert "val_history" not in header and "diverged_step" in header
+    with open(tmp_path / "curves.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_validations = sum(len(t.get("val_history") or []) for t in trials)
+    assert len(rows) == n_validations == 2 * (4 * 2 + 5 * 3)  # 2 seeds; off: 4 lrs, 2 validations; pre: 5, 3
+    assert list(rows[0])[:7] == ["number", "variant", "lr", "seed", "step", "val/acc", "val/acc_batchstats"]
+    assert rows[0]["variant"] == "off-auto-d4" and rows[0]["val/acc"] == "0.5"
+    # read back, each trial has its history again: a last-k rule re-judged from the csv alone agrees
+    back = load_trials_csv(tmp_path / "trials.csv")
+    assert [t.get("val_history", []) for t in back] == [t.get("val_history", []) for t in trials]
+    last2 = StabilityRule(threshold=0.9, last_k=2)
+    again = write_report(tmp_path / "again", "lag", back, last2, [], n_boot=0)
+    direct = write_report(tmp_path / "direct", "lag", trials, last2, [], n_boot=0)
+    assert again["variants"] == direct["variants"]
+    # every pre trial was below 0.9 one validation before its last: nothing pre is stable over the last 2
+    assert direct["variants"][1]["n_stable"] == 0 and direct["variants"][0]["n_stable"] == 4

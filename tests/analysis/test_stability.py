@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from helpers.tables import GRID, RULE, only, seeded, sweep, trial
+from helpers.tables import GRID, RULE, only, seeded, sweep, trial, with_curve
 
 from bnexp.analysis.stability import (
     StabilityRule,
     analyse,
     compare,
     is_stable,
+    judge,
+    record_of,
+    variant_best,
     variant_key,
     variant_label,
 )
@@ -136,6 +139,93 @@ def test_rule_rejects_unknown_mode() -> None:
         StabilityRule(mode="absolute")
 
 
+# ---------------------------------------------------------------------------- the last k validations
+
+
+def test_last_k_needs_each_of_the_last_k_validations() -> None:
+    swings = with_curve(trial(0.1, None), [0.3, 0.95, 0.4, 0.95])  # ends above, was below one validation ago
+    steady = with_curve(trial(0.1, None), [0.3, 0.92, 0.95, 0.95])
+    short = with_curve(trial(0.1, None), [0.95])  # one validation recorded
+    gap = with_curve(trial(0.1, None), [0.95, None, 0.95])  # a non-finite validation in the window
+    last = {k: StabilityRule(threshold=0.9, last_k=k) for k in (1, 2, 3, 4)}
+    assert is_stable(swings, last[1]) and not is_stable(swings, last[2])
+    assert is_stable(steady, last[3]) and not is_stable(steady, last[4])
+    assert is_stable(short, last[1]) and not is_stable(short, last[2])  # fewer than k: not shown stable
+    assert is_stable(gap, last[1]) and not is_stable(gap, last[2])
+    assert last[2].describe() == "not diverged and val_acc >= 0.9 at each of the last 2 validations"
+    assert last[1].describe() == "not diverged and val_acc >= 0.9"
+    # a single run's verdict (W&B, progress bar) reads the same history from its metrics.json
+    metrics = {"val/acc": 0.95, "diverged": False, "val_history": swings["val_history"]}
+    assert judge(record_of(metrics), last[1]) is True and judge(record_of(metrics), last[2]) is False
+
+
+def test_last_k_decides_the_width() -> None:
+    # the 0.1 trial ends at 0.95 but was at 0.3 one validation earlier
+    curves = [[0.5, 0.5], [0.95, 0.95], [0.95, 0.95], [0.3, 0.95], [0.2, 0.2]]
+    trials = [with_curve(trial(lr, None, number=i), c) for i, (lr, c) in enumerate(zip(GRID, curves, strict=True))]
+    assert only(analyse(trials, RULE, n_boot=0))["stable_lr_max"] == pytest.approx(1e-1)
+    v = only(analyse(trials, StabilityRule(threshold=0.9, last_k=2), n_boot=0))
+    assert v["stable_lr_max"] == pytest.approx(1e-2) and v["n_stable"] == 2 and v["stable_decades"] == pytest.approx(1)
+
+
+def test_last_k_in_relative_mode_measures_against_the_best_held_level() -> None:
+    a = with_curve(trial(1e-3, None), [0.80, 0.80])
+    b = with_curve(trial(1e-2, None, number=1), [0.70, 0.90])  # best final value, but held only once
+    c = with_curve(trial(1e-1, None, number=2), [0.79, 0.79])
+    rel1, rel2 = StabilityRule(mode="relative", epsilon=0.02), StabilityRule(mode="relative", epsilon=0.02, last_k=2)
+    assert variant_best([a, b, c], rel1) == pytest.approx(0.90) and variant_best([a, b, c], rel2) == pytest.approx(0.80)
+    assert [p["stable"] for p in only(analyse([a, b, c], rel1, n_boot=0))["points"]] == [False, True, False]
+    assert [p["stable"] for p in only(analyse([a, b, c], rel2, n_boot=0))["points"]] == [True, False, True]
+    assert judge(b, rel2) is None and judge(a, rel2, 0.80) is True  # relative: only the study knows the best
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_rule_rejects_bad_last_k(bad: object) -> None:
+    with pytest.raises(ValueError, match="last_k"):
+        StabilityRule(last_k=bad)
+
+
+# ---------------------------------------------------------------------------- population vs batch statistics
+
+
+def test_widths_judged_by_population_and_by_batch_statistics() -> None:
+    # pre: population statistics fail at 1e-1 (the running averages lag), batch statistics do not
+    pre = sweep([0.5, 0.95, 0.95, 0.6, 0.3])
+    for t, b in zip(pre, [0.5, 0.96, 0.97, 0.95, 0.3], strict=True):
+        t["val_acc_batchstats"] = b
+    off = sweep([0.5, 0.95, 0.5, 0.5, 0.5], bn="off")  # no BN: batch statistics = population statistics
+    old = sweep([0.95] * 5, bn="post", val_acc_batchstats=None)  # recorded before val/acc_batchstats existed
+    vs = {v["bn"]: v for v in analyse(pre + off + old, RULE, n_boot=0)}
+    pop, bat = vs["pre"]["by_statistics"]["population"], vs["pre"]["by_statistics"]["batch"]
+    assert (pop["metric"], bat["metric"]) == ("val_acc", "val_acc_batchstats")
+    assert (pop["stable_lr_min"], pop["stable_lr_max"], pop["stable_decades"]) == pytest.approx((1e-3, 1e-2, 1.0))
+    assert (bat["stable_lr_min"], bat["stable_lr_max"], bat["stable_decades"]) == pytest.approx((1e-3, 1e-1, 2.0))
+    assert bat["stable_lrs"] == pytest.approx([1e-3, 1e-2, 1e-1]) and bat["n_stable"] == 3
+    assert [ps["stable_decades"] for ps in bat["per_seed"]] == pytest.approx([2.0])  # each view its own seeds
+    assert [ps["stable_decades"] for ps in pop["per_seed"]] == pytest.approx([1.0])
+    assert vs["pre"]["statistics_differ"] is True
+    # "stable" is the rule's verdict, on population statistics: the top level is that view
+    assert vs["pre"]["metric"] == "val_acc" and vs["pre"]["n_stable"] == 2
+    assert vs["pre"]["stable_decades"] == pop["stable_decades"] and vs["pre"]["per_seed"] == pop["per_seed"]
+    assert vs["off"]["statistics_differ"] is False
+    assert vs["off"]["by_statistics"]["batch"]["stable_decades"] == vs["off"]["stable_decades"] == pytest.approx(0)
+    assert vs["post"]["by_statistics"]["batch"]["n_finite"] == 0 and vs["post"]["statistics_differ"] is False
+    # a rule on batch statistics makes that view the verdict
+    b = only(analyse(pre, RULE.with_metric("val_acc_batchstats"), n_boot=0))
+    assert b["metric"] == "val_acc_batchstats" and b["stable_decades"] == pytest.approx(2.0) and b["n_stable"] == 3
+    assert b["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
+
+
+def test_batch_statistics_view_has_its_own_bootstrap_interval() -> None:
+    trials = seeded([(3, 3), (3, 3), (2, 3), (1, 3), (0, 3)])
+    for t in trials:
+        t["val_acc_batchstats"] = 0.95  # every seed fine by batch statistics
+    v = only(analyse(trials, RULE, n_boot=2000, seed=1))
+    assert v["stable_decades_ci"] == pytest.approx([1.0, 3.0])  # as without the batch view
+    assert v["by_statistics"]["batch"]["stable_decades"] == pytest.approx(4.0)
+    assert v["by_statistics"]["batch"]["stable_decades_ci"] == pytest.approx([4.0, 4.0])
+
+
 # ---------------------------------------------------------------------------- seeds
 
 
@@ -173,6 +263,28 @@ def test_bootstrap_ci_degenerate_cases() -> None:
     # one seed per lr: nothing to resample
     assert only(analyse(sweep([0.5, 0.95, 0.95, 0.95, 0.3]), RULE))["stable_decades_ci"] is None
     assert only(analyse(seeded([(2, 3)] * 5), RULE, n_boot=0))["stable_decades_ci"] is None
+
+
+def test_per_seed_widths() -> None:
+    s0 = sweep([0.5, 0.95, 0.95, 0.95, 0.5], seed=0)  # 1e-3 .. 1e-1
+    s1 = sweep([0.5, 0.95, 0.95, 0.5, 0.5], seed=1)  # 1e-3 .. 1e-2
+    v = only(analyse(s0 + s1, RULE, n_boot=500))
+    per = v["per_seed"]
+    assert [(s["seed"], s["n_trials"], s["n_stable_lrs"]) for s in per] == [(0, 5, 3), (1, 5, 2)]
+    assert [s["stable_decades"] for s in per] == pytest.approx([2.0, 1.0])
+    assert per[1]["stable_lr_min"] == pytest.approx(1e-3) and per[1]["stable_lr_max"] == pytest.approx(1e-2)
+    assert v["stable_decades"] == pytest.approx(2.0)  # pooled: 1 of 2 seeds is enough at 1e-1
+    assert v["stable_decades_ci"] == pytest.approx([1.0, 2.0])
+
+
+def test_per_seed_widths_in_relative_mode_use_each_seeds_own_best() -> None:
+    rel = StabilityRule(mode="relative", epsilon=0.02)
+    a = sweep([0.80, 0.80, 0.5, 0.5, 0.5], seed=0)
+    b = sweep([0.5, 0.5, 0.6, 0.6, 0.5], seed=1)  # its own best is 0.6
+    v = only(analyse(a + b, rel, n_boot=0))
+    assert [s["stable_decades"] for s in v["per_seed"]] == pytest.approx([1.0, 1.0])
+    assert v["per_seed"][1]["stable_lr_min"] == pytest.approx(1e-2)
+    assert v["stable_lr_max"] == pytest.approx(1e-3)  # pooled: against the variant's best, 0.8
 
 
 # ---------------------------------------------------------------------------- compare

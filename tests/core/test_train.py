@@ -107,3 +107,17 @@ def test_compiled_step_matches_eager(tmp_path):
     for k in ("val/loss", "val/loss_batchstats", "test/loss"):
         assert comp[k] == pytest.approx(eager[k], rel=2e-2), k
     assert abs(comp["test/acc_single"] - eager["test/acc_single"]) <= 0.1
+
+
+def test_the_progress_bar_shows_steps_loss_and_the_last_val_acc(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "bnexp.run", *TINY, "trainer.progress_bar=true", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    bar = [line for line in r.stdout.replace("\r", "\n").splitlines() if line.startswith("step:")]
+    assert bar and "30/30" in bar[-1] and "loss=" in bar[-1] and "val/acc=" in bar[-1], r.stdout[-2000:]
+    assert "Epoch" not in r.stdout and "v_num" not in r.stdout and "Testing" not in r.stdout

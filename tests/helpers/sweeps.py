@@ -25,6 +25,8 @@ def sweep_args(out: Path, name: str = "t", points: int = 2, extra: tuple | list 
         f"sweep.out_dir={out}",
         "sweep.grid.model.bn=[off,pre]",
         f"sweep.lr.points={points}",
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",  # one worker: these tests watch (and stop, and patch) the worker in this process
         "sweep.lr.low=1e-4",
         "sweep.lr.high=1e-1",
         "sweep.progress=false",

@@ -49,8 +49,8 @@ def _json(s: str) -> Any:
 
 
 def read_offline_run(path: str | os.PathLike, wait_s: float = 0.0) -> dict[str, Any]:
-    """Read an offline run (its `offline-run-*` dir or `.wandb` file): name, group, job_type, tags, config,
-    summary, history keys, history rows, artifacts, exit code.
+    """Read an offline run (its `offline-run-*` dir or `.wandb` file): id, name, group, job_type, tags, config,
+    summary, history keys, history rows, artifacts, captured console lines, system-metric records, exit code.
 
     W&B writes the file in the background and may still be writing just after `run.finish()` returns;
     `wait_s` > 0 polls until the run's exit record is there (or the time is up).
@@ -75,10 +75,12 @@ def _put(d: dict, u: Any) -> None:
 
 def _read_run(f: Path) -> dict[str, Any]:
     run: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "history_keys": set(), "artifacts": []}
+    run.update(console=[], n_stats=0)
     for r in _records(f):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             run.update(name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type, project=r.run.project)
+            run["id"] = r.run.run_id
             run["tags"] = list(r.run.tags)
             for u in r.run.config.update:
                 _put(run["config"], u)
@@ -97,6 +99,10 @@ def _read_run(f: Path) -> dict[str, Any]:
         elif kind == "artifact":
             files = [e.path for e in r.artifact.manifest.contents]
             run["artifacts"].append({"name": r.artifact.name, "type": r.artifact.type, "files": files})
+        elif kind in ("output_raw", "output"):  # captured console output
+            run["console"].append(getattr(r, kind).line)
+        elif kind == "stats":  # system metrics
+            run["n_stats"] += 1
         elif kind == "exit":
             run["exit_code"] = r.exit.exit_code
     run["config"].pop("_wandb", None)

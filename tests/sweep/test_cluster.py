@@ -90,7 +90,7 @@ def test_slurm_sweep_workers_script(tmp_path):
         "FAKE_SLURM_LOG": str(logs),
     }
     args = ["sweep=lr_stability", "sweep.name=slurm", f"sweep.out_dir={out}", "sweep.grid.model.bn=[off,pre]"]
-    args += ["sweep.lr.points=2", "sweep.lr.low=1e-3", "sweep.lr.high=1e-2", *SMALL]
+    args += ["sweep.lr.points=2", "sweep.seeds=[0]", "sweep.jobs=1", "sweep.lr.low=1e-3", "sweep.lr.high=1e-2", *SMALL]
     r = subprocess.run(
         ["bash", str(REPO / "scripts/slurm_sweep_workers.sh"), "2", *args],
         cwd=REPO,

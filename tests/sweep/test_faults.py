@@ -43,6 +43,8 @@ def test_oom_fails_one_trial_and_the_sweep_goes_on_and_divergence_is_a_result(tm
         f"sweep.out_dir={out}",
         "sweep.grid.model.bn=[off]",
         "sweep.lr.points=2",
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",
         "sweep.lr.low=1e-3",
         "sweep.lr.high=1e6",  # Adam at lr 1e6 without BN: a non-finite loss within a few steps
         "sweep.progress=false",

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -152,3 +153,62 @@ def test_stop_flag_alone_ends_the_trial_in_flight(tmp_path, population):
     failed = [t for t in w.study.get_trials() if t.state.name == "FAIL"]
     assert len(failed) == population and all(t.user_attrs["fail_reason"] == INTERRUPTED for t in failed)
     assert not [t for t in w.study.get_trials() if t.state.name == "RUNNING"]
+
+
+def test_a_trial_failed_as_stale_while_it_trained_keeps_its_result(tmp_path, monkeypatch):
+    """A worker paused longer than sweep.grace (SIGSTOP, a laptop lid, a database hiccup) finds at the end that
+    another worker failed its trial as stale and re-enqueued the point. It must not crash and must not throw
+    the finished result away: the result is recorded on the waiting retry of its point."""
+    from optuna.trial import TrialState
+
+    import bnexp.core.train
+
+    real = bnexp.core.train.train
+    w = worker(parts(sweep_args(tmp_path / "sw", points=1, extra=["sweep.grid.model.bn=[pre]"])))
+
+    def train_through_a_long_pause(cfg, **kw):
+        (running,) = w.study.get_trials(states=(TrialState.RUNNING,))
+        liveness.set_state(w.study, liveness.trial_id(running), TrialState.FAIL)  # what reconcile does elsewhere
+        liveness.reconcile(w.study, 0, 0, 2)  # ... and it re-enqueues the point
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(bnexp.core.train, "train", train_through_a_long_pause)
+    counts = w.loop()
+    assert counts == {"complete": 1}
+    states = collections.Counter(t.state.name for t in w.study.get_trials())
+    assert states == {"FAIL": 1, "COMPLETE": 1}  # nothing left waiting: the retry got the finished result
+    (done,) = w.study.get_trials(states=(TrialState.COMPLETE,))
+    failed = next(t for t in w.study.get_trials() if t.state.name == "FAIL")
+    assert done.user_attrs["kept_from"] == failed.number and done.value == done.user_attrs["val_acc"]
+    assert done.user_attrs["step"] == 12 and (tmp_path / "sw" / "trials" / "t").is_dir()
+
+
+def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried(tmp_path):
+    """SLURM preemption is a SIGTERM: the trial in flight is checkpointed at its next batch and failed as
+    interrupted; the rerun retries the point in the same dir and goes on from the step it stopped at."""
+    import json
+
+    out = tmp_path / "sw"
+    one = ["sweep.lr.points=1", "sweep.grid.model.bn=[pre]", "trainer.max_steps=300", "trainer.val_every=100"]
+    one += ["logger=csv"]
+    p = subprocess.Popen(cli(out, *one), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_running(out, p)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+        f.read_text().count("\n") > 3 for f in (out / "trials").rglob("metrics.csv")
+    ):  # training has logged a few times: well past step 0
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    r = subprocess.run(cli(out, *one), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study, done = completed_keys(out)
+    (stopped,) = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    (finished,) = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert stopped.user_attrs["checkpoint"].endswith("last.ckpt")
+    assert finished.user_attrs["trial_dir"] == stopped.user_attrs["trial_dir"]  # the same dir, resumed
+    m = json.loads((Path(finished.user_attrs["trial_dir"]) / "metrics.json").read_text())
+    print(f"\npreempted trial resumed at step {m['resumed_from_step']}, finished at {m['step']}")
+    assert 0 < m["resumed_from_step"] < 300 and m["step"] == 300
+    assert [h["step"] for h in m["val_history"]] == [100, 200, 300]

@@ -76,6 +76,8 @@ def worker_cmd(url, name, out, *extra):
         f"sweep.storage={url}",
         "sweep.grid.model.bn=[off,pre]",
         "sweep.lr.points=6",  # 2 variants x 6 lrs = 12 points
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",
         "sweep.lr.low=1e-4",
         "sweep.lr.high=1e-1",
         "sweep.progress=false",
@@ -115,6 +117,9 @@ def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
     r = bnexp("report", "--storage", pg_url, "--study-name", study_name, "--out", str(tmp_path / "rep"), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "rep" / "summary.json").is_file()
+    # the status view reads a PostgreSQL storage too
+    r = bnexp("status", "--storage", pg_url, "--study-name", study_name, timeout=120)
+    assert r.returncode == 0 and f"study {study_name}: 12 done, 0 running, 0 waiting, 0 failed" in r.stdout, r.stderr
 
 
 def test_kill_9_mid_trial_loses_and_duplicates_nothing(pg_url, study_name, tmp_path):
@@ -166,3 +171,49 @@ def test_worker_dead_before_its_first_heartbeat_is_failed(pg_url, study_name, tm
         x for x in study.get_trials() if x.state.name == "WAITING" and x.user_attrs["key"] == t.user_attrs["key"]
     ]
     assert len(waiting) == 1  # its point is queued again
+
+
+def test_a_password_in_the_storage_url_is_written_and_printed_nowhere(pg_url, study_name, tmp_path):
+    """A PostgreSQL URL with a password, on the command line and in $BNEXP_STORAGE, through every command that
+    touches the study (create, two local workers logging to W&B, report, status, errors): the password is in no
+    file of the output tree (W&B's offline run files and logs included), no study attr, no printed line."""
+    import json
+
+    secret = "S3cr3t-" + uuid.uuid4().hex[:8]
+    scheme, rest = pg_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    url = f"{scheme}://{user.split(':')[0]}:{secret}@{host}"  # the test server trusts loopback: any password works
+    out = tmp_path / "sw"
+    args = worker_cmd(url, study_name, out)[3:]
+    args = [a for a in args if not a.startswith(("sweep.lr.points", "sweep.grid", "logger=", "sweep.jobs"))]
+    args += ["sweep.lr.points=2", "sweep.grid.model.bn=[pre]"]
+    env = child_env(WANDB_MODE="offline")
+    said = []
+
+    def run(*cmd, **kw):
+        r = bnexp(*cmd, cwd=tmp_path, timeout=300, **kw)
+        said.append(r.stdout + r.stderr)
+        return r
+
+    r = run("sweep", *args, "logger=none", "--create-only", env=env)
+    assert r.returncode == 0 and f"postgresql://{user.split(':')[0]}:***@" in r.stdout, r.stderr[-2000:]
+    r = run("sweep", *args, "logger=wandb", "sweep.jobs=2", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (
+        run("report", "--storage", url, "--study-name", study_name, "--out", str(tmp_path / "rep"), env=env).returncode
+        == 0
+    )
+    assert run("report", str(out), env=child_env(BNEXP_STORAGE=url)).returncode == 0  # sweep.json holds no password
+    assert run("status", "--storage", url, "--study-name", study_name, env=env).returncode == 0
+    assert run("report", "--storage", url, "--study-name", "nope", env=env).returncode == 2
+    bad = url.replace(host.split("/")[0], "127.0.0.1:1")
+    unreachable = [*(a for a in args if not a.startswith("sweep.storage")), f"sweep.storage={bad}"]
+    assert run("sweep", *unreachable, env=env).returncode == 2
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    study = optuna.load_study(study_name=study_name, storage=make_storage(pg_url))
+    attrs = json.dumps([study.user_attrs, [(t.user_attrs, t.system_attrs) for t in study.get_trials()]])
+    print(f"\ngrepped {len(files)} files (W&B runs: {len(list(out.rglob('*.wandb')))}), {len(said)} commands' "
+          f"stdout+stderr, the study's attrs: {len(leaks)} leaks")  # fmt: skip
+    assert len(list(out.rglob("*.wandb"))) == 3  # 2 trials + the summary run: W&B's records were checked too
+    assert not leaks and secret not in attrs and not [s for s in said if secret in s]

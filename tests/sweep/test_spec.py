@@ -26,9 +26,18 @@ def test_specs_are_a_config_group_over_the_run_config():
     assert len(lrs) == 12 and lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1.0)
     assert len({round(b / a, 4) for a, b in zip(lrs, lrs[1:], strict=False)}) == 1  # evenly log-spaced
     assert grid_axes(sw.grid) == {"model.bn": ["off", "pre", "post"]}  # YAML 'off' stays a string
-    assert len(design(sw)) == 36 and len({p["key"] for p in design(sw)}) == 36
+    assert len(design(sw)) == 108 and len({p["key"] for p in design(sw)}) == 108
+    assert list(sw.seeds) == [0, 1, 2]  # the headline study: per-seed widths and an interval
     _, dep, _ = study("sweep=depth_ablation")
     assert grid_axes(dep.grid) == {"model.bn": ["off", "pre"], "model.depth": [4, 7, 10, 13, 16, 19]}
+    cfg, opt, _ = study("sweep=optim_divergence")  # an optimizer axis: where does each diverge outright?
+    assert grid_axes(opt.grid) == {"optim.name": ["adam", "sgd"], "model.bn": ["off", "pre"]}
+    assert len(design(opt)) == 2 * 2 * 13 * 3 and opt.lr.high == 100.0
+    from bnexp.names import variant_keys, variant_label
+
+    keys = variant_keys(list(grid_axes(opt.grid)))
+    assert keys == ("bn", "bias", "depth", "optim.name")
+    assert variant_label({"bn": "pre", "bias": "auto", "depth": 19, "optim.name": "sgd"}, keys) == "pre-auto-d19-sgd"
 
 
 def test_a_grid_axis_on_the_command_line_narrows_it():
@@ -40,7 +49,7 @@ def test_a_grid_axis_on_the_command_line_narrows_it():
     assert list(sw.seeds) == [3]
     # a key the grid does not vary is a training override of every trial, not an axis
     cfg, sw, notes = study("sweep=lr_stability", "model.depth=4")
-    assert notes == [] and training_cfg(cfg).model.depth == 4 and len(design(sw)) == 72
+    assert notes == [] and training_cfg(cfg).model.depth == 4 and len(design(sw)) == 3 * 24 * 3
 
 
 def test_the_swept_lr_on_the_command_line_is_refused_naming_the_range():

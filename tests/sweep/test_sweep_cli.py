@@ -1,6 +1,7 @@
 """The sweep command on real MNIST slices, real Optuna storage (SQLite), real Hydra: in-process where the
 command's own behaviour is tested, as a subprocess where what a user types is the point."""
 
+import collections
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from bnexp.sweep.spec import training_cfg
         (["sweep.grid.model.bn=[off,foo]"], "model.bn='foo' is not allowed"),
         (["model.bm=pre"], "unknown config key 'model.bm'; valid keys under model: depth"),
         (["sweep.bogus=1"], "unknown config key 'sweep.bogus'; valid keys under sweep: name, grid"),
-        (["sweep=nonexistent"], "Available options in 'sweep': bias_ablation depth_ablation lr_stability"),
+        (["sweep=nonexistent"], "Available options in 'sweep': bias_ablation depth_ablation lr_stability optim"),
         (["optim.lr=0.5"], "optim.lr=0.5 is the axis every study varies"),
         (["--frobnicate"], "unknown flag '--frobnicate'"),
         (["--max-trials", "x"], "--max-trials=x: give a positive whole number"),
@@ -156,10 +157,10 @@ def test_population_sweep_trains_k_points_as_one_model(tmp_path):
 def test_overrides_reach_the_design_and_the_trials_through_the_real_cli(tmp_path):
     """model.bn=off narrows the grid; --dry-run plans; hydra.run.dir moves the study; a training override
     reaches every trial; --cfg job and --help are Hydra's."""
-    r = bnexp("sweep", "sweep=lr_stability", "model.bn=off", "sweep.lr.points=3", "--dry-run", cwd=tmp_path)
+    r = bnexp("sweep", "sweep=lr_stability", "model.bn=off", "sweep.lr.points=3", "seed=4", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() and all(k.startswith(("model.bn=off", "seed=", "lr=")) for k in r.stdout.split())
-    assert r.stdout.count("model.bn=off") == 3
+    assert r.stdout.count("model.bn=off") == 3 and r.stdout.count("seed=4") == 3  # narrowed to off, seeds [4]
     r = bnexp("sweep", "--cfg", "job", "sweep=depth_ablation", "seed=3", cwd=tmp_path)
     assert r.returncode == 0 and "depth_ablation" in r.stdout and "\nseed: 3" in r.stdout, r.stderr
     r = bnexp("sweep", "--help", cwd=tmp_path)
@@ -194,7 +195,7 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     out = tmp_path / "sw"
     home = tmp_path / "home"
     home.mkdir()
-    env = child_env(HOME=str(home), NETRC=str(home / "none"))
+    env = child_env(HOME=str(home), NETRC=str(home / "none"), BNEXP_LOG="INFO")
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
         env.pop(var, None)
     args = [a for a in sweep_args(out) if a != "logger=none"]
@@ -229,11 +230,12 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     )
     for r in trials:
         assert "train/loss" in r["history_keys"] and "act/z_std/L01" in r["history_keys"]
+        assert any("training bn=" in line for line in r["console"])  # the console is captured
         assert r["summary"]["stable_rule"] == "not diverged and val_acc >= 0.3"  # the spec's rule, as set
         assert r["summary"]["stable"] == (r["summary"]["val/acc"] >= 0.3)
     s = summaries[0]
     assert s["name"] == "t-summary" and s["exit_code"] == 0
-    assert s["config"]["study"] == "t" and s["config"]["rule.threshold"] == pytest.approx(0.3)
+    assert s["config"]["study"] == "t" and s["config"]["rule"]["threshold"] == pytest.approx(0.3)
     sm = s["summary"]
     assert sm["n_trials"] == 4 and sm["n_stable"] == sum(r["summary"]["stable"] for r in trials)
     report = json.loads((out / "summary.json").read_text())
@@ -246,6 +248,38 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     assert {"stability.png", "report.md", "summary.json", "trials.csv"} <= set(art["files"])
 
 
+def test_a_retried_trial_resumes_its_wandb_run(tmp_path, monkeypatch):
+    """A trial that fails mid-training is retried; the retry logs to the same W&B run id (offline: a second
+    run dir with that id, which `wandb sync` joins), and every point has its own id."""
+    from lightning.pytorch.callbacks import Callback
+
+    import bnexp.core.train
+
+    real, calls = bnexp.core.train.train, []
+
+    class FailMidway(Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 5:
+                raise RuntimeError("node lost")
+
+    def flaky_train(cfg, **kw):
+        calls.append(cfg.optim.lr)
+        if len(calls) == 1:  # the first trial dies half way, its W&B run already started
+            kw["callbacks"] = [*kw.get("callbacks", []), FailMidway()]
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(bnexp.core.train, "train", flaky_train)
+    out = tmp_path / "sw"
+    run_sweep([a for a in sweep_args(out, points=1) if a != "logger=none"] + ["logger=wandb", "logger.mode=offline"])
+    study, done = completed_keys(out)
+    assert len(done) == 2 and [t.state.name for t in study.get_trials()].count("FAIL") == 1
+    runs = [read_offline_run(r, wait_s=30) for r in offline_runs(out / "trials")]
+    ids = collections.Counter(r["id"] for r in runs)
+    assert len(runs) == 3 and sorted(ids.values()) == [1, 2]  # the failed point's two attempts: one run id
+    (retried,) = [i for i, n in ids.items() if n == 2]
+    assert sorted(r["exit_code"] for r in runs if r["id"] == retried) == [0, 1]
+
+
 def test_the_console_script_completes_on_tab(tmp_path):
     import shutil
 
@@ -253,7 +287,39 @@ def test_the_console_script_completes_on_tab(tmp_path):
     assert exe, "pip install -e . installs the bnexp-sweep console script"
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep="), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert set(r.stdout.split()) == {"sweep=bias_ablation", "sweep=depth_ablation", "sweep=lr_stability"}, r.stderr
+    want = {"sweep=bias_ablation", "sweep=depth_ablation", "sweep=lr_stability", "sweep=optim_divergence"}
+    assert set(r.stdout.split()) == want, r.stderr
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points="}
+
+
+def test_local_workers_share_the_study_and_split_the_cores(tmp_path):
+    """sweep.jobs=2: the command's process and one more worker claim points from one storage; each point is
+    trained once, the cores are split (one torch thread each on this 2-core machine), one report at the end."""
+    out = tmp_path / "sw"
+    args = [a for a in sweep_args(out, points=3) if a != "sweep.jobs=1"]
+    r = bnexp("sweep", *args, "sweep.jobs=2", cwd=tmp_path, env=child_env(OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    study, done = completed_keys(out)
+    assert len(done) == 6 and set(done.values()) == {1} and len(study.get_trials()) == 6
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2  # two processes did the work
+    for t in study.get_trials():
+        m = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
+        assert m["provenance"]["torch_threads"] == 1  # 2 cores // 2 workers
+    assert json.loads((out / "summary.json").read_text())["n_trials"] == 6
+
+
+def test_sweep_jobs_auto_plans_a_worker_per_core_or_per_gpu():
+    from bnexp.sweep.local import plan
+
+    cfg = compose_cfg(["sweep=lr_stability", "sweep.jobs=auto"], config_name="study")
+    sw, base = cfg.sweep, training_cfg(cfg)
+    assert plan(sw, base, 72, n_cores=2, n_gpus=0, memory_gib=24) == (2, 1, 0)  # a core each, one thread
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=6) == (4, 4, 0)  # as many as memory holds
+    assert plan(sw, base, 3, n_cores=16, n_gpus=0, memory_gib=64) == (3, 5, 0)  # no more than points
+    assert plan(sw, base, 72, n_cores=16, n_gpus=4, memory_gib=64) == (4, 4, 4)  # a GPU each
+    sw.jobs = 1
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=64) == (1, 16, 0)
+    sw.jobs, sw.max_trials = "auto", 2  # --max-trials caps one worker
+    assert plan(sw, base, 72, n_cores=16, n_gpus=0, memory_gib=64)[0] == 1
