@@ -179,6 +179,7 @@ def run_metrics(
     train_s: float,
     steps_trained: int,
     provenance: dict[str, Any],
+    resumed_from_step: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The metrics dict of one run: `record`'s results, `cfg`'s variant, lr and seed, the timings."""
@@ -196,6 +197,7 @@ def run_metrics(
         lr=float(cfg.optim.lr),
         seed=int(cfg.seed),
         val_history=[{k: finite_or_none(v) for k, v in h.items()} for h in record.val_history],
+        resumed_from_step=resumed_from_step,  # None, or the step a stopped run went on from (its checkpoint)
         provenance=provenance,
         **extra,
     )

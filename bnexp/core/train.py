@@ -179,11 +179,16 @@ def _progress_bar(every: int) -> Any:
         training stream (Lightning's epoch means nothing here), the training loss and the last validation
         accuracy (population statistics); no bars for the short evaluation passes."""
 
+        @property
+        def train_description(self) -> str:
+            return "step"
+
         def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
-            super().on_train_epoch_start(trainer)
+            # not Lightning's (it renders "Epoch 0" once): one bar over max_steps; a resumed run starts where it was
             bar = self.train_progress_bar
-            bar.total, bar.initial = trainer.max_steps, trainer.global_step  # a resumed run starts where it was
-            bar.set_description("step")
+            bar.set_description_str("step", refresh=False)
+            bar.reset(total=trainer.max_steps)
+            bar.n = bar.initial = trainer.global_step
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             bar, n = self.train_progress_bar, trainer.global_step
@@ -325,7 +330,7 @@ def train(
         train_s=train_s,
         steps_trained=steps - (module.resumed_from_step or 0),
         provenance=provenance(trainer.strategy.root_device, t_wall),
-        resumed_from_step=module.resumed_from_step,  # None, or the step a stopped run went on from
+        resumed_from_step=module.resumed_from_step,
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, rule)

@@ -95,7 +95,7 @@ def test_each_member_has_its_own_live_wandb_run(tmp_path, wandb_home):
     for k, (m, d) in enumerate(zip(ms, dirs, strict=True)):
         r = read_offline_run(offline_runs(d)[0], wait_s=30)
         assert (r["name"], r["group"], r["job_type"], r["exit_code"]) == (f"member-{k}", "pop_study", "trial", 0)
-        assert r["config"]["optim.lr"] == pytest.approx(lrs[k]) and r["config"]["provenance"]["device"] == "cpu"
+        assert r["config"]["optim"]["lr"] == pytest.approx(lrs[k]) and r["config"]["provenance"]["device"] == "cpu"
         train_rows = [h for h in r["history"] if "train/loss" in h]
         assert [h["trainer/global_step"] for h in train_rows] == [4, 9, 14, 19]  # logged as training went
         assert {"train/acc", "train/grad_norm", "lr"} <= set(train_rows[0])
