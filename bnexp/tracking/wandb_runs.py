@@ -152,31 +152,6 @@ def start_run(
     `run_id` (bnexp.names.run_id): a deterministic id, so a retried trial or a rerun into the same run dir
     resumes its run (`resume="allow"`; offline, both run dirs carry the id and `wandb sync` joins them).
     `reinit="create_new"` leaves the process's other runs open (a population's members log side by side)."""
-    with _argv_redacted():
-        return _start_run(cfg, out_dir, name, job_type, group, config, tags, run_id, reinit)
-
-
-@contextlib.contextmanager
-def _argv_redacted() -> Iterator[None]:
-    saved = sys.argv
-    sys.argv = [redact(a) for a in saved]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def _start_run(
-    cfg: DictConfig,
-    out_dir: Path,
-    name: str,
-    job_type: str,
-    group: str,
-    config: dict,
-    tags: list[str],
-    run_id: str | None,
-    reinit: str,
-) -> Any:
     import wandb
 
     mode = resolve_mode(cfg)
@@ -196,14 +171,26 @@ def _start_run(
         resume="allow" if run_id else None,
     )
     try:
-        run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
+        with _argv_redacted():
+            run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
     except Exception as e:
         if mode != "online" or str(cfg.logger.mode) != "auto":
             raise
         log.warning("W&B online start failed (%s); logging offline instead", " ".join(str(e).split())[:300])
-        run = wandb.init(mode="offline", settings=_settings(cfg, "offline"), **kwargs)
+        with _argv_redacted():
+            run = wandb.init(mode="offline", settings=_settings(cfg, "offline"), **kwargs)
     log.info("W&B %s run %s (%s/%s): %s", run.settings.mode, name, group, job_type, _where(run) or "-")
     return run
+
+
+@contextlib.contextmanager
+def _argv_redacted() -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = [redact(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _where(run: Any) -> str | None:
