@@ -235,11 +235,11 @@ class MemberBatches:
 
     Yields (x (N, K, 28, 28), y (K, N)); members that share a seed share its batches."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: Sequence[int]) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: Sequence[int], start: int = 0) -> None:
         from bnexp.core.data import BatchStream
 
         self.seeds = [int(s) for s in seeds]
-        self.streams = {s: BatchStream(x, y, batch_size, s) for s in sorted(set(self.seeds))}
+        self.streams = {s: BatchStream(x, y, batch_size, s, start) for s in sorted(set(self.seeds))}
 
     def __iter__(self):
         its = {s: iter(st) for s, st in self.streams.items()}
@@ -279,12 +279,12 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self):
         from bnexp.core.data import BatchStream
 
-        if self.member_seeds is not None:
-            return MemberBatches(self.splits.train_x, self.splits.train_y, self.batch_size, self.member_seeds)
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
         # a run resumed at step s draws the batches an uninterrupted run would have from step s on
         start = self.trainer.global_step if self.trainer is not None else 0
+        if self.member_seeds is not None:
+            return MemberBatches(self.splits.train_x, self.splits.train_y, self.batch_size, self.member_seeds, start)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
         return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank, start)
 
     def val_dataloader(self):

@@ -17,6 +17,7 @@ Every member stopped: training stops.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -85,13 +86,34 @@ class PopulationModule(EvalSteps, L.LightningModule):
         self._sums = EvalSums(loss)
         self._has_bn = has_bn(self.model)
         self._done: set[int] = set()  # stopped members whose last validation is recorded
+        self.resumed_from_step: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (K, N, 10)
 
+    # ---- a stopped population's state, beyond weights and optimizer (resumed as one unit) ------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["bnexp_population"] = {
+            "lrs": list(self.hparams.lrs),
+            "seeds": list(self.hparams.seeds),
+            "records": [dataclasses.asdict(r) for r in self.records],
+            "done": sorted(self._done),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["bnexp_population"]
+        if state["lrs"] != list(self.hparams.lrs) or state["seeds"] != list(self.hparams.seeds):
+            raise ValueError("the checkpoint is of another population (its learning rates or seeds differ)")
+        self.records = [RunRecord(**r) for r in state["records"]]
+        self._done = set(state["done"])
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+
     # ---- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.divergence = Divergence(self.K, self.device)
+        for k, r in enumerate(self.records):  # members stopped before a resume stay stopped
+            if r.diverged:
+                self.divergence.stop(k, r.diverged_step)
         self._check_every = check_every(self.device, self.hparams.log_every)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

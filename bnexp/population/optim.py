@@ -34,6 +34,15 @@ class _PopulationOptimizer(torch.optim.Optimizer):
         self.step_count = 0
         self._lr: torch.Tensor | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "step_count": self.step_count}  # Adam's bias correction: a resumed run
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.step_count = int(state_dict.pop("step_count", 0))
+        super().load_state_dict(state_dict)
+        self._lr = None
+
     def lr_vector(self, ref: torch.Tensor) -> torch.Tensor:
         """(K, 1) float64 on ref's device: lr / bias_correction is then the double torch computes on the host."""
         if self._lr is None or self._lr.device != ref.device:

@@ -41,6 +41,7 @@ from bnexp.cli import ConfigError
 
 log = logging.getLogger("bnexp")
 
+POP_CHECKPOINT = "population.ckpt"  # in member 0's dir: a stopped population's whole state, resumed as one unit
 _SHARED_KEYS = ("model", "data", "trainer", "loss")  # what every member of one population has in common
 
 
@@ -138,6 +139,10 @@ def train_population(
     to cfg in model, data, trainer and loss. `on_step` is called before every batch (it may raise to stop);
     `rule` is the stability rule for the W&B summaries. The timing keys (wall_s, train_s, steps_per_s) are the
     population's, shared by its members.
+
+    A stop (StopRequested from `on_step`, SIGTERM, Ctrl-C) saves the whole population (every member's weights,
+    BN buffers, optimizer moments, records, the step) to `<output_dirs[0]>/population.ckpt` and re-raises;
+    the same call again (the same lrs, seeds and dirs) resumes all members at that step, as one unit.
     """
     import lightning as L
     import torch
@@ -146,6 +151,7 @@ def train_population(
     from bnexp.core.metrics import run_metrics
     from bnexp.core.provenance import provenance
     from bnexp.core.train import (
+        _checkpoint_on_stop,
         _quiet_lightning,
         build_datamodule,
         build_trainer,
@@ -180,7 +186,9 @@ def train_population(
     module = PopulationModule(model_kwargs(cfg), seeds, lrs, **hp)
     compile_model(module, t.compile)
     loggers = _member_loggers(cfgs, outs)
-    trainer = build_trainer(cfg, outs[0], loggers or False, _callbacks(cfg, on_step))
+    ckpt = outs[0] / POP_CHECKPOINT
+    resume = ckpt if ckpt.is_file() else None
+    trainer = build_trainer(cfg, outs[0], loggers or False, [*_callbacks(cfg, on_step), _checkpoint_on_stop(ckpt)])
     device = trainer.strategy.root_device
     m = cfg.model
     log.info(
@@ -190,8 +198,10 @@ def train_population(
     bench = torch.backends.cudnn.benchmark
     if device.type == "cuda" and not t.deterministic:
         torch.backends.cudnn.benchmark = True  # grouped convs: let cuDNN pick per (static) shape
+    if resume is not None:
+        log.info("population: resuming from %s", resume)
     try:
-        train_s = fit_evaluate(trainer, module, dm)
+        train_s = fit_evaluate(trainer, module, dm, resume)
     finally:
         torch.backends.cudnn.benchmark = bench
     done, wall_s, prov = int(trainer.global_step), time.perf_counter() - t0, provenance(device, t_wall)
@@ -203,11 +213,13 @@ def train_population(
             step=step,
             wall_s=wall_s,
             train_s=train_s,
-            steps_trained=done,
+            steps_trained=done - (module.resumed_from_step or 0),
             provenance=prov,
+            resumed_from_step=module.resumed_from_step,
             population=K,
         )
         finish_run(out, met, loggers[k] if loggers else False, rule)
         results.append(met)
+    ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now
     log.info("population K=%d: %d steps in %.1fs (%.1f steps/s)", K, done, train_s, done / max(train_s, 1e-9))
     return results

@@ -130,3 +130,46 @@ def test_compiled_population_matches_eager_inductor(tmp_path):
         for key in ("val/loss", "val/loss_batchstats", "test/loss"):
             assert math.isfinite(c[key]) and c[key] == pytest.approx(e[key], rel=2e-2), key
         assert abs(c["test/acc_single"] - e["test/acc_single"]) <= 0.1
+
+
+@pytest.mark.parametrize(("optim", "bn"), [("adam", "off"), ("sgd", "pre")])
+def test_a_stopped_population_resumes_as_one_unit(tmp_path, optim, bn):
+    # a stop checkpoints every member (weights, BN buffers, moments, records) in one file; the same call resumes
+    # all of them at that step and ends as the uninterrupted population does: one member diverged before the
+    # stop stays stopped, with its step and history
+    from bnexp.core.train import StopRequested
+    from bnexp.population.train import POP_CHECKPOINT
+
+    over = [*TINY, "model.depth=2", f"model.bn={bn}", "trainer.max_steps=40", f"optim={optim}"]
+    lrs, seeds = [1e-3, 1e12, 3e-3], [0, 1, 0]  # Adam at lr 1e12 without BN diverges at its first steps
+
+    def dirs(tag):
+        return [tmp_path / tag / str(k) for k in range(3)]
+
+    whole = train_population(compose_cfg(over), lrs, dirs("whole"), seeds)
+    calls = []
+
+    def stop_midway():  # called before every batch: training, validation and test
+        calls.append(1)
+        if len(calls) == 24:
+            raise StopRequested("preempted")
+
+    with pytest.raises(StopRequested):
+        train_population(compose_cfg(over), lrs, dirs("cut"), seeds, on_step=stop_midway)
+    ckpt = dirs("cut")[0] / POP_CHECKPOINT
+    assert ckpt.is_file() and not any((d / "metrics.json").exists() for d in dirs("cut"))
+    resumed = train_population(compose_cfg(over), lrs, dirs("cut"), seeds)
+    assert not ckpt.exists()
+    at = resumed[0]["resumed_from_step"]
+    assert 10 < at < 40
+    assert [(r["step"], r["diverged_step"]) for r in resumed] == [(w["step"], w["diverged_step"]) for w in whole]
+    if bn == "off":
+        assert whole[1]["diverged"] and whole[1]["step"] < at
+    for w, r in zip(whole, resumed, strict=True):
+        assert r["resumed_from_step"] == at and w["resumed_from_step"] is None
+        assert [h["step"] for h in r["val_history"]] == [h["step"] for h in w["val_history"]]
+        for k in ("val/loss", "val/acc", "val/acc_batchstats", "test/loss", "test/acc"):
+            if w[k] is None:
+                assert r[k] is None, k
+            else:
+                assert r[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7), k
