@@ -59,7 +59,7 @@ def _checkpoint_on_stop(path: Path) -> Any:
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
             if is_stop(exception) and trainer.global_step > 0 and trainer.is_global_zero:
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)  # the whole state: optimizer and loops too
                 log.warning("stopped at step %d: checkpoint %s; the same run into this dir resumes it",
                             trainer.global_step, path)  # fmt: skip
 
