@@ -139,6 +139,7 @@ EXECUTION_KEYS = (
     "trainer.compile",
     "trainer.progress_bar",
     "trainer.deterministic",
+    "trainer.max_memory_gb",  # a guard checked before building, not a setting of what is computed
 )
 
 

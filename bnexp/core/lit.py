@@ -2,7 +2,9 @@
 
 Metric keys: train/loss, train/acc, train/grad_norm, lr (every `log_every` steps); val/loss, val/acc
 (population statistics), val/loss_batchstats, val/acc_batchstats (batch statistics, buffers restored),
-val/acc_best (every `val_every` steps); test/loss, test/acc, test/acc_single at the end.
+val/acc_best (every `val_every` steps); test/loss, test/acc, test/acc_single at the end. The loss, the
+evaluation sums, the divergence judgement and the run record are bnexp.core.metrics', shared with
+bnexp.population; so is `build_optimizer`, the one place the optimizer is chosen.
 
 No per-step host synchronisation: the divergence flag is accumulated on the device and read every
 `check_every` steps (1 on CPU, where reading is free; `log_every` on accelerators).
@@ -12,26 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss
 from bnexp.core.net import DeepConvNet
 from bnexp.core.norm import is_bn
 
+__all__ = ["BNExpModule", "EvalSteps", "MNISTDataModule", "batch_stats", "build_optimizer", "compute_loss"]
+
 log = logging.getLogger(__name__)
-
-
-def compute_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "sigmoid":  # the seed: sigmoid cross-entropy on one-hot labels, mean over N*10
-        return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[-1]).to(logits.dtype))
-    if kind == "softmax":
-        return F.cross_entropy(logits, y)
-    raise ValueError(f"unknown loss {kind!r}; choose sigmoid or softmax")
 
 
 @contextlib.contextmanager
@@ -51,11 +48,55 @@ def batch_stats(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-class BNExpModule(L.LightningModule):
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def build_optimizer(
+    name: str, params: Any, lr: Any, momentum: float, weight_decay: float, kinds: dict[str, type] = OPTIMIZERS
+) -> torch.optim.Optimizer:
+    """The optimizer choice, in one place: `kinds` maps each name to its class (torch.optim's for one net; a
+    population passes its per-member-lr classes and one lr per member)."""
+    if name == "adam":
+        return kinds["adam"](params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return kinds["sgd"](params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optim {name!r}; choose adam or sgd")
+
+
+def has_bn(model: nn.Module) -> bool:
+    return any(is_bn(m) for m in model.modules())
+
+
+class EvalSteps:
+    """The validation and test passes of a LightningModule with `self.model`, `hparams.loss` and `_has_bn`, into
+    `self._sums` (bnexp.core.metrics.EvalSums): shared by BNExpModule and bnexp.population's module, which turn
+    the sums into their record(s) in on_validation_epoch_end / on_test_epoch_end."""
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = EvalSums(self.hparams.loss)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._sums.add("", self(x), y)  # eval mode: population statistics
+        if self._has_bn:
+            with batch_stats(self.model):
+                self._sums.add("bs_", self(x), y)  # batch statistics, running buffers restored
+
+    def on_test_epoch_start(self) -> None:
+        self._sums = EvalSums(self.hparams.loss)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        # loader 0: the test set in big batches; loader 1: the first N test images one at a time
+        self._sums.add("" if dataloader_idx == 0 else "single_", self(x), y)
+
+
+class BNExpModule(EvalSteps, L.LightningModule):
     """Trains DeepConvNet with the seed's settings.
 
     `net` holds DeepConvNet's constructor arguments (bnexp.core.train.model_kwargs: depth, bn, bias, ...);
-    the other arguments are the training's. All are saved as hyperparameters."""
+    the other arguments are the training's. All are saved as hyperparameters. Results go to `self.record`
+    (bnexp.core.metrics.RunRecord), the contract a population member fills too."""
 
     def __init__(
         self,
@@ -71,132 +112,109 @@ class BNExpModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = DeepConvNet(**(net or {}))
-        self.diverged = False
-        self.diverged_step: int | None = None
-        self.last_val_step = -1
-        self.val_history: list[dict] = []
-        self.final: dict[str, float] = {}
+        self.record = RunRecord()
+        self.divergence: Divergence | None = None
         self.resumed_from_step: int | None = None
-        self._nonfinite: torch.Tensor | None = None
         self._check_every = 1
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums = EvalSums(loss)
+        self._has_bn = has_bn(self.model)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.record.final
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     # ---- a stopped run's state, beyond weights and optimizer (bnexp.core.train: checkpoint on stop) ---
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        r = self.record
         checkpoint["bnexp"] = {
-            "val_history": self.val_history,
-            "final": {k: float(v) for k, v in self.final.items()},
-            "diverged": self.diverged,
-            "diverged_step": self.diverged_step,
-            "last_val_step": self.last_val_step,
+            "val_history": r.val_history,
+            "final": {k: float(v) for k, v in r.final.items()},
+            "diverged_step": r.diverged_step,
+            "stop_step": r.stop_step,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("bnexp", {})
-        self.val_history = list(state.get("val_history", []))
-        self.final = dict(state.get("final", {}))
-        self.diverged, self.diverged_step = state.get("diverged", False), state.get("diverged_step")
-        self.last_val_step = state.get("last_val_step", -1)
+        self.record = RunRecord(
+            val_history=list(state.get("val_history", [])),
+            final=dict(state.get("final", {})),
+            diverged_step=state.get("diverged_step"),
+            stop_step=state.get("stop_step"),
+        )
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
     # ---- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._check_every = 1 if self.device.type == "cpu" else self.hparams.log_every
+        self.divergence = Divergence(1, self.device)
+        self._check_every = check_every(self.device, self.hparams.log_every)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # (N, 1, 28, 28), (N,)
         logits = self(x)
         loss = compute_loss(logits, y, self.hparams.loss)
-        self._nonfinite |= ~torch.isfinite(loss)
+        self.divergence.update(loss, self.global_step)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         step = self.global_step
-        if step % self.hparams.log_every == 0:
+        if is_log_step(step, self.hparams.log_every):
             self.log("train/acc", (logits.argmax(-1) == y).float().mean(), on_step=True, on_epoch=False)
-        if step % self._check_every == 0 and bool(self._nonfinite):
-            self._mark_diverged(step)
+        if step % self._check_every == 0:
+            self._poll()
         return loss
 
-    def _mark_diverged(self, step: int) -> None:
-        if not self.diverged:
-            log.warning("non-finite loss by step %d (lr=%g): stopping, marked diverged", step, self.hparams.lr)
-        self.diverged, self.diverged_step = True, step
+    def _poll(self) -> None:
+        for _, at in self.divergence.poll():
+            self._mark_diverged(at, at + 1)  # the diverging step still runs its update, then training stops
+
+    def _mark_diverged(self, step: int, stop_step: int) -> None:
+        if self.record.diverge(step, stop_step):
+            log.warning("non-finite loss at step %d (lr=%g): stopping, marked diverged", step, self.hparams.lr)
         self.trainer.should_stop = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.global_step % self.hparams.log_every == 0:
+        if is_log_step(self.global_step, self.hparams.log_every):
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
             self.log("lr", optimizer.param_groups[0]["lr"])
 
     def on_train_end(self) -> None:
-        # the last steps since the previous check may have diverged too
-        if self._nonfinite is not None and bool(self._nonfinite) and not self.diverged:
-            self.diverged, self.diverged_step = True, self.global_step
+        if self.divergence is not None:  # the last steps since the previous check may have diverged too
+            for _, at in self.divergence.poll():
+                self.record.diverge(at, self.global_step)
 
-    # ---- evaluation -----------------------------------------------------------------------------
-    def _accumulate(self, prefix: str, logits: torch.Tensor, y: torch.Tensor) -> None:
-        n = y.shape[0]
-        loss = compute_loss(logits, y, self.hparams.loss) * n
-        correct = (logits.argmax(-1) == y).sum()
-        for k, v in ((f"{prefix}loss", loss), (f"{prefix}correct", correct), (f"{prefix}n", n)):
-            self._sums[k] = self._sums.get(k, 0) + v
+    def needs_validation(self, step: int) -> bool:
+        """Whether training stopped between validations (diverged): train() then validates once more."""
+        return self.record.last_val_step != step
 
-    def _rate(self, prefix: str) -> tuple[float, float]:
-        n = float(self._sums[f"{prefix}n"])
-        return float(self._sums[f"{prefix}loss"]) / n, float(self._sums[f"{prefix}correct"]) / n
-
-    def on_validation_epoch_start(self) -> None:
-        self._sums = {}
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self._accumulate("", self(x), y)  # eval mode: population statistics
-        if self.model.bn_mode != "off":
-            with batch_stats(self.model):
-                self._accumulate("bs_", self(x), y)
-
+    # ---- evaluation (the passes: EvalSteps) -------------------------------------------------------
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or not self._sums:
+        if self.trainer.sanity_checking or not self._sums.has(""):
             return
-        loss, acc = self._rate("")
-        m = {"val/loss": loss, "val/acc": acc}
-        m["val/loss_batchstats"], m["val/acc_batchstats"] = self._rate("bs_") if "bs_n" in self._sums else (loss, acc)
-        best = max([h["val/acc"] for h in self.val_history] + [acc])
-        m["val/acc_best"] = best
-        self.last_val_step = self.global_step
-        self.val_history.append({"step": self.global_step, **m})
-        self.final.update(m)
+        m = self.record.validated(self.global_step, self._sums.validation())
         self.log_dict(m)
-        if not torch.isfinite(torch.tensor(loss)) and self.trainer.state.fn == "fit":
-            self._mark_diverged(self.global_step)
-
-    def on_test_epoch_start(self) -> None:
-        self._sums = {}
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        # loader 0: the test set in big batches; loader 1: the first N test images one at a time
-        self._accumulate("" if dataloader_idx == 0 else "single_", self(x), y)
+        if not math.isfinite(m["val/loss"]) and self.trainer.state.fn == "fit":
+            self._mark_diverged(self.global_step, self.global_step)
 
     def on_test_epoch_end(self) -> None:
-        loss, acc = self._rate("")
-        m = {"test/loss": loss, "test/acc": acc}
-        if "single_n" in self._sums:
-            m["test/acc_single"] = self._rate("single_")[1]
-        self.final.update(m)
+        m = self._sums.test()
+        self.record.tested(m)
         self.log_dict(m, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams
-        if h.optim == "adam":
-            return torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        if h.optim == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
-        raise ValueError(f"unknown optim {h.optim!r}; choose adam or sgd")
+        return build_optimizer(h.optim, self.parameters(), h.lr, h.momentum, h.weight_decay)
+
+
+def check_every(device: torch.device, log_every: int) -> int:
+    """How often the divergence flag is read: every step on the CPU (free), every `log_every` on accelerators."""
+    return 1 if device.type == "cpu" else log_every
+
+
+def is_log_step(step: int, log_every: int) -> bool:
+    """The steps Lightning writes step-level metrics at (`log_every_n_steps`): step indices 24, 49, ... for 25."""
+    return (step + 1) % log_every == 0
 
 
 class Batches:
@@ -212,13 +230,46 @@ class Batches:
         return len(self.batches)
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """Serves the splits as tensor-indexed batches; moves the data onto the training device once."""
+class MemberBatches:
+    """Population members with their own seeds: one BatchStream per distinct seed, member k's images in channel k.
 
-    def __init__(self, splits, batch_size: int, eval_batch_size: int, seed: int, single_n: int, on_device: bool):
+    Yields (x (N, K, 28, 28), y (K, N)); members that share a seed share its batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: Sequence[int], start: int = 0) -> None:
+        from bnexp.core.data import BatchStream
+
+        self.seeds = [int(s) for s in seeds]
+        self.streams = {s: BatchStream(x, y, batch_size, s, start) for s in sorted(set(self.seeds))}
+
+    def __iter__(self):
+        its = {s: iter(st) for s, st in self.streams.items()}
+        while True:
+            got = {s: next(it) for s, it in its.items()}
+            yield torch.cat([got[s][0] for s in self.seeds], 1), torch.stack([got[s][1] for s in self.seeds])
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Serves the splits as tensor-indexed batches; moves the data onto the training device once.
+
+    `member_seeds` (a population, bnexp.population): every member's training batches, drawn as its solo run
+    draws them from its own seed; one shared stream when they all have one seed."""
+
+    def __init__(
+        self,
+        splits,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        single_n: int,
+        on_device: bool,
+        member_seeds: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.splits, self.batch_size, self.eval_batch_size = splits, batch_size, eval_batch_size
         self.seed, self.single_n, self.on_device = seed, single_n, on_device
+        self.member_seeds = None if member_seeds is None else [int(s) for s in member_seeds]
+        if self.member_seeds is not None and len(set(self.member_seeds)) == 1:
+            self.seed, self.member_seeds = self.member_seeds[0], None  # one stream, (N, 1, 28, 28)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -228,10 +279,12 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self):
         from bnexp.core.data import BatchStream
 
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
         # a run resumed at step s draws the batches an uninterrupted run would have from step s on
         start = self.trainer.global_step if self.trainer is not None else 0
+        if self.member_seeds is not None:
+            return MemberBatches(self.splits.train_x, self.splits.train_y, self.batch_size, self.member_seeds, start)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # each DDP rank draws its own batches; rank 0 keeps the single-device sequence
         return BatchStream(self.splits.train_x, self.splits.train_y, self.batch_size, self.seed + 1000003 * rank, start)
 
     def val_dataloader(self):

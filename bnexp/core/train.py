@@ -2,13 +2,14 @@
 
 `train(cfg)` is what `python -m bnexp.run` runs and what every sweep trial runs. It writes the resolved
 config (`config.yaml`) and `metrics.json` into the run directory (Hydra's run dir, or `output_dir`) and
-returns the metrics dict (keys: see bnexp.core.lit).
+returns the metrics dict (keys: see bnexp.core.metrics). bnexp.population.train_population trains K learning
+rates as one model through the same pieces: build_datamodule, compile_model, build_trainer, fit_evaluate,
+run_metrics and finish_run.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.cli import ConfigError
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
+from bnexp.core.metrics import run_metrics
 from bnexp.core.provenance import provenance
 from bnexp.files import write_json_atomic, write_text_atomic
 
@@ -57,7 +59,7 @@ def _checkpoint_on_stop(path: Path) -> Any:
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
             if is_stop(exception) and trainer.global_step > 0 and trainer.is_global_zero:
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)  # the whole state: optimizer and loops too
                 log.warning("stopped at step %d: checkpoint %s; the same run into this dir resumes it",
                             trainer.global_step, path)  # fmt: skip
 
@@ -105,7 +107,7 @@ def _quiet_lightning() -> None:
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.model -> the net's constructor arguments (DeepConvNet, PopulationNet)."""
+    """cfg.model -> the net's constructor arguments (DeepConvNet; a population builds its members from them)."""
     m = cfg.model
     keys = ("depth", "bn", "bias", "bn_impl", "bn_momentum", "bn_eps", "fc_units", "init_std")
     return {k: m[k] for k in keys}
@@ -125,13 +127,22 @@ def build_module(cfg: DictConfig):
         loss=cfg.loss,
         log_every=cfg.trainer.log_every,
     )
-    if cfg.trainer.compile != "none":
-        # torch.compile the net (not the LightningModule): "reduce-overhead" captures the step in CUDA
-        # graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs (guards recompile).
+    return compile_model(module, cfg.trainer.compile)
+
+
+def compile_model(module: Any, mode: str) -> Any:
+    """torch.compile the module's net (not the LightningModule) unless mode is "none": "reduce-overhead" captures
+    the forward and backward in CUDA graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs
+    (guards recompile). $BNEXP_COMPILE_BACKEND picks another torch.compile backend than inductor (then `mode`
+    only switches compilation on): aot_eager traces the very graphs (capture, autograd, BN buffer updates)
+    without code generation, for quick CPU checks of the compiled paths (bench/gpu_check.py --quick, tests)."""
+    if mode != "none":
         import torch
 
-        log.info("torch.compile(model, mode=%s)", cfg.trainer.compile)
-        module.model = torch.compile(module.model, mode=cfg.trainer.compile)
+        backend = os.environ.get("BNEXP_COMPILE_BACKEND", "inductor")
+        log.info("torch.compile(model, mode=%s, backend=%s)", mode, backend)
+        kw = dict(mode=mode) if backend == "inductor" else dict(backend=backend)
+        module.model = torch.compile(module.model, **kw)
     return module
 
 
@@ -149,14 +160,15 @@ def data_dir(cfg: DictConfig) -> str | None:
         return os.path.abspath(str(d))
 
 
-def build_datamodule(cfg: DictConfig):
+def build_datamodule(cfg: DictConfig, member_seeds: list[int] | None = None):
+    """The data; `member_seeds`: a population's, each member drawing its solo run's batches."""
     from bnexp.core.data import load_mnist, make_splits
     from bnexp.core.lit import MNISTDataModule
 
     d = cfg.data
     raw = load_mnist(data_dir(cfg), download=d.download)
     splits = make_splits(raw, d.limit_train, d.limit_val, d.limit_test)
-    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device)
+    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device, member_seeds)
 
 
 def _progress_bar(every: int) -> Any:
@@ -167,11 +179,16 @@ def _progress_bar(every: int) -> Any:
         training stream (Lightning's epoch means nothing here), the training loss and the last validation
         accuracy (population statistics); no bars for the short evaluation passes."""
 
+        @property
+        def train_description(self) -> str:
+            return "step"
+
         def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
-            super().on_train_epoch_start(trainer)
+            # not Lightning's (it renders "Epoch 0" once): one bar over max_steps; a resumed run starts where it was
             bar = self.train_progress_bar
-            bar.total, bar.initial = trainer.max_steps, trainer.global_step  # a resumed run starts where it was
-            bar.set_description("step")
+            bar.set_description_str("step", refresh=False)
+            bar.reset(total=trainer.max_steps)
+            bar.n = bar.initial = trainer.global_step
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             bar, n = self.train_progress_bar, trainer.global_step
@@ -227,8 +244,27 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
     )
 
 
-def _finite_or_none(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def fit_evaluate(trainer: Any, module: Any, dm: Any, resume: Path | None = None) -> float:
+    """Fit (from the checkpoint `resume` of a stopped run, if given); validate once more where training stopped
+    between validations (divergence); test. Returns the seconds fit took. `module.needs_validation(step)` says
+    whether the last validation is missing."""
+    t_fit = time.perf_counter()
+    # weights_only=False: our own checkpoint (it holds the module's record beside the tensors)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=False)
+    train_s = time.perf_counter() - t_fit
+    if module.needs_validation(trainer.global_step):
+        trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    return train_s
+
+
+def finish_run(out: Path, metrics: dict[str, Any], logger: Any, rule: Any) -> None:
+    """metrics.json (atomically), then the logger's summary and close (W&B)."""
+    from bnexp.tracking.loggers import finish_logger
+
+    write_json_atomic(out / "metrics.json", metrics)
+    (out / CHECKPOINT).unlink(missing_ok=True)  # a stopped run's checkpoint: metrics.json is the result now
+    finish_logger(logger, metrics, rule)
 
 
 def train(
@@ -246,7 +282,7 @@ def train(
     """
     import lightning as L
 
-    from bnexp.tracking.loggers import build_callbacks, build_logger, finish_logger
+    from bnexp.tracking.loggers import build_callbacks, build_logger
 
     _quiet_lightning()
     validate(cfg)
@@ -284,36 +320,20 @@ def train(
     if resume is not None:
         log.info("resuming from %s", resume)
     with ddp_job(trainer, out):
-        t_fit = time.perf_counter()
-        # weights_only=False: our own checkpoint (it holds the module's history beside the tensors)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=False)
-        train_s = time.perf_counter() - t_fit
-        if module.last_val_step != trainer.global_step:  # stopped between validations (diverged)
-            trainer.validate(module, datamodule=dm, verbose=False)
-        trainer.test(module, datamodule=dm, verbose=False)
+        train_s = fit_evaluate(trainer, module, dm, resume)
     steps = int(trainer.global_step)
-    metrics: dict[str, Any] = {k: _finite_or_none(float(v)) for k, v in module.final.items()}
-    metrics.update(
-        diverged=bool(module.diverged),
-        diverged_step=module.diverged_step,
+    metrics = run_metrics(
+        module.record,
+        cfg,
         step=steps,
         wall_s=time.perf_counter() - t0,
         train_s=train_s,
-        steps_per_s=steps / train_s if train_s > 0 else None,
-        bn=cfg.model.bn,
-        bias=cfg.model.bias,
-        depth=int(cfg.model.depth),
-        lr=float(cfg.optim.lr),
-        seed=int(cfg.seed),
-        val_history=[{k: _finite_or_none(v) for k, v in h.items()} for h in module.val_history],
-        resumed_from_step=module.resumed_from_step,  # None, or the step a stopped run went on from
+        steps_trained=steps - (module.resumed_from_step or 0),
         provenance=provenance(trainer.strategy.root_device, t_wall),
+        resumed_from_step=module.resumed_from_step,
     )
     if trainer.is_global_zero:
-        write_json_atomic(out / "metrics.json", metrics)
-        if resume is not None or (out / CHECKPOINT).is_file():
-            (out / CHECKPOINT).unlink(missing_ok=True)  # finished: metrics.json is the result now
-        finish_logger(lg, metrics, rule)
+        finish_run(out, metrics, lg, rule)
     return metrics
 
 

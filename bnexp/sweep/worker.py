@@ -29,6 +29,7 @@ from bnexp import names
 from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError, one_line
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
+from bnexp.population.train import POP_CHECKPOINT
 from bnexp.sweep import liveness
 from bnexp.sweep.records import trial_attrs
 from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
@@ -201,6 +202,22 @@ class Worker:
                 return ckpt.parent
         return None
 
+    def _resumable_population(self, trials: list[Any]) -> list[tuple[Any, Path]] | None:
+        """These trials' points are exactly the members of a stopped population whose checkpoint is on disk:
+        [(trial, that member's dir)] in the stopped population's member order; else None (start afresh)."""
+        from optuna.trial import TrialState
+
+        keys = {t.user_attrs.get("key") for t in trials}
+        stopped: dict[str, dict[Any, Any]] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("population_checkpoint"):
+                stopped.setdefault(t.user_attrs["population_checkpoint"], {})[t.user_attrs.get("key")] = t
+        for ckpt, members in stopped.items():
+            if set(members) == keys and len(members) == len(trials) and Path(ckpt).is_file():
+                order = sorted(trials, key=lambda t: members[t.user_attrs.get("key")].user_attrs["population_member"])
+                return [(t, Path(members[t.user_attrs.get("key")].user_attrs["trial_dir"])) for t in order]
+        return None
+
     def _is_duplicate(self, trial: Any) -> bool:
         from optuna.trial import TrialState
 
@@ -327,7 +344,12 @@ class Worker:
         trials = [t for t in trials if not self._drop_duplicate(t)]
         if not trials:
             return []
+        resumed = self._resumable_population(trials)
+        if resumed is not None:  # the same points as a stopped population: its dirs, its members' order
+            trials = [t for t, _ in resumed]
         points = [self._point(t) for t in trials]
+        if resumed is not None:
+            points = [(c, ov, d) for (c, ov, _), (_, d) in zip(points, resumed, strict=True)]
         for t, (cfg, ov, out) in zip(trials, points, strict=True):
             self._start(t, cfg, ov, out)
         cfgs = [p[0] for p in points]
@@ -340,18 +362,26 @@ class Worker:
                     [p[2] for p in points],
                     [c.seed for c in cfgs],
                     on_step=self.check_interrupted,
+                    member_cfgs=cfgs,  # each member's own run name, logged live to its own logger
+                    rule=self.rule,
                 )
-        except Interrupted:
-            reason = INTERRUPTED
-        except Exception as e:
+        except BaseException as e:
+            if _is_stop(e):
+                ckpt = points[0][2] / POP_CHECKPOINT
+                if ckpt.is_file():  # taken at the stop: a retry of the same points resumes the population from it
+                    for k, t in enumerate(trials):
+                        t.set_user_attr("population_checkpoint", str(ckpt))
+                        t.set_user_attr("population_member", k)
+                return self._fail(trials, INTERRUPTED)
+            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
+                raise
             reason = fail_reason(e)
         if reason is not None:
             return self._fail(trials, reason)
         states = []
-        for t, m, (cfg, ov, out) in zip(trials, results, points, strict=True):
+        for t, m, (cfg, ov, _out) in zip(trials, results, points, strict=True):
             t.set_user_attr("population", len(trials))
             states.append(self._finish(t, m, cfg, ov))
-            _log_member(cfg, m, out, self.rule)
         return states
 
     def ask_group(self) -> list[Any]:
@@ -427,18 +457,6 @@ class Worker:
             if progress is not None:
                 progress.update()
         return counts
-
-
-def _log_member(cfg: DictConfig, metrics: dict, out: Path, rule: StabilityRule | None) -> None:
-    """Population members train outside Lightning: give each the W&B run train() would have given it."""
-    if cfg.logger.name != "wandb":
-        return
-    try:
-        from bnexp.tracking.wandb_runs import log_finished_run
-
-        log_finished_run(cfg, out, metrics, rule)
-    except Exception as e:  # metrics.json on disk is the result; W&B is a view of it
-        log.warning("W&B run for a population member not written: %s", one_line(e))
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -144,36 +144,14 @@ def start_run(
     config: dict,
     tags: list[str],
     run_id: str | None = None,
+    reinit: str = "finish_previous",
 ) -> Any:
     """wandb.init in the resolved mode under out_dir; in auto mode a failed online start falls back offline.
     W&B records the command line: it sees it with any URL password masked (bnexp.cli.redact).
 
     `run_id` (bnexp.names.run_id): a deterministic id, so a retried trial or a rerun into the same run dir
-    resumes its run (`resume="allow"`; offline, both run dirs carry the id and `wandb sync` joins them)."""
-    with _argv_redacted():
-        return _start_run(cfg, out_dir, name, job_type, group, config, tags, run_id)
-
-
-@contextlib.contextmanager
-def _argv_redacted() -> Iterator[None]:
-    saved = sys.argv
-    sys.argv = [redact(a) for a in saved]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def _start_run(
-    cfg: DictConfig,
-    out_dir: Path,
-    name: str,
-    job_type: str,
-    group: str,
-    config: dict,
-    tags: list[str],
-    run_id: str | None,
-) -> Any:
+    resumes its run (`resume="allow"`; offline, both run dirs carry the id and `wandb sync` joins them).
+    `reinit="create_new"` leaves the process's other runs open (a population's members log side by side)."""
     import wandb
 
     mode = resolve_mode(cfg)
@@ -188,19 +166,31 @@ def _start_run(
         tags=tags,
         config=config,
         dir=str(out_dir),
-        reinit="finish_previous",
+        reinit=reinit,
         id=run_id,
         resume="allow" if run_id else None,
     )
     try:
-        run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
+        with _argv_redacted():
+            run = wandb.init(mode=mode, settings=_settings(cfg, mode), **kwargs)
     except Exception as e:
         if mode != "online" or str(cfg.logger.mode) != "auto":
             raise
         log.warning("W&B online start failed (%s); logging offline instead", " ".join(str(e).split())[:300])
-        run = wandb.init(mode="offline", settings=_settings(cfg, "offline"), **kwargs)
+        with _argv_redacted():
+            run = wandb.init(mode="offline", settings=_settings(cfg, "offline"), **kwargs)
     log.info("W&B %s run %s (%s/%s): %s", run.settings.mode, name, group, job_type, _where(run) or "-")
     return run
+
+
+@contextlib.contextmanager
+def _argv_redacted() -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = [redact(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _where(run: Any) -> str | None:
@@ -260,10 +250,10 @@ def run_group(cfg: DictConfig) -> str:
     return "single"
 
 
-def start_training_run(cfg: DictConfig, out_dir: Path) -> Any:
+def start_training_run(cfg: DictConfig, out_dir: Path, reinit: str = "finish_previous") -> Any:
     """The W&B run of one training (`bnexp.run`, a sweep trial, a population member): name, group, job type,
     tags, nested config; its id is `logger.run_id` (a sweep's per-point id) or derived from the run dir, so a
-    rerun into the same dir resumes it."""
+    rerun into the same dir resumes it. `reinit`: as start_run's."""
     rid = cfg.logger.get("run_id") or names.run_id(Path(out_dir).name, str(Path(out_dir).resolve()))
     run = start_run(
         cfg,
@@ -274,19 +264,21 @@ def start_training_run(cfg: DictConfig, out_dir: Path) -> Any:
         config=run_config(cfg),
         tags=run_tags(cfg),
         run_id=rid,
+        reinit=reinit,
     )
     _define_axes(run)
     return run
 
 
-def build_wandb_logger(cfg: DictConfig, out_dir: Path) -> Any:
-    """A Lightning WandbLogger on the run of this training; the run starts now (rank 0 only)."""
+def build_wandb_logger(cfg: DictConfig, out_dir: Path, reinit: str = "finish_previous") -> Any:
+    """A Lightning WandbLogger on the run of this training; the run starts now (rank 0 only). `reinit`: as
+    start_run's."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     cls = _logger_class()
     if getattr(rank_zero_only, "rank", 0) != 0:  # DDP workers: Lightning hands them a dummy experiment
         return cls(name=run_name(cfg), save_dir=str(out_dir), project=cfg.logger.get("project") or DEFAULT_PROJECT)
-    run = start_training_run(cfg, out_dir)
+    run = start_training_run(cfg, out_dir, reinit)
     return cls(experiment=run, name=run.name, save_dir=str(out_dir), project=getattr(run, "project", None))
 
 
@@ -321,20 +313,6 @@ def _finish(run: Any, metrics: dict[str, Any], rule: StabilityRule | None) -> No
         run.config.update({"provenance": metrics["provenance"]}, allow_val_change=True)
     run.summary.update(final_summary(metrics, rule))
     _close(run, 0)
-
-
-def log_finished_run(
-    cfg: DictConfig, out_dir: str | os.PathLike, metrics: dict[str, Any], rule: StabilityRule | None = None
-) -> None:
-    """A W&B run for a training that ran outside Lightning (bnexp.population members): the same config,
-    name, group, job_type and tags as train() gives, the validation history, the same summary.
-    Does nothing unless `cfg.logger.name == "wandb"`."""
-    if cfg.logger.name != "wandb":
-        return
-    run = start_training_run(cfg, Path(out_dir))
-    for h in metrics.get("val_history") or []:
-        run.log({**{k: v for k, v in h.items() if k != "step"}, "trainer/global_step": h.get("step")})
-    _finish(run, metrics, rule)
 
 
 def fail_wandb(logger: Any) -> None:

@@ -22,30 +22,16 @@ import torch
 from helpers.env import TINY, compose_cfg
 from omegaconf import OmegaConf
 
-from bnexp.core.lit import compute_loss
+from bnexp.core.metrics import Divergence, compute_loss
 from bnexp.core.net import DeepConvNet
-from bnexp.population.train import (
-    PopulationAdam,
-    PopulationNet,
-    PopulationSGD,
-    member_losses,
-    train_population,
-    train_step,
-)
+from bnexp.population.module import forward_backward
+from bnexp.population.net import PopulationNet
+from bnexp.population.optim import PopulationAdam, PopulationSGD
+from bnexp.population.train import train_population
 
 K = 3
 DEPTH = 3
 N = 16
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CPU runners are shared: two OpenMP threads on a loaded 2-core box make the (larger)
-    # population kernels crawl; results do not depend on it
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _batches(mnist_dir, n: int) -> list:
@@ -67,6 +53,15 @@ def solo_models(seeds, dtype=torch.float32, **arch):
         torch.manual_seed(s)
         models.append(DeepConvNet(depth=DEPTH, **arch).to(dtype))
     return models
+
+
+def train_step(pop, opt, x, y, loss_kind, div: Divergence, step: int) -> torch.Tensor:
+    """One population step as PopulationModule.training_step takes it, without a Trainer."""
+    _, losses = forward_backward(pop, x, y, loss_kind, div, step)
+    opt.alive = div.alive
+    opt.step()
+    opt.zero_grad()
+    return losses.detach()
 
 
 def assert_member_equal(pop: PopulationNet, k: int, model: DeepConvNet, atol: float, rtol: float) -> None:
@@ -91,8 +86,7 @@ def test_from_seeds_is_the_solo_init_and_members_round_trip(bn, impl):
     state = torch.get_rng_state()
     pop.member(0)  # builds a DeepConvNet to copy into; must not move the global RNG
     assert torch.equal(state, torch.get_rng_state())
-    fresh = PopulationNet(K, depth=DEPTH, bn=bn, bn_impl=impl)  # K draws from the global RNG
-    assert fresh(torch.rand(2, 1, 28, 28)).shape == (K, 2, 10)
+    assert pop(torch.rand(2, 1, 28, 28)).shape == (K, 2, 10)
 
 
 @pytest.mark.parametrize("bn,impl", [("off", "torch"), ("pre", "torch"), ("post", "torch"), ("pre", "manual")])
@@ -100,9 +94,9 @@ def test_forward_and_gradients_match_members(bn, impl, batches):
     solos = solo_models([0, 1, 2], bn=bn, bn_impl=impl)
     pop = PopulationNet.from_members(solos)
     x, y = batches[0]
-    losses = member_losses(pop(x), y, "sigmoid")
+    losses = compute_loss(pop(x), y, "sigmoid")
     losses.sum().backward()
-    grads = dict(pop.named_parameters())
+    grads = {name.removeprefix("net."): p for name, p in pop.named_parameters()}
     for k, m in enumerate(solos):
         loss = compute_loss(m(x), y, "sigmoid")
         loss.backward()
@@ -132,21 +126,23 @@ def test_optimizer_matches_torch_optim(optim):
     pop = PopulationNet.from_members(solos)
     if optim == "sgd":
         ref = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationSGD(list(pop.parameters()), K, lrs, momentum=0.9)
+        opt = PopulationSGD(pop.parameters(), lrs, momentum=0.9)
     else:
         wd = 1e-2 if optim == "adam_wd" else 0.0
         ref = [torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationAdam(list(pop.parameters()), K, lrs, weight_decay=wd)
+        opt = PopulationAdam(pop.parameters(), lrs, weight_decay=wd)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         for m in solos:  # gradients over many magnitudes, as Adam's normalisation sees them
             for p in m.parameters():
                 p.grad = torch.randn(p.shape, generator=g) * 10.0 ** torch.randint(-9, 1, p.shape, generator=g)
         for name, p in pop.named_parameters():
+            name = name.removeprefix("net.")
             p.grad = torch.stack([dict(m.named_parameters())[name].grad.reshape(-1) for m in solos]).view_as(p)
         for o in ref:
             o.step()
-        opt.step(torch.ones(K, dtype=torch.bool))
+        opt.alive = torch.ones(K, dtype=torch.bool)
+        opt.step()
     # Adam: the same operations in the same order, so equal to the bit. SGD: torch's p.add_(buf, alpha=-lr)
     # is one fused multiply-add on the CPU, ours a multiply then an add (the lr is a vector): one rounding apart
     tol = dict(atol=1e-7, rtol=1e-6) if optim == "sgd" else dict(atol=0, rtol=0)
@@ -161,16 +157,16 @@ def run_both(batches, bn, dtype, optim, lrs, impl="torch", steps=30):
     pop = PopulationNet.from_members(solos)
     if optim == "sgd":
         ref = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationSGD(list(pop.parameters()), K, lrs, momentum=0.9)
+        opt = PopulationSGD(pop.parameters(), lrs, momentum=0.9)
     else:
         ref = [torch.optim.Adam(m.parameters(), lr=lr) for m, lr in zip(solos, lrs, strict=True)]
-        opt = PopulationAdam(list(pop.parameters()), K, lrs)
-    alive = torch.ones(K, dtype=torch.bool)
-    diverged_at = torch.full((K,), -1, dtype=torch.long)
+        opt = PopulationAdam(pop.parameters(), lrs)
+    div = Divergence(K, "cpu")
+    alive, diverged_at = div.alive, div.at
     pop_losses, solo_losses, frozen = [], [], {}
     for step, (x, y) in enumerate(batches[:steps]):
         x = x.to(dtype)
-        pop_losses.append(train_step(pop, opt, x, y, "sigmoid", alive, diverged_at, step))
+        pop_losses.append(train_step(pop, opt, x, y, "sigmoid", div, step))
         row = []
         for m, o in zip(solos, ref, strict=True):
             loss = compute_loss(m(x), y, "sigmoid")
@@ -232,17 +228,17 @@ def test_nan_in_one_member_stays_in_that_member(batches, bn):
     # member 1 sees NaN images: its loss, activations, BN statistics and gradients are NaN inside the
     # shared grouped conv / BN / bmm kernels; the others must come out exactly as without it
     clean, poisoned = (PopulationNet.from_members(solo_models(range(K), bn=bn)) for _ in range(2))
-    opts = [PopulationAdam(list(p.parameters()), K, [1e-3, 1e-3, 1e-3]) for p in (clean, poisoned)]
-    state = [(torch.ones(K, dtype=torch.bool), torch.full((K,), -1, dtype=torch.long)) for _ in range(2)]
+    opts = [PopulationAdam(p.parameters(), [1e-3, 1e-3, 1e-3]) for p in (clean, poisoned)]
+    divs = [Divergence(K, "cpu") for _ in range(2)]
     before = {n: t.clone() for n, t in poisoned.member(1).named_parameters()}
     for step, (x, y) in enumerate(batches[:3]):
         xs = x.repeat(1, K, 1, 1)  # (N, K, 28, 28): every member its own (here equal) images
         bad = xs.clone()
         if step == 0:
             bad[:, 1] = float("nan")
-        for net, opt, inp, (alive, at) in zip((clean, poisoned), opts, (xs, bad), state, strict=True):
-            train_step(net, opt, inp, y, "sigmoid", alive, at, step)
-    assert state[1][0].tolist() == [True, False, True] and state[1][1].tolist() == [-1, 0, -1]
+        for net, opt, inp, div in zip((clean, poisoned), opts, (xs, bad), divs, strict=True):
+            train_step(net, opt, inp, y, "sigmoid", div, step)
+    assert divs[1].alive.tolist() == [True, False, True] and divs[1].at.tolist() == [-1, 0, -1]
     for k in (0, 2):
         for a, b in zip(clean.member(k).state_dict().values(), poisoned.member(k).state_dict().values(), strict=True):
             assert torch.equal(a, b)
@@ -272,7 +268,13 @@ KEYS = {
     "lr",
     "seed",
     "val_history",
+    "provenance",
+    "population",
 }
+# a member's CSV has a solo run's columns (tests/core/test_train.py: the same keys from BNExpModule)
+CSV_COLUMNS = {"step", "epoch", "lr", "perf/steps_per_s", "train/loss", "train/acc", "train/grad_norm"}
+CSV_COLUMNS |= {"val/loss", "val/acc", "val/loss_batchstats", "val/acc_batchstats", "val/acc_best"}
+CSV_COLUMNS |= {"test/loss", "test/acc", "test/acc_single"}
 
 
 def test_train_population_equals_run_train(tmp_path):
@@ -295,27 +297,47 @@ def test_train_population_equals_run_train(tmp_path):
         assert (pop[k]["lr"], pop[k]["seed"], pop[k]["diverged"]) == (lr, seed, False)
 
 
-def test_train_population_contract_files_and_divergence(tmp_path):
-    cfg = compose_cfg(TINY + ["model.bn=off"])
+def _csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_population_contract_files_csv_and_divergence(tmp_path):
+    cfg = compose_cfg(TINY + ["model.bn=off", "logger=csv"])
     lrs = [1e-3, 1e6, 3e-3]
     dirs = [tmp_path / f"m{k}" for k in range(K)]
     ms = train_population(cfg, lrs, dirs)
     for k, (m, lr, d) in enumerate(zip(ms, lrs, dirs, strict=True)):
         assert KEYS <= set(m), KEYS - set(m)
         assert m["lr"] == lr and m["seed"] == cfg.seed and m["bn"] == "off" and m["depth"] == 3
+        assert m["population"] == K and m["provenance"]["device"] == "cpu"
         assert json.loads((d / "metrics.json").read_text()) == json.loads(json.dumps(m))
         saved = OmegaConf.load(d / "config.yaml")
         assert saved.optim.lr == lr and saved.model.bn == "off" and saved.seed == cfg.seed
         assert m["val/acc_best"] == max(h["val/acc"] for h in m["val_history"])
         assert m["val_history"][-1]["step"] == m["step"]
+        rows = _csv_rows(d / "csv" / "metrics.csv")  # the member's own curves, as a solo run's CSV
+        want = CSV_COLUMNS if k != 1 else {c for c in CSV_COLUMNS if c.startswith(("val/", "test/"))}
+        assert want <= set(rows[0]), want - set(rows[0])  # (member 1 diverges before its first logging step)
+        train_rows = [r for r in rows if r.get("train/loss")]
+        assert all(float(r["lr"]) == pytest.approx(lr) for r in train_rows)
+        val = [float(r["val/acc"]) for r in rows if r["val/acc"]]
+        assert val == [pytest.approx(h["val/acc"]) for h in m["val_history"]]
         if k == 1:
             assert m["diverged"] is True and isinstance(m["diverged_step"], int)
             assert m["step"] == m["diverged_step"] + 1 < 30  # solo: the diverging step runs, then it stops
+            assert all(int(r["step"]) <= m["step"] for r in train_rows)  # nothing logged once frozen
         else:
             assert m["diverged"] is False and m["diverged_step"] is None and m["step"] == 30
             assert [h["step"] for h in m["val_history"]] == [10, 20, 30]
+            assert [int(r["step"]) for r in train_rows] == [4, 9, 14, 19, 24, 29]  # every log_every=5, as a solo run
             assert 0.0 <= m["test/acc"] <= 1.0 and 0.0 <= m["test/acc_single"] <= 1.0
             assert all(math.isfinite(m[key]) for key in ("val/loss", "test/loss"))
+    first = [float(r["train/loss"]) for r in _csv_rows(dirs[0] / "csv" / "metrics.csv") if r["train/loss"]]
+    third = [float(r["train/loss"]) for r in _csv_rows(dirs[2] / "csv" / "metrics.csv") if r["train/loss"]]
+    assert first != third  # each file holds its own member's values
 
 
 def test_all_diverged_stops_early_and_bad_input_is_refused(tmp_path):
@@ -327,4 +349,4 @@ def test_all_diverged_stops_early_and_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="one output dir and seed per lr"):
         train_population(cfg, [1e-3, 1e-2], [tmp_path / "a"])
     with pytest.raises(ConfigError, match="precision"):
-        train_population(compose_cfg(TINY + ["trainer.precision=bf16-mixed"]), [1e-3], [tmp_path / "c"])
+        train_population(compose_cfg(TINY + ["trainer.precision=16-mixed"]), [1e-3], [tmp_path / "c"])

@@ -212,3 +212,38 @@ def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried
     print(f"\npreempted trial resumed at step {m['resumed_from_step']}, finished at {m['step']}")
     assert 0 < m["resumed_from_step"] < 300 and m["step"] == 300
     assert [h["step"] for h in m["val_history"]] == [100, 200, 300]
+
+
+def test_a_preempted_population_resumes_as_one_unit(tmp_path):
+    """sweep.population=2: the SIGTERM checkpoints the whole population at its next batch; the rerun regroups
+    the same two points, in their dirs, and every member goes on from that step."""
+    import json
+
+    out = tmp_path / "sw"
+    two = ["sweep.lr.points=2", "sweep.grid.model.bn=[pre]", "sweep.population=2", "trainer.max_steps=300"]
+    two += ["trainer.val_every=100", "logger=csv"]
+    p = subprocess.Popen(cli(out, *two), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_running(out, p)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+        f.read_text().count("\n") > 3 for f in (out / "trials").rglob("metrics.csv")
+    ):  # the members have logged a few times: well past step 0
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    r = subprocess.run(cli(out, *two), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study, _ = completed_keys(out)
+    stopped = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    finished = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(stopped) == len(finished) == 2
+    (ckpt,) = {t.user_attrs["population_checkpoint"] for t in stopped}  # one file for the whole population
+    assert ckpt.endswith("population.ckpt")
+    assert {t.user_attrs["trial_dir"] for t in finished} == {t.user_attrs["trial_dir"] for t in stopped}
+    ms = [json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text()) for t in finished]
+    at = {m["resumed_from_step"] for m in ms}
+    print(f"\npreempted population resumed at step {at}")
+    assert len(at) == 1 and 0 < at.pop() < 300 and all(m["step"] == 300 and m["population"] == 2 for m in ms)
+    assert all([h["step"] for h in m["val_history"]] == [100, 200, 300] for m in ms)
+    assert not list((out / "trials").rglob("population.ckpt"))

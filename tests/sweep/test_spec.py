@@ -84,7 +84,13 @@ def test_spec_hash_counts_results_not_where_they_run():
         return spec_hash(sw, training_cfg(cfg))
 
     same = h()
-    for ov in ("logger=csv", "data.dir=/elsewhere", "trainer.accelerator=cpu", "trainer.compile=default"):
+    for ov in (
+        "logger=csv",
+        "data.dir=/elsewhere",
+        "trainer.accelerator=cpu",
+        "trainer.compile=default",
+        "trainer.max_memory_gb=64",
+    ):
         assert h(ov) == same, ov  # a worker may log elsewhere or run on another machine and join the study
     for ov in ("model.depth=4", "trainer.max_steps=10", "sweep.lr.points=3", "model.bn=off", "optim=sgd"):
         assert h(ov) != same, ov

@@ -20,7 +20,6 @@ from bnexp.cli import ConfigError
 from bnexp.core.train import train
 from bnexp.tracking.loggers import build_callbacks
 from bnexp.tracking.wandb_runs import (
-    log_finished_run,
     resolve_mode,
     run_name,
 )
@@ -145,20 +144,6 @@ def test_failed_training_closes_its_run_as_failed(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         train(compose_cfg(WANDB), output_dir=tmp_path, callbacks=[Boom()])
     assert _only_run(tmp_path)["exit_code"] == 1
-
-
-def test_a_run_trained_outside_lightning_gets_the_same_run(tmp_path):
-    # bnexp.population trains without Lightning; its members can still be W&B runs like train()'s
-    cfg = compose_cfg(WANDB + ["model.bn=pre", "optim.lr=0.01"])
-    cfg.logger.group, cfg.logger.job_type = "pop_study", "trial"
-    hist = [{"step": 10, "val/acc": 0.5, "val/loss": 0.3}, {"step": 20, "val/acc": 0.93, "val/loss": 0.1}]
-    metrics = {"val/acc": 0.93, "test/acc": 0.92, "diverged": False, "step": 20, "val_history": hist}
-    log_finished_run(cfg, tmp_path, metrics)
-    r = _only_run(tmp_path)
-    assert (r["name"], r["group"], r["job_type"]) == ("pre-auto-d3-lr1e-02-s0", "pop_study", "trial")
-    assert r["config"]["optim"]["lr"] == pytest.approx(0.01)
-    assert [h["trainer/global_step"] for h in r["history"]] == [10, 20]
-    assert r["summary"]["val/acc"] == 0.93 and r["summary"]["stable"] is True and "val_history" not in r["summary"]
 
 
 # ---- no API key, a terminal, no prompt ---------------------------------------------------------------
