@@ -74,7 +74,7 @@ def test_a_study_without_recorded_spec_is_completed_by_the_next_worker(tmp_path)
     assert len(keys) == 6 and set(keys.values()) == {1} and p.study.user_attrs["design_size"] == 6
 
 
-@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
+@pytest.mark.parametrize("journal", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["sqlite", "journal"])
 def test_kill_9_mid_trial_then_rerun_completes(tmp_path, journal):
     """SQLite uses Optuna's heartbeat; the journal file has none, so bnexp beats in a trial system attr.
     Either way the rerun fails the dead worker's trial and retries its point instead of waiting forever."""
@@ -214,6 +214,7 @@ def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried
     assert [h["step"] for h in m["val_history"]] == [100, 200, 300]
 
 
+@pytest.mark.slow  # the default suite resumes a stopped population in-process (tests/population/test_members.py)
 def test_a_preempted_population_resumes_as_one_unit(tmp_path):
     """sweep.population=2: the SIGTERM checkpoints the whole population at its next batch; the rerun regroups
     the same two points, in their dirs, and every member goes on from that step."""

@@ -122,6 +122,7 @@ def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
     assert r.returncode == 0 and f"study {study_name}: 12 done, 0 running, 0 waiting, 0 failed" in r.stdout, r.stderr
 
 
+@pytest.mark.slow  # kill -9 and a rerun are also tested on SQLite and the journal by default (test_liveness)
 def test_kill_9_mid_trial_loses_and_duplicates_nothing(pg_url, study_name, tmp_path):
     # trials of 150 steps: a few seconds each, so the kill lands inside one rather than just after it ends
     cmd = worker_cmd(pg_url, study_name, tmp_path / "sw", "sweep.heartbeat=1", "sweep.grace=3", "trainer.max_steps=150")
