@@ -183,6 +183,23 @@ def test_a_trial_failed_as_stale_while_it_trained_keeps_its_result(tmp_path, mon
     assert done.user_attrs["step"] == 12 and (tmp_path / "sw" / "trials" / "t").is_dir()
 
 
+def preempt_then_rerun(out: Path, args: list[str]) -> None:
+    """The sweep, SIGTERM once its trials have logged a few times (well past step 0; exit 130), then the same
+    command again to the end (exit 0)."""
+    p = subprocess.Popen(cli(out, *args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_running(out, p)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+        f.read_text().count("\n") > 3 for f in (out / "trials").rglob("metrics.csv")
+    ):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    r = subprocess.run(cli(out, *args), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried(tmp_path):
     """SLURM preemption is a SIGTERM: the trial in flight is checkpointed at its next batch and failed as
     interrupted; the rerun retries the point in the same dir and goes on from the step it stopped at."""
@@ -191,18 +208,7 @@ def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried
     out = tmp_path / "sw"
     one = ["sweep.lr.points=1", "sweep.grid.model.bn=[pre]", "trainer.max_steps=300", "trainer.val_every=100"]
     one += ["logger=csv"]
-    p = subprocess.Popen(cli(out, *one), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_running(out, p)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(
-        f.read_text().count("\n") > 3 for f in (out / "trials").rglob("metrics.csv")
-    ):  # training has logged a few times: well past step 0
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
-    r = subprocess.run(cli(out, *one), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    preempt_then_rerun(out, one)
     study, done = completed_keys(out)
     (stopped,) = [t for t in study.get_trials() if t.state.name == "FAIL"]
     (finished,) = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
@@ -223,18 +229,7 @@ def test_a_preempted_population_resumes_as_one_unit(tmp_path):
     out = tmp_path / "sw"
     two = ["sweep.lr.points=2", "sweep.grid.model.bn=[pre]", "sweep.population=2", "trainer.max_steps=300"]
     two += ["trainer.val_every=100", "logger=csv"]
-    p = subprocess.Popen(cli(out, *two), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_running(out, p)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(
-        f.read_text().count("\n") > 3 for f in (out / "trials").rglob("metrics.csv")
-    ):  # the members have logged a few times: well past step 0
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
-    r = subprocess.run(cli(out, *two), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    preempt_then_rerun(out, two)
     study, _ = completed_keys(out)
     stopped = [t for t in study.get_trials() if t.state.name == "FAIL"]
     finished = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
