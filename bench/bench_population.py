@@ -255,7 +255,7 @@ def main() -> None:
             f"{r['wall_s_all_points'] / a.points:>10.2f}{xw:>14.2f}{xt:>15.2f}{note}"
         )
     # the arms train the same models, so their final val/loss agree; float32 with BN only to rounding
-    # chaos (~1e-3 relative, more near the unstable edge; see tests/test_population.py)
+    # chaos (~1e-3 relative, more near the unstable edge; see tests/population/test_population.py)
     checks = {}
     if "population" in per_point:
         print(f"\n{'lr':>10}" + "".join(f"{arm + ' val/loss':>22}" for arm in per_point))

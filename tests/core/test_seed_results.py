@@ -1,6 +1,6 @@
 """The tutorial's headline result at its own settings (depth 19, 800 steps, real MNIST, seed 0).
 
-Slow (about 2-3 minutes on 2 CPU cores): python -m pytest -m slow tests/test_seed_results.py
+Slow (about 2-3 minutes on 2 quiet CPU cores): python -m pytest -m slow tests/core/test_seed_results.py
 """
 
 import pytest
