@@ -28,15 +28,19 @@ register_configs()
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
-    from bnexp.core.train import CHECKPOINT, is_stop, summary_line, train
-
     try:
         check_hardware(validate(cfg))  # this machine has the devices asked for (train() validates again)
+        from bnexp.core.train import train  # torch and Lightning load only for a config that passed
+
         metrics = train(cfg)
     except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         _drop_empty_run_dir()
         fail(one_line(e))
     except BaseException as e:
+        if "bnexp.core.train" not in sys.modules:  # stopped before training was even imported
+            raise
+        from bnexp.core.train import CHECKPOINT, is_stop
+
         if not is_stop(e):
             raise
         out = Path(HydraConfig.get().runtime.output_dir)
@@ -46,6 +50,8 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
                   file=sys.stderr, flush=True)  # fmt: skip
         sys.exit(130)
     if is_rank_zero():
+        from bnexp.core.train import summary_line
+
         print(summary_line(metrics), flush=True)
     return metrics
 

@@ -16,8 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig
 
 from bnexp.cli import ConfigError
-from bnexp.core.net import BIAS_MODES, BN_MODES, conv_plan, use_bias
-from bnexp.core.norm import BN_IMPLS
+from bnexp.core.arch import BIAS_MODES, BN_IMPLS, BN_MODES, conv_plan, use_bias
 
 OPTIMS = ("adam", "sgd")
 LOSSES = ("sigmoid", "softmax")

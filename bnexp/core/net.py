@@ -16,37 +16,14 @@ those layers get an explicit asymmetric ZeroPad2d; the others use the symmetric 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import nn
 
+from bnexp.core.arch import BIAS_MODES, BN_MODES, conv_plan, use_bias  # noqa: F401 (the net's names)
 from bnexp.core.norm import build_bn
 
 log = logging.getLogger(__name__)
-
-BN_MODES = ("off", "pre", "post")
-BIAS_MODES = ("auto", "true", "false")
-
-
-def conv_plan(depth: int, in_hw: int = 28) -> list[dict]:
-    """Per conv layer: channels, stride, TF-SAME padding (top, bottom) and output size."""
-    plan, hw, c_in = [], in_hw, 1
-    for i in range(1, depth + 1):
-        stride = 2 if i % 3 == 0 else 1
-        out = math.ceil(hw / stride)
-        total = max((out - 1) * stride + 3 - hw, 0)
-        plan.append(dict(i=i, c_in=c_in, c_out=4 * i, stride=stride, pad=(total // 2, total - total // 2), hw_out=out))
-        hw, c_in = out, 4 * i
-    return plan
-
-
-def use_bias(bn: str, bias: str) -> bool:
-    if bias == "auto":
-        return bn != "pre"  # only "pre" has BN directly after the conv/FC
-    if bias in ("true", "false"):
-        return bias == "true"
-    raise ValueError(f"unknown bias {bias!r}; choose one of {', '.join(BIAS_MODES)}")
 
 
 def trunc_normal_(w: torch.Tensor, std: float) -> torch.Tensor:

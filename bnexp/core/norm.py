@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BN_IMPLS = ("torch", "manual")
+from bnexp.core.arch import BN_IMPLS  # noqa: F401 (the implementations a config may name)
 
 
 class ManualBatchNorm(nn.Module):

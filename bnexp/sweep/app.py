@@ -175,7 +175,6 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     from bnexp.sweep.records import build_report, rule_of
     from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
     from bnexp.sweep.storage import load_study, open_study, spec_record, storage_url
-    from bnexp.sweep.worker import Worker, install_signal_handlers
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -216,6 +215,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     if sw.action in ("all", "work"):
         from bnexp.core.config import check_hardware
         from bnexp.sweep import local
+        from bnexp.sweep.worker import Worker, install_signal_handlers  # torch and Lightning: to train only
 
         check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
         n, threads, gpus = local.plan(sw, base, len(pts))

@@ -43,6 +43,7 @@ def test_ddp_two_ranks_share_one_run_dir(tmp_path):
     assert r.stdout.count("test/acc_single=") == 1  # one summary line: rank 0's
 
 
+@pytest.mark.slow  # DDP ranks sharing a run dir stay in the default suite (test_ddp_two_ranks_share_one_run_dir)
 def test_ddp_multirun_keeps_one_sweep_dir(tmp_path):
     # without the fix, rank 1 re-runs the whole `-m` sweep into a second sweep dir of its own
     r = run_cli(["-m", "model.bn=off,pre", *DDP, "logger=none"], tmp_path)

@@ -124,6 +124,7 @@ def test_report_only_never_creates_a_study(tmp_path, capsys):
     assert not optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/sw/study.db")
 
 
+@pytest.mark.slow  # the default suite shares one storage among local workers (sweep.jobs=2) and on PostgreSQL
 def test_two_workers_share_one_sqlite_storage(tmp_path):
     out = tmp_path / "sw"
     env = child_env()
