@@ -417,3 +417,19 @@ def test_a_path_error_names_what_blocks_it(tmp_path):
         )
     assert explain_os_error(ValueError("a bug"), "k") is None  # not a path: a crash keeps its traceback
     assert explain_os_error(FileNotFoundError(2, os.strerror(2), "/x"), "k") is None
+
+
+@pytest.mark.parametrize(
+    "args", [["bnexp.run", "seed=-1"], ["bnexp.sweep", "sweep=lr_stability", "sweep.lr.high=inf"]], ids=["run", "sweep"]
+)
+def test_a_bad_value_is_refused_before_torch_is_imported(args):
+    # a typo answers in under a second: checking a config needs no torch, Lightning or W&B
+    from helpers.env import child_env
+
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", *args], cwd=REPO, env=child_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "omegaconf" in imported  # the import log was read
+    assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
