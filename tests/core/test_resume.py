@@ -51,6 +51,7 @@ def test_a_run_dir_that_holds_results_is_refused(tmp_path):
         train(compose_cfg(replace(RUN, "model.bn=post")), output_dir=tmp_path / "cut")
 
 
+@pytest.mark.slow  # by default: resume in-process here, a real SIGTERM to a sweep in tests/sweep/test_liveness.py
 def test_sigterm_to_bnexp_run_then_the_same_command_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = [*replace(RUN, "trainer.max_steps=400", "trainer.val_every=100", "logger=csv"), f"hydra.run.dir={run_dir}"]

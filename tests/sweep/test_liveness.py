@@ -36,6 +36,7 @@ def _open_at_barrier(argv, barrier, q):
         q.put(repr(e)[:400])
 
 
+@pytest.mark.slow  # a race regression (6 processes at a barrier, 2 rounds); local workers share a storage by default
 def test_workers_started_together_on_a_fresh_storage_plan_each_point_once(tmp_path):
     """No --create-only first: six processes open a fresh SQLite storage at the same moment, racing to create
     the schema and the study (CI once saw a worker exit 2 on 'table studies already exists'). All must

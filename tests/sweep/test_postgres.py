@@ -104,6 +104,7 @@ def counts(url, name):
     return trials, done, collections.Counter(t.state.name for t in trials)
 
 
+@pytest.mark.slow  # PostgreSQL stays in the default suite through the secrets test; several workers via sweep.jobs
 def test_three_workers_do_each_point_once(pg_url, study_name, tmp_path):
     procs = start_workers(worker_cmd(pg_url, study_name, tmp_path / "sw"), 3)
     logs = [p.communicate(timeout=300)[0].decode() for p in procs]
