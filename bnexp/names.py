@@ -71,6 +71,12 @@ def run_id(*parts: str) -> str:
     return f"{head}-{digest}" if head else digest
 
 
+def study_group(study: str, spec_hash: str) -> str:
+    """`lr_stability-3f2a9c1d`: a study's W&B group. Two studies of one name (other out dirs or specs) never
+    share a group, so `bnexp.dashboard --study-name` shows one study, not a mix."""
+    return f"{safe(study)}-{spec_hash[:8]}" if spec_hash else safe(study)
+
+
 def safe(s: str) -> str:
     """A name usable as one path component, W&B group or artifact name."""
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s).strip("_") or "_"

@@ -24,6 +24,13 @@ from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 register_configs()
 
 
+def default_verdict(metrics: dict) -> dict:
+    """A single run's W&B summary says whether it is stable under the default rule (a sweep's trials: its rule)."""
+    from bnexp.analysis.stability import StabilityRule, verdict_summary
+
+    return verdict_summary(metrics, StabilityRule())
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
@@ -32,7 +39,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         check_hardware(validate(cfg))  # this machine has the devices asked for (train() validates again)
         from bnexp.core.train import train  # torch and Lightning load only for a config that passed
 
-        metrics = train(cfg)
+        metrics = train(cfg, summarize=default_verdict)
     except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         _drop_empty_run_dir()
         fail(one_line(e))

@@ -53,7 +53,7 @@ def _restore(d: Path, files: dict[str, bytes]) -> None:
 # bnexp.report as an embedding would start it: with SIGXFSZ back at its default action (kill the process),
 # which CPython itself sets to "ignore" at startup
 DEFAULT_SIGXFSZ = (
-    "import signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); from bnexp.report import main; main()"
+    "import signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); from bnexp.sweep.report import main; main()"
 )
 
 

@@ -38,7 +38,7 @@ from bnexp.analysis.stability import (
 from bnexp.files import write_bytes_atomic
 
 STATS_COLOURS = {"population": "tab:blue", "batch": "tab:orange"}
-STATS_NAMES = {"population": "population statistics (val_acc)", "batch": "batch statistics (val_acc_batchstats)"}
+STATS_NAMES = {"population": "population statistics (val/acc)", "batch": "batch statistics (val/acc_batchstats)"}
 SEED_STYLES = ("-", "--", ":", "-.")
 _DPI = 110
 
@@ -192,10 +192,10 @@ def plot_stability(path: Path, d: FigureData) -> None:
             colour = palette[_colour_key(v, variant_keys)]
             pts = v["points"]
             xs = [p["lr"] for p in pts]
-            ys = [np.nan if p["mean_val_acc"] is None else p["mean_val_acc"] for p in pts]
+            ys = [np.nan if p["mean"] is None else p["mean"] for p in pts]
             ci = v.get("stable_decades_ci")
             ci_txt = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
-            legend = f"{v['label']}: {v['stable_decades']:.1f} dec{ci_txt}, run {v['longest_run_decades']:.1f}"
+            legend = f"{v['label']}: {v['stable_decades']:.1f} dec{ci_txt}"
             # NaN breaks the line, so an all-diverged lr is a gap, not a bridge.
             ax.plot(xs, ys, "-o", color=colour, ms=4, lw=1.5, label=legend)
             recs = d.recs(v)
@@ -516,8 +516,8 @@ def plot_heatmap(path: Path, d: FigureData) -> None:
     grid = np.full((len(variants), max(len(lrs), 1)), np.nan)
     for i, v in enumerate(variants):
         for p in v["points"]:
-            if p["mean_val_acc"] is not None:
-                grid[i, col[p["lr"]]] = p["mean_val_acc"]
+            if p["mean"] is not None:
+                grid[i, col[p["lr"]]] = p["mean"]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(lrs) + 3), max(3.2, 0.35 * len(variants) + 2.0)))
     # no finite result (all diverged or not run): light grey
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")

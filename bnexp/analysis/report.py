@@ -16,16 +16,15 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bnexp import record
 from bnexp.analysis.plots import write_figures
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
-    HISTORY_KEYS,
     STATISTICS,
     StabilityRule,
     _as_bool,
@@ -42,21 +41,16 @@ from bnexp.files import staged, write_json_atomic, write_text_atomic
 _COLUMN_TYPES: dict[str, type] = {
     "number": int,
     "state": str,
+    "key": str,
     "bn": str,
     "bias": str,
     "depth": int,
     "lr": float,
     "seed": int,
     "diverged": bool,
-    "val_acc": float,
-    "val_acc_best": float,
-    "val_acc_batchstats": float,
-    "val_loss": float,
-    "test_acc": float,
-    "test_acc_single": float,
-    "step": int,
-    "diverged_step": int,
-    "wall_s": float,
+    **{k: float for k in record.RESULT_KEYS},
+    record.STEP: int,
+    record.DIVERGED_STEP: int,
     "overrides": str,
     "stable": bool,
 }
@@ -127,7 +121,7 @@ def write_curves_csv(path: str | Path, trials: Sequence[dict], variant_keys: Seq
     """Every trial's validation history, one row per validation: number, variant, lr, seed, step, then the
     metrics under their metrics.json names (val/acc, val/acc_batchstats, ...). Returns the row count."""
     seen = [k for r in trials for h in r.get("val_history") or [] for k in h if k != "step"]
-    order = list(HISTORY_KEYS.values())
+    order = list(record.CURVE_KEYS)
     metrics = [k for k in order if k in seen] + list(dict.fromkeys(k for k in seen if k not in order))
     rows = []
     for r in trials:
@@ -145,6 +139,7 @@ def load_trials_csv(path: str | Path) -> list[dict]:
     trial back its ``val_history`` (matched by ``number``; only when the numbers are unique)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    rows = [{record.canonical(k): v for k, v in row.items()} for row in rows]  # a table from before one name
     trials = [{k: _parse_cell(v, _COLUMN_TYPES.get(k)) for k, v in row.items()} for row in rows]
     curves = Path(path).with_name("curves.csv")
     numbers = [t.get("number") for t in trials]
@@ -155,7 +150,9 @@ def load_trials_csv(path: str | Path) -> list[dict]:
                 n = _parse_cell(row["number"], int)
                 if n in hist:
                     entry = {"step": _parse_cell(row["step"], int)}
-                    entry.update({k: _parse_cell(v, float) for k, v in row.items() if k not in _CURVE_ID})
+                    entry.update(
+                        {record.canonical(k): _parse_cell(v, float) for k, v in row.items() if k not in _CURVE_ID}
+                    )
                     hist[n].append(entry)
         for t in trials:
             t["val_history"] = hist[t["number"]]
@@ -202,8 +199,8 @@ def _statistics_section(summary: dict) -> list[str]:
     lines = [
         "## Population vs batch statistics",
         "",
-        f"The rule judges `{summary['rule']['metric']}`. Population statistics (`{pop_m}`) is the net in"
-        " inference mode, normalising with BN's running averages; batch statistics"
+        f"The rule judges `{STATISTICS[summary['rule']['statistics']]}`. Population statistics (`{pop_m}`) is"
+        " the net in inference mode, normalising with BN's running averages; batch statistics"
         f" (`{bat_m}`) is the same weights normalising each validation batch with its own statistics."
         " The same rule on each gives:",
         "",
@@ -247,24 +244,29 @@ def _statistics_section(summary: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figures: Sequence[tuple[str, str]]) -> str:
-    several = any(len(v.get("per_seed") or []) > 1 for v in summary["variants"])
+def _holes_txt(v: dict) -> str:
+    return "none" if not v.get("holes") else f"{len(v['holes'])}: lr {_lrs_txt(v['holes'])}"
+
+
+def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
     lines = [
-        f"# Stability report: {summary['study']}",
+        f"**Rule.** A trial is stable when it is {rule.describe()}. An lr is stable when at least"
+        f" {rule.seed_quorum:g} of its seeds are. The width is log10(max/min) of the *unbroken* run of stable"
+        " lrs around the best lr; an unstable lr between stable ones is a *hole*, counted and named, and the"
+        " span that ignores holes is given apart, labelled as such. Diverged trials are COMPLETE results that"
+        " are never stable; FAIL trials are counted apart.",
         "",
-        f"**Rule.** A trial is stable when it is {rule.describe()}. An lr is stable when at"
-        f" least {summary['seed_quorum']:g} of its seeds are. Widths are log10(max/min) of the"
-        " stable lrs (they span gaps); *longest run* is the longest gap-free run of stable"
-        " grid points. Diverged trials are COMPLETE results that are never stable; FAIL trials"
-        " are counted apart.",
-        "",
-        f"Trials: {summary['n_trials']} complete, {summary['n_failed']} failed ({summary['n_records']} records).",
-        "",
-        "## Variants",
-        "",
-        "| variant | trials | stable | diverged | failed | stable lr range | decades"
-        " | 95% CI | per-seed decades | longest run (points / decades) | best lr | best acc |",
-        "|---|---:|---:|---:|---:|---|---:|---|---|---|---:|---:|",
+    ]
+    if summary.get("rule_note"):
+        lines += [f"**Judged by another rule than the study's:** {summary['rule_note']}.", ""]
+    return lines
+
+
+def _variant_table(summary: dict) -> list[str]:
+    lines = [
+        "| variant | trials | stable | diverged | failed | stable lr range (unbroken) | decades"
+        " | 95% CI | per-seed decades | holes | span ignoring holes (decades) | best lr | best value |",
+        "|---|---:|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|",
     ]
     for v in summary["variants"]:
         ci = v["stable_decades_ci"]
@@ -272,9 +274,40 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
         lines.append(
             f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']}"
             f" | {v['n_failed']} | {_range(v)} | {v['stable_decades']:.2f} | {ci_txt}"
-            f" | {_per_seed_txt(v)} | {v['longest_run']} / {v['longest_run_decades']:.2f}"
-            f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_val_acc'], '.4f')} |"
+            f" | {_per_seed_txt(v)} | {_holes_txt(v)} | {v['span_decades']:.2f}"
+            f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_value'], '.4f')} |"
         )
+    return lines
+
+
+def _comparison_lines(summary: dict) -> list[str]:
+    if not summary["comparison"]:
+        return ["No BN / no-BN pairs in this table."]
+    lines = [
+        "| depth | bias | bn | decades | off decades | Δ decades | holes (bn / off) |",
+        "|---:|---|---|---:|---:|---:|---|",
+    ]
+    for c in summary["comparison"]:
+        lines.append(
+            f"| {c.get('depth', '–')} | {c.get('bias', '–')} | {c['bn']}"
+            f" | {c['stable_decades']:.2f} | {_fmt(c['off_decades'])}"
+            f" | {_fmt(c['delta_decades'], '+.2f')} | {c['n_holes']} / {_fmt(c['off_n_holes'], 'd')} |"
+        )
+    return lines
+
+
+def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figures: Sequence[tuple[str, str]]) -> str:
+    several = any(len(v.get("per_seed") or []) > 1 for v in summary["variants"])
+    lines = [
+        f"# Stability report: {summary['study']}",
+        "",
+        *_rule_lines(summary, rule),
+        f"Trials: {summary['n_trials']} complete, {summary['n_failed']} failed ({summary['n_records']} records).",
+        "",
+        "## Variants",
+        "",
+        *_variant_table(summary),
+    ]
     if several:
         lines += [
             "",
@@ -284,24 +317,10 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
             " seeds that ran, so with 2-3 seeds it shows how far the width moves where an lr's seeds"
             " disagree, not where another seed's width would fall.",
         ]
-    lines += ["", *_statistics_section(summary), "## BN vs no BN", ""]
-    if summary["comparison"]:
-        lines += [
-            "| depth | bias | bn | decades | off decades | Δ decades | Δ longest run |",
-            "|---:|---|---|---:|---:|---:|---:|",
-        ]
-        for c in summary["comparison"]:
-            lines.append(
-                f"| {c.get('depth', '–')} | {c.get('bias', '–')} | {c['bn']}"
-                f" | {c['stable_decades']:.2f} | {_fmt(c['off_decades'])}"
-                f" | {_fmt(c['delta_decades'], '+.2f')}"
-                f" | {_fmt(c['delta_longest_run_decades'], '+.2f')} |"
-            )
-    else:
-        lines.append("No BN / no-BN pairs in this table.")
+    lines += ["", *_statistics_section(summary), "## BN vs no BN", "", *_comparison_lines(summary)]
     lines += ["", "## Figures", ""]
     for f, caption in figures:
-        lines += [f"![{f.removesuffix('.png')}]({f})", "", f"*{caption}*", ""]
+        lines += [f"![{f.rsplit('.', 1)[0]}]({f})", "", f"*{caption}*", ""]
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     return "\n".join(lines)
 
@@ -314,20 +333,23 @@ def write_report(
     commands: list[str],
     variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS,
     *,
-    seed_quorum: float = 0.5,
+    recorded_rule: StabilityRule | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    **figure_kw: Any,
 ) -> dict:
     """Write summary.json, trials.csv, curves.csv, the figures (bnexp.analysis.plots.write_figures) and
-    report.md into `out_dir`.
+    report.md into `out_dir`, judged by `rule`. `recorded_rule`: the rule the study was created with; where it
+    differs, summary.json and report.md say so (`rule_note`).
 
     Returns the summary dict (as written to summary.json); its `figures` lists each figure with its caption.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant_keys = tuple(variant_keys)
-    variants = analyse(trials, rule, variant_keys, n_boot=n_boot, seed=seed, seed_quorum=seed_quorum)
+    variants = analyse(trials, rule, variant_keys, n_boot=n_boot, seed=seed)
     comparison = compare(variants, variant_keys)
+    note = rule.differences(recorded_rule) if recorded_rule is not None else ""
 
     # Per-trial stable column; relative mode needs each trial's variant best.
     bests = {variant_key(v, variant_keys): v["variant_best"] for v in variants}
@@ -340,16 +362,16 @@ def write_report(
         else:
             (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
-        figures = write_figures(out, study, variants, trials, rule, variant_keys)
+        figures = write_figures(out, study, variants, trials, rule, variant_keys, **figure_kw)
         files += [f for f, _ in figures] + ["report.md"]
 
         summary = _json_safe(
             {
                 "study": study,
-                "threshold": rule.threshold,
-                "rule": asdict(rule),
+                "rule": rule.settings(),
                 "rule_describe": rule.describe(),
-                "seed_quorum": seed_quorum,
+                "recorded_rule": recorded_rule.settings() if recorded_rule is not None else None,
+                "rule_note": note or None,
                 "statistics": dict(STATISTICS),
                 "variant_keys": list(variant_keys),
                 "n_boot": n_boot,

@@ -1,7 +1,8 @@
 """Stable learning-rate ranges from sweep trial tables (pure analysis: no torch, W&B, Optuna).
 
 Input is a list of trial records (dicts), one per sweep trial, with at least
-``number, state, bn, bias, depth, lr, seed, diverged`` and the metric (``val_acc`` by default).
+``number, state, bn, bias, depth, lr, seed, diverged`` and the metric judged (``val/acc`` by default), keyed
+by bnexp.record's names (``TrialRecord.row()``).
 A *variant* is the tuple of the ``variant_keys`` values (default ``("bn", "bias", "depth")``).
 
 Conventions (the choices a reader needs to interpret the numbers):
@@ -20,24 +21,27 @@ Conventions (the choices a reader needs to interpret the numbers):
 * Learning rates are grouped after rounding to 10 significant digits (so 1e-3 and 10**-3 merge).
   An lr is *stable* when the fraction of its COMPLETE trials (seeds) that are stable is
   ``>= seed_quorum`` (default 0.5, inclusive: 1 of 2 seeds is enough).
-* ``stable_lr_min`` / ``stable_lr_max``: lowest / highest stable lr; ``stable_decades`` =
-  log10(max / min). It spans gaps (stable, unstable, stable counts the whole range);
-  ``longest_run`` (grid points) and ``longest_run_decades`` measure the longest gap-free run
-  on the variant's own sorted distinct lr list. With no stable lr both widths are 0.0 and the
-  bounds None; with exactly one they are 0.0 too (``n_stable_lrs`` tells the cases apart).
-* ``best_lr`` / ``best_val_acc``: the lr with the highest mean metric over its non-diverged
-  finite seeds, and that mean (ties: the lowest lr).
+* The headline width is the *unbroken* stable range around the best lr: ``stable_lr_min`` /
+  ``stable_lr_max`` are the first and last lr of the run of consecutive stable lrs (on the variant's own
+  sorted lr list) that holds the stable lr with the highest mean judged value, and ``stable_decades`` =
+  log10(max / min). An unstable lr between the lowest and the highest stable lr is a *hole*: ``holes``
+  lists them and ``n_holes`` counts them. ``span_lr_min`` / ``span_lr_max`` / ``span_decades`` is the span
+  that ignores holes (lowest to highest stable lr), for what it is worth. With no stable lr the widths are
+  0.0 and the bounds None; with exactly one they are 0.0 too (``n_stable_lrs`` tells the cases apart).
+* ``best_lr`` / ``best_value``: the lr with the highest mean judged value over its non-diverged
+  finite seeds, and that mean (ties: the lowest lr). Each of ``points`` gives an lr's ``values`` (the value
+  judged, per seed in ``seeds``), ``frac_stable`` and ``stable`` (the rule's verdict on the lr).
 * ``stable_decades_ci``: percentile-bootstrap 95% interval on ``stable_decades``, resampling
-  the trials (seeds) within each lr with replacement (the relative-mode best is recomputed in
-  each resample). None when no lr has more than one trial, or ``n_boot == 0``. It only recombines
-  the seeds that ran: with 2-3 seeds it says how much the width moves where an lr's seeds disagree,
-  not where a new seed's width would fall.
+  the trials (seeds) within each lr with replacement (the relative-mode best and the best lr the
+  unbroken range is taken around are recomputed in each resample). None when no lr has more than one
+  trial, or ``n_boot == 0``. It only recombines the seeds that ran: with 2-3 seeds it says how much the
+  width moves where an lr's seeds disagree, not where a new seed's width would fall.
 * ``per_seed``: one entry per seed, its stable range from its own trials alone (relative mode:
   against its own best); their spread is the seed-to-seed variation of the width.
 * ``by_statistics``: the same widths judged by the population statistics (``population``:
-  ``val_acc``, inference mode, what the default rule uses) and by the batch statistics (``batch``:
-  ``val_acc_batchstats``), with the rule's threshold/mode/epsilon/last_k; the view whose metric is
-  the rule's is the top-level numbers. ``statistics_differ``: both recorded and their stable
+  ``val/acc``, inference mode, what the default rule uses) and by the batch statistics (``batch``:
+  ``val/acc_batchstats``), with the rule's other settings; the view the rule's ``statistics`` names is
+  the top-level numbers. ``statistics_differ``: both recorded and their stable
   ranges differ. "Stable" itself is always the rule's verdict (``is_stable``).
 
 The report files (tables, plots, report.md) are bnexp.analysis.report's and bnexp.analysis.plots'.
@@ -46,14 +50,16 @@ The report files (tables, plots, report.md) are bnexp.analysis.report's and bnex
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from bnexp import names
+from bnexp import names, record
+from bnexp.cli import ConfigError
 
 DEFAULT_VARIANT_KEYS: tuple[str, ...] = names.BASE_AXES
 RULE_MODES = ("threshold", "relative")
@@ -63,23 +69,96 @@ _CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
     "bias": ("auto", "true", "false"),
 }
 _LR_SIG_DIGITS = 10
+STATISTICS = record.STATISTICS  # population / batch statistics -> the metric each judges
+
+
+def _default_spell(key: str, value: str) -> str:
+    return f"rule.{key}={value}"
 
 
 @dataclass
 class StabilityRule:
-    """When a single trial counts as stable (see module docstring)."""
+    """When a trial, and an lr, count as stable: the one rule, its defaults here and nowhere else.
 
-    threshold: float = 0.9  # stable = not diverged and final metric >= threshold
+    It is the `sweep.rule` node of a study's config (its Hydra schema), is recorded with the study, and is
+    what the report, the progress bar, the W&B summaries and the status command judge by (see the module
+    docstring). `statistics` names the view it judges: population (inference mode) or batch statistics.
+    """
+
+    threshold: float = 0.9  # stable = not diverged and the judged metric >= threshold
     mode: str = "threshold"  # or "relative": metric >= best_of_variant - epsilon
     epsilon: float = 0.02
-    metric: str = "val_acc"
+    seed_quorum: float = 0.5  # an lr is stable when at least this fraction of its seeds is (inclusive)
     last_k: int = 1  # the final k validations must all pass (1: the final value alone)
+    statistics: str = "population"  # population | batch: which metric is judged (STATISTICS)
 
     def __post_init__(self) -> None:
+        self.check(_default_spell)
+
+    @classmethod
+    def of(cls, values: Any = None, spell: Callable[[str, str], str] = _default_spell) -> StabilityRule:
+        """A rule from a mapping of its settings (a config node, a study's recorded rule, command-line flags);
+        unset keys take the defaults. Each bad value is one ConfigError spelled as the user gave it
+        (`spell("threshold", "3")` -> `sweep.rule.threshold=3` or `--threshold 3`)."""
+        known = {f.name for f in fields(cls)}
+        vals = {k: v for k, v in dict(values or {}).items() if v is not None}
+        unknown = sorted(set(vals) - known - {"metric", "describe"})  # older studies recorded these two
+        if unknown:
+            raise ConfigError(f"{spell(unknown[0], '...')} is not a rule setting; choose from: {', '.join(known)}")
+        if "metric" in vals and "statistics" not in vals:  # a study recorded before `statistics`
+            vals["statistics"] = next((s for s, m in STATISTICS.items() if m == record.canonical(vals["metric"])),
+                                      "population")  # fmt: skip
+        rule = object.__new__(cls)
+        for f in fields(cls):
+            setattr(rule, f.name, vals.get(f.name, f.default))
+        rule.check(spell)
+        return rule
+
+    def check(self, spell: Callable[[str, str], str] = _default_spell) -> None:
+        """Every setting, each error naming the fix in the user's own spelling."""
+
+        def bad(key: str, ok: str, example: str) -> ConfigError:
+            v = getattr(self, key)
+            shown = f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+            return ConfigError(f"{spell(key, shown)} must be {ok} (e.g. {spell(key, example)})")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         if self.mode not in RULE_MODES:
-            raise ValueError(f"mode must be one of {RULE_MODES}, got {self.mode!r}")
+            raise ConfigError(
+                f"{spell('mode', repr(self.mode))} is not allowed; choose one of: {', '.join(RULE_MODES)}"
+            )
+        if self.statistics not in STATISTICS:
+            raise ConfigError(f"{spell('statistics', repr(self.statistics))} is not allowed; choose one of: "
+                              f"{', '.join(STATISTICS)}")  # fmt: skip
+        if not (number(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise bad("threshold", f"in [0, 1]: a final {self.metric}", "0.9")
+        if not (number(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
+            raise bad("epsilon", ">= 0 and <= 1: an accuracy difference", "0.02")
+        if not (number(self.seed_quorum) and 0.0 < self.seed_quorum <= 1.0):
+            raise bad("seed_quorum", "in (0, 1]: the fraction of an lr's seeds that must be stable", "0.5")
         if isinstance(self.last_k, bool) or not isinstance(self.last_k, int) or self.last_k < 1:
-            raise ValueError(f"last_k must be a whole number >= 1, got {self.last_k!r}")
+            raise bad("last_k", "a whole number >= 1 (1: judge the final validation alone)", "1")
+
+    @property
+    def metric(self) -> str:
+        """The metric judged (a bnexp.record name)."""
+        return STATISTICS[self.statistics]
+
+    def settings(self) -> dict[str, Any]:
+        """The rule as it is recorded with a study and stated in summary.json and W&B."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def differences(self, other: StabilityRule) -> str:
+        """`threshold 0.3; the study was created with 0.9` style text of the settings that differ ('' if none)."""
+        diff = [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        if not diff:
+            return ""
+        now = ", ".join(f"{k} {getattr(self, k):g}" if _isnum(getattr(self, k)) else f"{k} {getattr(self, k)}"
+                        for k in diff)  # fmt: skip
+        was = ", ".join(f"{getattr(other, k):g}" if _isnum(getattr(other, k)) else str(getattr(other, k)) for k in diff)
+        return f"judged by {now}; the study was created with {was}"
 
     def describe(self) -> str:
         if self.mode == "threshold":
@@ -90,20 +169,11 @@ class StabilityRule:
 
     def with_metric(self, metric: str) -> StabilityRule:
         """The same rule judged on another metric (population vs batch statistics)."""
-        return replace(self, metric=metric)
+        return replace(self, statistics=next(s for s, m in STATISTICS.items() if m == metric))
 
 
-# What each "statistics" view of a width judges by: record column of the final value. BN off has no batch
-# statistics to differ: its val_acc_batchstats is its val_acc (bnexp.core.lit).
-STATISTICS: dict[str, str] = {"population": "val_acc", "batch": "val_acc_batchstats"}
-# record column -> the key of the same metric in a val_history entry (metrics.json names)
-HISTORY_KEYS: dict[str, str] = {
-    "val_acc": "val/acc",
-    "val_acc_batchstats": "val/acc_batchstats",
-    "val_acc_best": "val/acc_best",
-    "val_loss": "val/loss",
-    "val_loss_batchstats": "val/loss_batchstats",
-}
+def _isnum(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -147,7 +217,7 @@ def _eligible_value(rec: dict, metric: str) -> float | None:
 
 def history(rec: dict, metric: str) -> list[tuple[int | None, float | None]]:
     """(step, value) of ``metric`` at each validation in the trial's ``val_history`` (None: not finite)."""
-    key = HISTORY_KEYS.get(metric, metric)
+    key = metric
     out = []
     for h in rec.get("val_history") or []:
         if isinstance(h, dict):
@@ -194,10 +264,10 @@ def _sort_key(key: tuple, variant_keys: Sequence[str]) -> tuple:
     return tuple(out)
 
 
-def variant_best(trials: Sequence[dict], rule: StabilityRule | str = "val_acc") -> float | None:
+def variant_best(trials: Sequence[dict], rule: StabilityRule | str = record.VAL_ACC) -> float | None:
     """Highest finite judged metric over a variant's non-diverged COMPLETE trials (relative mode); a metric
     name means that metric's final value."""
-    rule = StabilityRule(metric=rule) if isinstance(rule, str) else rule
+    rule = StabilityRule().with_metric(rule) if isinstance(rule, str) else rule
     vals = [v for r in trials if (v := _judged_value(r, rule)) is not None]
     return max(vals) if vals else None
 
@@ -231,10 +301,19 @@ def record_of(metrics: dict) -> dict:
     return {
         "state": "COMPLETE",
         "diverged": bool(metrics.get("diverged", False)),
-        "val_acc": metrics.get("val/acc"),
-        "val_acc_batchstats": metrics.get("val/acc_batchstats"),
+        **{m: metrics.get(m) for m in STATISTICS.values()},
         "val_history": metrics.get("val_history") or [],
     }
+
+
+def verdict_summary(metrics: dict, rule: StabilityRule) -> dict[str, Any]:
+    """What a run's W&B summary says of it under ``rule``: ``stable`` (left out in relative mode, where one
+    trial cannot be judged alone: the sweep-summary run has the verdict), the rule in words and as settings."""
+    out: dict[str, Any] = {"stable_rule": rule.describe(), "rule": rule.settings()}
+    verdict = judge(record_of(metrics), rule)
+    if verdict is not None:
+        out["stable"] = bool(verdict)
+    return out
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -262,31 +341,36 @@ def _stable_lr_mask(vals: list[np.ndarray], rule: StabilityRule, seed_quorum: fl
     return out
 
 
-def _decades(mask: np.ndarray, log_lrs: np.ndarray) -> np.ndarray:
-    """log10(max stable lr / min stable lr) per row of a (B, L) mask; 0.0 where none."""
-    any_ = mask.any(axis=1)
-    first = np.argmax(mask, axis=1)
-    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
-    return np.where(any_, log_lrs[last] - log_lrs[first], 0.0)
+def _run_around(mask: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) index of the unbroken run of stable lrs around each row's best stable lr (the stable lr
+    with the highest mean judged value; ties: the lowest lr); (-1, -1) where no lr is stable.
+
+    ``mask`` and ``means`` are (B, L). Python over rows: B <= n_boot and L is a few dozen lrs at most.
+    """
+    n_rows, n_lrs = mask.shape
+    lo, hi = np.full(n_rows, -1), np.full(n_rows, -1)
+    score = np.where(mask, np.nan_to_num(means, nan=-np.inf), np.nan)
+    for b in range(n_rows):
+        if not mask[b].any():
+            continue
+        row = np.where(mask[b], score[b], -np.inf)
+        a = int(np.flatnonzero(row == row.max())[0])  # best stable lr, lowest on a tie
+        i, j = a, a
+        while i > 0 and mask[b, i - 1]:
+            i -= 1
+        while j < n_lrs - 1 and mask[b, j + 1]:
+            j += 1
+        lo[b], hi[b] = i, j
+    return lo, hi
 
 
-def _longest_run(stable: list[bool]) -> tuple[int, int, int]:
-    """(length, start, end) of the longest run of True; ties go to the lowest lr."""
-    best = (0, -1, -1)
-    start = None
-    for i, s in enumerate([*stable, False]):  # sentinel closes a run at the end
-        if s and start is None:
-            start = i
-        elif not s and start is not None:
-            if i - start > best[0]:
-                best = (i - start, start, i - 1)
-            start = None
-    return best
+def _decades(mask: np.ndarray, means: np.ndarray, log_lrs: np.ndarray) -> np.ndarray:
+    """The headline width per row: log10(last / first lr) of the unbroken stable run around the best lr."""
+    lo, hi = _run_around(mask, means)
+    return np.where(lo >= 0, log_lrs[np.maximum(hi, 0)] - log_lrs[np.maximum(lo, 0)], 0.0)
 
 
-def _width(
-    complete: list[dict], rule: StabilityRule, seed_quorum: float, n_boot: int, rng_key: list[int] | None
-) -> dict[str, Any]:
+def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list[int] | None) -> dict[str, Any]:
     """Stable lrs and widths of one variant's COMPLETE trials under ``rule`` (module docstring); the
     bootstrap interval only with ``n_boot`` > 0 and an ``rng_key``."""
     best = variant_best(complete, rule)
@@ -301,10 +385,11 @@ def _width(
     vals: list[np.ndarray] = []  # per lr: (1, n_seeds) judged values, NaN where a trial cannot be stable
     for lr in lrs:
         group = by_lr[lr]
-        finals = [v for r in group if (v := _eligible_value(r, rule.metric)) is not None]
+        judged = [_judged_value(r, rule) for r in group]
         n_st = sum(is_stable(r, rule, best) for r in group)
         n_div = sum(_as_bool(r.get("diverged", False)) for r in group)
-        vals.append(np.array([[np.nan if (v := _judged_value(r, rule)) is None else v for r in group]], dtype=float))
+        vals.append(np.array([[np.nan if v is None else v for v in judged]], dtype=float))
+        finite = [v for v in judged if v is not None]
         points.append(
             {
                 "lr": lr,
@@ -312,83 +397,80 @@ def _width(
                 "n_stable": n_st,
                 "n_diverged": n_div,
                 "frac_stable": n_st / len(group),
-                "mean_val_acc": float(np.mean(finals)) if finals else None,
+                "seeds": [r.get("seed") for r in group],
+                "values": judged,  # the value the rule judged, per seed (None: diverged / not finite)
+                "mean": float(np.mean(finite)) if finite else None,
                 "diverged_any": n_div > 0,
             }
         )
 
     log_lrs = np.log10(np.array(lrs, dtype=float)) if lrs else np.zeros(0)
-    stable_lrs: list[bool] = _stable_lr_mask(vals, rule, seed_quorum)[0].tolist() if lrs else []
+    mask = _stable_lr_mask(vals, rule, rule.seed_quorum) if lrs else np.zeros((1, 0), dtype=bool)
+    means = np.array([[p["mean"] if p["mean"] is not None else np.nan for p in points]], dtype=float)
+    stable_lrs: list[bool] = mask[0].tolist()
     for p, s in zip(points, stable_lrs, strict=True):
         p["stable"] = bool(s)
     idx = [i for i, s in enumerate(stable_lrs) if s]
-    run_len, run_lo, run_hi = _longest_run(stable_lrs)
+    lo, hi = (int(x[0]) for x in _run_around(mask, means)) if lrs else (-1, -1)
+    holes = [lrs[i] for i in range(idx[0], idx[-1] + 1) if not stable_lrs[i]] if idx else []
 
     # Bootstrap only makes sense when at least one lr has more than one seed to resample.
     ci = None
     if n_boot > 0 and rng_key is not None and any(p["n_seeds"] > 1 for p in points):
         rng = np.random.default_rng(rng_key)
         boot_vals = [v[0][rng.integers(0, v.shape[1], size=(n_boot, v.shape[1]))] for v in vals]
-        boot = _decades(_stable_lr_mask(boot_vals, rule, seed_quorum), log_lrs)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        ci = [float(lo), float(hi)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an lr whose resampled seeds all diverged
+            boot_means = np.stack([np.nanmean(v, axis=1) for v in boot_vals], axis=1)
+        boot = _decades(_stable_lr_mask(boot_vals, rule, rule.seed_quorum), boot_means, log_lrs)
+        lo_ci, hi_ci = np.percentile(boot, [2.5, 97.5])
+        ci = [float(lo_ci), float(hi_ci)]
 
     return {
         "n_stable": sum(is_stable(r, rule, best) for r in complete),
         "n_lrs": len(lrs),
         "n_stable_lrs": len(idx),
-        "stable_lr_min": lrs[idx[0]] if idx else None,
-        "stable_lr_max": lrs[idx[-1]] if idx else None,
-        "stable_decades": float(log_lrs[idx[-1]] - log_lrs[idx[0]]) if idx else 0.0,
+        "stable_lr_min": lrs[lo] if lo >= 0 else None,
+        "stable_lr_max": lrs[hi] if lo >= 0 else None,
+        "stable_decades": float(log_lrs[hi] - log_lrs[lo]) if lo >= 0 else 0.0,
         "stable_decades_ci": ci,
-        "longest_run": run_len,
-        "longest_run_lr_min": lrs[run_lo] if run_len else None,
-        "longest_run_lr_max": lrs[run_hi] if run_len else None,
-        "longest_run_decades": float(log_lrs[run_hi] - log_lrs[run_lo]) if run_len else 0.0,
+        "holes": holes,
+        "n_holes": len(holes),
+        "span_lr_min": lrs[idx[0]] if idx else None,
+        "span_lr_max": lrs[idx[-1]] if idx else None,
+        "span_decades": float(log_lrs[idx[-1]] - log_lrs[idx[0]]) if idx else 0.0,
         "variant_best": best,
         "points": points,
     }
 
 
-def _per_seed(complete: list[dict], rule: StabilityRule, seed_quorum: float) -> list[dict]:
+def _per_seed(complete: list[dict], rule: StabilityRule) -> list[dict]:
     """Each seed's stable range from its own trials alone (relative mode: against its own best)."""
     by_seed: dict[Any, list[dict]] = {}
     for r in complete:
         by_seed.setdefault(r.get("seed"), []).append(r)
     out = []
     for s in sorted(by_seed, key=lambda s: _sort_key((s,), ("seed",))):
-        w = _width(by_seed[s], rule, seed_quorum, 0, None)
+        w = _width(by_seed[s], rule, 0, None)
         out.append({"seed": s, "n_trials": len(by_seed[s])} | {k: w[k] for k in _SEED_KEYS})
     return out
 
 
-_SEED_KEYS = ("n_stable_lrs", "stable_lr_min", "stable_lr_max", "stable_decades", "longest_run_decades")
+_SEED_KEYS = ("n_stable_lrs", "stable_lr_min", "stable_lr_max", "stable_decades", "holes", "n_holes", "span_decades")
 _VIEW_KEYS = ("n_stable", "variant_best", "stable_decades_ci", *_SEED_KEYS)
 
 
-def _analyse_variant(
-    key: tuple,
-    recs: list[dict],
-    rule: StabilityRule,
-    variant_keys: Sequence[str],
-    seed_quorum: float,
-    n_boot: int,
-    seed: int,
-) -> dict:
-    label = variant_label(key, variant_keys)
-    complete = [r for r in recs if _state(r) == "COMPLETE"]
-    # per-variant stream from its label, so adding a variant leaves the others' CIs alone
-    main = _width(complete, rule, seed_quorum, n_boot, [seed, zlib.crc32(label.encode())])
-    per_seed = _per_seed(complete, rule, seed_quorum)
-
+def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list[dict], label: str,
+           n_boot: int, seed: int) -> dict[str, dict]:  # fmt: skip
+    """The same rule judged by each statistics (population, batch): widths, stable lrs, per-seed widths."""
     views: dict[str, dict] = {}
     for name, metric in STATISTICS.items():
         if metric == rule.metric:
             w, ps = main, per_seed
         else:
             r_m = rule.with_metric(metric)
-            w = _width(complete, r_m, seed_quorum, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
-            ps = _per_seed(complete, r_m, seed_quorum)
+            w = _width(complete, r_m, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
+            ps = _per_seed(complete, r_m)
         views[name] = {
             "metric": metric,
             "n_finite": sum(_eligible_value(r, metric) is not None for r in complete),
@@ -396,10 +478,22 @@ def _analyse_variant(
             "stable_lrs": [p["lr"] for p in w["points"] if p["stable"]],
             "per_seed": ps,
         }
+    return views
+
+
+def _analyse_variant(
+    key: tuple, recs: list[dict], rule: StabilityRule, variant_keys: Sequence[str], n_boot: int, seed: int
+) -> dict:
+    label = variant_label(key, variant_keys)
+    complete = [r for r in recs if _state(r) == "COMPLETE"]
+    # per-variant stream from its label, so adding a variant leaves the others' CIs alone
+    main = _width(complete, rule, n_boot, [seed, zlib.crc32(label.encode())])
+    per_seed = _per_seed(complete, rule)
+    views = _views(complete, rule, main, per_seed, label, n_boot, seed)
     pop, bat = views["population"], views["batch"]
     differ = bool(pop["n_finite"] and bat["n_finite"]) and (pop["stable_lrs"] != bat["stable_lrs"])
 
-    means = [(p["mean_val_acc"], p["lr"]) for p in main["points"] if p["mean_val_acc"] is not None]
+    means = [(p["mean"], p["lr"]) for p in main["points"] if p["mean"] is not None]
     # ties go to the lowest lr
     best_mean, best_lr = max(means, key=lambda m: (m[0], -m[1])) if means else (None, None)
 
@@ -419,7 +513,7 @@ def _analyse_variant(
     out.update(
         {
             "best_lr": best_lr,
-            "best_val_acc": best_mean,
+            "best_value": best_mean,
             "variant_best": main["variant_best"],
             "per_seed": per_seed,
             "by_statistics": views,
@@ -436,7 +530,6 @@ def analyse(
     variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS,
     n_boot: int = 1000,
     seed: int = 0,
-    seed_quorum: float = 0.5,
 ) -> list[dict]:
     """One summary dict per variant, sorted by variant key (see module docstring)."""
     variant_keys = tuple(variant_keys)
@@ -444,7 +537,7 @@ def analyse(
     for rec in trials:
         groups.setdefault(variant_key(rec, variant_keys), []).append(rec)
     keys = sorted(groups, key=lambda k: _sort_key(k, variant_keys))
-    return [_analyse_variant(k, groups[k], rule, variant_keys, seed_quorum, n_boot, seed) for k in keys]
+    return [_analyse_variant(k, groups[k], rule, variant_keys, n_boot, seed) for k in keys]
 
 
 def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> list[dict]:
@@ -482,11 +575,8 @@ def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> 
                     "stable_decades": v["stable_decades"],
                     "off_decades": off["stable_decades"] if off else None,
                     "delta_decades": (v["stable_decades"] - off["stable_decades"] if off else None),
-                    "longest_run_decades": v["longest_run_decades"],
-                    "off_longest_run_decades": off["longest_run_decades"] if off else None,
-                    "delta_longest_run_decades": (
-                        v["longest_run_decades"] - off["longest_run_decades"] if off else None
-                    ),
+                    "n_holes": v["n_holes"],
+                    "off_n_holes": off["n_holes"] if off else None,
                 }
             )
             rows.append(row)
@@ -498,11 +588,4 @@ def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> 
     return sorted(rows, key=order)
 
 
-_COMPARE_VALUE_KEYS = {
-    "stable_decades",
-    "off_decades",
-    "delta_decades",
-    "longest_run_decades",
-    "off_longest_run_decades",
-    "delta_longest_run_decades",
-}
+_COMPARE_VALUE_KEYS = {"stable_decades", "off_decades", "delta_decades", "n_holes", "off_n_holes"}

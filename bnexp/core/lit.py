@@ -193,14 +193,22 @@ class BNExpModule(EvalSteps, L.LightningModule):
         if self.trainer.sanity_checking or not self._sums.has(""):
             return
         m = self.record.validated(self.global_step, self._sums.validation())
-        self.log_dict(m)
+        self._log_eval(m)
         if not math.isfinite(m["val/loss"]) and self.trainer.state.fn == "fit":
             self._mark_diverged(self.global_step, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         m = self._sums.test()
         self.record.tested(m)
-        self.log_dict(m, add_dataloader_idx=False)
+        self._log_eval(m)
+
+    def _log_eval(self, m: dict[str, float]) -> None:
+        """An evaluation's metrics at the global step metrics.json and curves.csv give them. Lightning's own
+        logging of a validation inside fit uses the batches-stepped counter, one behind (19 for step 20): so
+        the loggers get them here, and `self.log` only feeds callback_metrics (the progress bar)."""
+        self.log_dict(m, logger=False, add_dataloader_idx=False)
+        for lg in self.loggers:
+            lg.log_metrics(m, step=self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams

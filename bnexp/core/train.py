@@ -258,24 +258,25 @@ def fit_evaluate(trainer: Any, module: Any, dm: Any, resume: Path | None = None)
     return train_s
 
 
-def finish_run(out: Path, metrics: dict[str, Any], logger: Any, rule: Any) -> None:
-    """metrics.json (atomically), then the logger's summary and close (W&B)."""
+def finish_run(out: Path, metrics: dict[str, Any], logger: Any, summarize: Callable[[dict], dict] | None) -> None:
+    """metrics.json (atomically), then the logger's summary (plus `summarize(metrics)`) and close (W&B)."""
     from bnexp.tracking.loggers import finish_logger
 
     write_json_atomic(out / "metrics.json", metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)  # a stopped run's checkpoint: metrics.json is the result now
-    finish_logger(logger, metrics, rule)
+    finish_logger(logger, metrics, summarize(metrics) if summarize else {})
 
 
 def train(
     cfg: DictConfig,
     output_dir: str | os.PathLike | None = None,
     callbacks: list | None = None,
-    logger: Any = "from_cfg",
-    on_module: Callable[[Any], None] | None = None,
-    rule: Any = None,
+    summarize: Callable[[dict], dict] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; return (and write to metrics.json) its final metrics.
+
+    `summarize(metrics)` gives extra fields for the logger's run summary (the caller's verdict: training
+    itself judges nothing).
 
     A non-finite loss is a result, not a crash: training stops, `diverged` is true, the metrics
     so far are kept and the test metrics are still computed on the weights it ended with.
@@ -293,9 +294,7 @@ def train(
     resume = _resume_point(cfg, out)  # a finished run there is refused; a stopped one is resumed
     out.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg)
-    if on_module is not None:
-        on_module(module)
-    lg = build_logger(cfg, out) if logger == "from_cfg" else logger
+    lg = build_logger(cfg, out)
     stop_ckpt = _checkpoint_on_stop(out / CHECKPOINT)
     trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or []), stop_ckpt])
     if cfg.model.sync_bn and trainer.world_size > 1 and trainer.strategy.root_device.type != "cuda":
@@ -333,7 +332,7 @@ def train(
         resumed_from_step=module.resumed_from_step,
     )
     if trainer.is_global_zero:
-        finish_run(out, metrics, lg, rule)
+        finish_run(out, metrics, lg, summarize)
     return metrics
 
 

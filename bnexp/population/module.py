@@ -4,7 +4,7 @@ It is BNExpModule's counterpart with manual optimization, and fills the same con
 (bnexp.core.metrics: the loss, EvalSums, Divergence, one RunRecord per member; bnexp.core.lit: EvalSteps, the
 validation and test passes, and build_optimizer), so Lightning's loop, precision, device placement, progress
 bar, loggers and callbacks serve both. Member k's metrics go to logger k of the trainer (its own CSV file / W&B
-run), at the step Lightning's own `self.log` would use, so a member's curves overlay its solo run's.
+run), at the steps a solo run logs them, so a member's curves overlay its solo run's.
 
 Per step, no host sync: the K losses are judged on the device (`Divergence.update`), a member whose loss is
 non-finite leaves the summed loss (torch.where: 0 * NaN would still be NaN) and the optimizer freezes it
@@ -190,24 +190,26 @@ class PopulationModule(EvalSteps, L.LightningModule):
                 self.divergence.stop(k, at)  # as a solo run: a non-finite validation loss stops it here
                 self._stop_member(k, at, at, "non-finite validation loss")
                 self._done.add(k)
-        self._log_members(logs)
+        self._log_members(logs, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         ms = self._sums.test()
         for k, rec in enumerate(self.records):
             rec.tested(per_member(ms, k))
-        self._log_members({k: per_member(ms, k) for k in range(self.K)})
+        self._log_members({k: per_member(ms, k) for k in range(self.K)}, self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams
         return build_optimizer(h.optim, self.parameters(), list(h.lrs), h.momentum, h.weight_decay, kinds=KINDS)
 
     # ---- logging ----------------------------------------------------------------------------------
-    def _log_members(self, metrics: dict[int, dict[str, float]]) -> None:
-        """Member k's metrics to trainer.loggers[k] (its CSV file / W&B run), at Lightning's logging step."""
+    def _log_members(self, metrics: dict[int, dict[str, float]], step: int | None = None) -> None:
+        """Member k's metrics to trainer.loggers[k] (its CSV file / W&B run): training metrics at the step
+        Lightning's own `self.log` uses, evaluations at `step` (the global step metrics.json gives them)."""
         loggers = self.trainer.loggers
         if not loggers:
             return
-        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning's self.log uses
+        if step is None:
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # what Lightning's self.log uses
         for k, m in metrics.items():
             loggers[k].log_metrics({**m, "epoch": self.current_epoch}, step=step)

@@ -129,7 +129,7 @@ def train_population(
     on_step: Callable[[], None] | None = None,
     *,
     member_cfgs: Sequence[DictConfig] | None = None,
-    rule: Any = None,
+    summarize: Callable[[dict], dict] | None = None,
 ) -> list[dict[str, Any]]:
     """Train K = len(lrs) learning rates of one variant together; return each member's `train()` metrics.
 
@@ -137,8 +137,8 @@ def train_population(
     batches (its seed's BatchStream; members with one seed share one stream). seeds defaults to cfg.seed for
     every member. `member_cfgs` (optional): each member's own config (a sweep's trials: run name, tags), equal
     to cfg in model, data, trainer and loss. `on_step` is called before every batch (it may raise to stop);
-    `rule` is the stability rule for the W&B summaries. The timing keys (wall_s, train_s, steps_per_s) are the
-    population's, shared by its members.
+    `summarize(metrics)` gives extra W&B summary fields per member (a sweep's verdict). The timing keys
+    (wall_s, train_s, steps_per_s) are the population's, shared by its members.
 
     A stop (StopRequested from `on_step`, SIGTERM, Ctrl-C) saves the whole population (every member's weights,
     BN buffers, optimizer moments, records, the step) to `<output_dirs[0]>/population.ckpt` and re-raises;
@@ -218,7 +218,7 @@ def train_population(
             resumed_from_step=module.resumed_from_step,
             population=K,
         )
-        finish_run(out, met, loggers[k] if loggers else False, rule)
+        finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)
     ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now
     log.info("population K=%d: %d steps in %.1fs (%.1f steps/s)", K, done, train_s, done / max(train_s, 1e-9))

@@ -119,22 +119,21 @@ def _default_run_cfg() -> DictConfig:
 class Progress:
     """Trials done / total and, per variant, trials done and the stable range so far under the study's rule."""
 
-    def __init__(self, study: Any, sw: DictConfig, total: int) -> None:
+    def __init__(self, study: Any, sw: DictConfig, total: int, rule: Any) -> None:
         from tqdm import tqdm
 
-        self.study, self.sw = study, sw
+        self.study, self.sw, self.rule = study, sw, rule
         self.bar = tqdm(total=total, desc=study.study_name, unit="trial", disable=not sw.progress, dynamic_ncols=True)
         self.update()
 
     def update(self) -> None:
         from bnexp.analysis.stability import analyse
-        from bnexp.sweep.records import keys_of, rule_of, trial_records
+        from bnexp.sweep.records import keys_of, trial_records
 
         recs = trial_records(self.study)
-        rule, quorum = rule_of(self.sw)
         self.bar.n = sum(r["state"] == "COMPLETE" for r in recs)
         parts = []
-        for v in analyse(recs, rule, keys_of(self.sw), n_boot=0, seed_quorum=quorum):
+        for v in analyse(recs, self.rule, keys_of(self.sw), n_boot=0):
             rng = f"[{v['stable_lr_min']:.0e},{v['stable_lr_max']:.0e}]" if v["stable_lr_min"] else "[]"
             parts.append(f"{v['label']} {v['n_trials']} {rng}")
         self.bar.set_postfix_str(" | ".join(parts)[:200])
@@ -144,45 +143,85 @@ class Progress:
         self.bar.close()
 
 
-def _print_summary(summary: dict, out_dir: Path) -> None:
-    print(f"study {summary.get('study')}: {summary.get('n_trials')} trials; report in {out_dir}/report.md")
-    for v in summary.get("variants", []):
-        lo, hi = v.get("stable_lr_min"), v.get("stable_lr_max")
-        rng = f"[{lo:.2g}, {hi:.2g}]" if lo else "none"
-        print(
-            f"  {v['label']:<24} trials={v['n_trials']:>3} stable={v['n_stable']:>3} diverged={v['n_diverged']:>3} "
-            f"stable lr {rng} = {v['stable_decades']:.2f} decades"
-        )
-
-
-def _wandb_summary(study: Any, out_dir: Path, summary: dict, base: DictConfig) -> None:
+def wandb_summary(study: Any, out_dir: Path, summary: dict, base: DictConfig) -> None:
+    """The study's sweep-summary W&B run, in its group; a failure is a warning (the report on disk is the result)."""
     if base.logger.name != "wandb":
         return
+    from bnexp.sweep import liveness
     from bnexp.sweep.records import recorded_spec, trial_records
-    from bnexp.tracking.wandb_runs import log_sweep_summary
+    from bnexp.tracking.sweep_summary import log_sweep_summary
 
+    group = names.study_group(study.study_name, liveness.study_user_attrs(study).get("spec_hash", ""))
     try:
-        log_sweep_summary(study.study_name, out_dir, trial_records(study), summary, recorded_spec(study), base)
+        log_sweep_summary(
+            study.study_name, out_dir, trial_records(study), summary, recorded_spec(study), base, group=group
+        )
     except Exception as e:  # the report on disk is the result; W&B is a view of it
         log.warning("W&B sweep summary not written: %s", one_line(e))
+
+
+def _study_name(sw: DictConfig, hc: Any) -> str:
+    from hydra.types import RunMode
+
+    name = sw.study or sw.name
+    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
+        name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
+    return name
+
+
+def _judged_by(study: Any, sw: DictConfig) -> Any:
+    """The rule this command judges by: `sweep.rule` as given. A rule other than the one the study was created
+    with is a report-time choice, said in one line (and in report.md, summary.json and W&B)."""
+    from bnexp.analysis.stability import StabilityRule
+    from bnexp.sweep.records import recorded_spec, rule_of
+
+    rule = StabilityRule.of(sw.rule, lambda k, v: f"sweep.rule.{k}={v}")
+    note = rule.differences(rule_of(recorded_spec(study)["sweep"]))
+    if note:
+        print(f"bnexp: {note} (python -m bnexp.report --threshold ... re-judges without a rerun)", file=sys.stderr)
+    return rule
+
+
+def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path, task: list, url: str,
+          n_points: int, rule: Any) -> dict:  # fmt: skip
+    """This worker (and `sweep.jobs` local ones) trains waiting points until none is left."""
+    from bnexp.core.config import check_hardware
+    from bnexp.sweep import local
+    from bnexp.sweep.worker import Worker, install_signal_handlers  # torch and Lightning: to train only
+
+    check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
+    n, threads, gpus = local.plan(sw, base, n_points)
+    worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
+    install_signal_handlers(worker)
+    others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
+    if n > 1:
+        local.pin_this_worker(threads)
+    bar = Progress(study, sw, n_points, rule)
+    try:
+        counts = worker.loop(progress=bar, max_trials=sw.max_trials)
+    finally:
+        local.stop(others, worker.interrupted)
+        bar.update()
+        bar.close()
+    log.info("worker done: %s", counts)
+    if worker.interrupted:
+        print("bnexp: sweep interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    return counts
 
 
 def run_study(cfg: DictConfig) -> dict[str, Any]:
     """One study from a composed study config (inside the Hydra job)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from bnexp.sweep.records import build_report, rule_of
+    from bnexp.sweep.records import build_report, print_summary
     from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
     from bnexp.sweep.storage import load_study, open_study, spec_record, storage_url
 
     hc = HydraConfig.get()
-    out_dir = Path(hc.runtime.output_dir)
-    task = list(hc.overrides.task)
+    out_dir, task = Path(hc.runtime.output_dir), list(hc.overrides.task)
     sw, notes = resolve(cfg, task)
-    name = sw.study or sw.name
-    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
-        name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
+    name = _study_name(sw, hc)
     for n in notes:
         log.info(n)
     base = training_cfg(cfg)
@@ -200,10 +239,6 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         study, created = load_study(url, name, sw), False  # a report never creates a study
     else:
         study, created = open_study(name, sw, spec_record(name, sw, base), spec_hash(sw, base), url)
-    commands = [
-        redact(" ".join(["python -m bnexp.sweep", *[o for o in task if not o.startswith("sweep.action=")]])),
-        f"python -m bnexp.report {out_dir}",
-    ]
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
         write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts)})
@@ -211,36 +246,19 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
         return {"design_size": len(pts)}
 
-    rule, _ = rule_of(sw)
+    rule = _judged_by(study, sw)
     if sw.action in ("all", "work"):
-        from bnexp.core.config import check_hardware
-        from bnexp.sweep import local
-        from bnexp.sweep.worker import Worker, install_signal_handlers  # torch and Lightning: to train only
-
-        check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
-        n, threads, gpus = local.plan(sw, base, len(pts))
-        worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
-        install_signal_handlers(worker)
-        others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
-        if n > 1:
-            local.pin_this_worker(threads)
-        bar = Progress(study, sw, len(pts))
-        try:
-            counts = worker.loop(progress=bar, max_trials=sw.max_trials)
-        finally:
-            local.stop(others, worker.interrupted)
-            bar.update()
-            bar.close()
-        log.info("worker done: %s", counts)
-        if worker.interrupted:
-            print("bnexp: sweep interrupted; rerun the same command to resume", file=sys.stderr)
-            sys.exit(130)
+        counts = _work(study, name, sw, base, out_dir, task, url, len(pts), rule)
         if sw.action == "work":
             print(f"worker done: {counts}; report: python -m bnexp.report {out_dir}")
             return {"counts": counts}
-    summary = build_report(study, out_dir, commands)
-    _wandb_summary(study, out_dir, summary, base)
-    _print_summary(summary, out_dir)
+    commands = [
+        redact(" ".join(["python -m bnexp.sweep", *[o for o in task if not o.startswith("sweep.action=")]])),
+        f"python -m bnexp.report {out_dir}",
+    ]
+    summary = build_report(study, out_dir, commands, rule)
+    wandb_summary(study, out_dir, summary, base)
+    print_summary(summary, out_dir)
     return summary
 
 

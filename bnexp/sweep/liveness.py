@@ -205,3 +205,13 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     if added:
         log.info("re-enqueued %d failed point(s)", added)
     return added
+
+
+def set_study_system_attr(study: Any, key: str, value: Any) -> None:
+    """A study attr that `optuna studies` does not print (Study.set_system_attr is deprecated; the storage's is
+    the storage API every backend implements)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def study_system_attrs(study: Any) -> dict:
+    return study._storage.get_study_system_attrs(study._study_id)

@@ -1,9 +1,10 @@
 """A study's trials as records for bnexp.analysis, and the report built from them.
 
-A finished trial keeps what the report needs as Optuna user attrs (`trial_attrs`): its variant, lr, seed,
-final metrics, divergence, override list and trial dir. `trial_records(study)` reads them back as one dict per
-trial, and `build_report` writes the report under the study's *recorded* spec, so the sweep command, the
-report command and the W&B summary judge "stable" by the one rule the study was created with.
+A finished trial keeps its bnexp.record.TrialRecord as Optuna user attrs (`trial_attrs`): its variant,
+final metrics under their one names, divergence, learning curve and override list. `trial_records(study)`
+reads them back as one row per trial. `build_report` judges by the rule the study was created with unless
+the caller asks for another one (`bnexp.report --threshold ...`, a rerun with another `sweep.rule.*`); the
+report then states both.
 """
 
 from __future__ import annotations
@@ -15,52 +16,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp.analysis.stability import StabilityRule
 from bnexp.names import axis_name, variant_keys
-from bnexp.sweep.spec import grid_axes
-
-METRIC_ATTRS = {  # trial record column <- metrics.json key
-    "val_acc": "val/acc",
-    "val_acc_best": "val/acc_best",
-    "val_acc_batchstats": "val/acc_batchstats",
-    "val_loss": "val/loss",
-    "test_acc": "test/acc",
-    "test_acc_single": "test/acc_single",
-    "step": "step",
-    "diverged_step": "diverged_step",  # first step with a non-finite loss; None when the run did not diverge
-    "wall_s": "wall_s",
-}
+from bnexp.record import TrialRecord
+from bnexp.sweep import liveness
+from bnexp.sweep.spec import LR_PARAM, grid_axes
 
 
 def trial_attrs(metrics: dict, cfg: DictConfig, overrides: list[str], grid_keys: list[str]) -> dict[str, Any]:
-    """The user attrs a finished trial keeps: its variant, lr, seed, final metrics and how to rerun it."""
-    rec: dict[str, Any] = {
-        "bn": cfg.model.bn,
-        "bias": cfg.model.bias,
-        "depth": int(cfg.model.depth),
-        "lr": float(cfg.optim.lr),
-        "seed": int(cfg.seed),
-        "diverged": bool(metrics.get("diverged")),
-    }
-    rec.update({col: metrics.get(key) for col, key in METRIC_ATTRS.items()})
-    rec["overrides"] = " ".join(overrides)
-    rec["val_history"] = metrics.get("val_history") or []  # the learning curve, both ways: the report plots it
-    for k in grid_keys:
-        if axis_name(k) == k:  # an axis beyond bn/bias/depth keeps its config path as column name
-            rec[k] = str(OmegaConf.select(cfg, k))
-    return rec
+    """The user attrs a finished trial keeps: its TrialRecord (variant, final metrics, learning curve, how to
+    rerun it) less what Optuna holds itself (number, state, params)."""
+    axes = {k: str(OmegaConf.select(cfg, k)) for k in grid_keys if axis_name(k) == k}  # beyond bn/bias/depth
+    rec = TrialRecord.from_metrics(metrics, axes=axes, overrides=" ".join(overrides))
+    rec.bias, rec.depth = cfg.model.bias, int(cfg.model.depth)
+    return rec.attrs()
 
 
 def trial_records(study: Any) -> list[dict[str, Any]]:
-    """One dict per finished or failed trial; skips bookkeeping-only trials (returned, duplicate)."""
+    """One record (``TrialRecord.row()``) per finished or failed trial; skips bookkeeping-only trials
+    (returned, duplicate)."""
     out = []
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
         if "key" not in ua or ua.get("returned") or ua.get("duplicate") or t.state.name in ("WAITING", "RUNNING"):
             continue
-        rec = {"number": t.number, "state": t.state.name, "key": ua["key"]}
         fp = t.params or t.system_attrs.get("fixed_params", {})
-        rec.update({"lr": fp.get("lr"), "seed": fp.get("seed")})
-        rec.update({k: v for k, v in ua.items() if k not in ("key", "attempt", "trial_dir")})
-        out.append(rec)
+        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir")}
+        row.update(number=t.number, state=t.state.name, lr=fp.get(LR_PARAM, fp.get("lr")), seed=fp.get("seed"))
+        out.append(TrialRecord.from_row(row).row())
     # a trial that died before it finished (kill -9, OOM) has no variant fields: take them from its point
     by_key = {r["key"]: r for r in out if r.get("bn") is not None}
     for r in out:
@@ -74,18 +55,16 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
 
 def recorded_spec(study: Any) -> dict:
     """The spec a study was created with (its `spec` user attr): {'study', 'sweep', 'train'}."""
-    rec = study.user_attrs.get("spec") or {}
+    rec = liveness.study_system_attrs(study).get("bnexp:spec") or study.user_attrs.get("spec") or {}
     if "sweep" not in rec:  # a study this version did not create: the defaults, under its own name
         rec = {"study": study.study_name, "sweep": {"name": study.study_name}, "train": {}}
     return rec
 
 
-def rule_of(sweep: dict | DictConfig) -> tuple[StabilityRule, float]:
-    """The study's stability rule and seed quorum (the spec's `rule` node; a study recorded before `last_k`
-    existed judges its final validation alone)."""
-    r = dict(sweep.get("rule") or {})
-    quorum = float(r.pop("seed_quorum", 0.5))
-    return StabilityRule(**{k: v for k, v in r.items() if k in ("threshold", "mode", "epsilon", "last_k")}), quorum
+def rule_of(sweep: dict | DictConfig) -> StabilityRule:
+    """The study's stability rule (its spec's `rule` node; a study recorded before a setting existed takes
+    that setting's default)."""
+    return StabilityRule.of(sweep.get("rule"), lambda k, v: f"sweep.rule.{k}={v}")
 
 
 def keys_of(sweep: dict | DictConfig) -> tuple[str, ...]:
@@ -93,12 +72,29 @@ def keys_of(sweep: dict | DictConfig) -> tuple[str, ...]:
     return variant_keys(list(grid_axes(grid)))
 
 
-def build_report(study: Any, out_dir: Path, commands: list[str]) -> dict:
-    """report.md, summary.json, trials.csv and the plots for `study`, under its recorded spec."""
+def build_report(study: Any, out_dir: Path, commands: list[str], rule: StabilityRule | None = None, **kw: Any) -> dict:
+    """report.md, summary.json, trials.csv and the figures for `study`: judged by `rule` when given (a
+    report-time choice, stated beside the rule the study was created with), else by its recorded rule."""
     from bnexp.analysis.report import write_report
 
     spec = recorded_spec(study)
-    rule, quorum = rule_of(spec["sweep"])
+    recorded = rule_of(spec["sweep"])
     return write_report(
-        out_dir, study.study_name, trial_records(study), rule, commands, keys_of(spec["sweep"]), seed_quorum=quorum
-    )
+        out_dir, study.study_name, trial_records(study), rule or recorded, commands, keys_of(spec["sweep"]),
+        recorded_rule=recorded, **kw,
+    )  # fmt: skip
+
+
+def print_summary(summary: dict, out_dir: Path) -> None:
+    """The lines a sweep and `bnexp.report` print: the rule judged by, then each variant's unbroken range."""
+    print(f"study {summary.get('study')}: {summary.get('n_trials')} trials; report in {out_dir}/report.md")
+    if summary.get("rule_note"):
+        print(f"  {summary['rule_note']}")
+    for v in summary.get("variants", []):
+        lo, hi = v.get("stable_lr_min"), v.get("stable_lr_max")
+        rng = f"[{lo:.2g}, {hi:.2g}]" if lo else "none"
+        holes = f" ({v['n_holes']} holes in the span)" if v.get("n_holes") else ""
+        print(
+            f"  {v['label']:<24} trials={v['n_trials']:>3} stable={v['n_stable']:>3} diverged={v['n_diverged']:>3} "
+            f"stable lr {rng} = {v['stable_decades']:.2f} decades{holes}"
+        )

@@ -30,30 +30,20 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError
 from bnexp.core.config import EXECUTION_KEYS, MAX_SEED, Config, flat, validate
 
-SAMPLERS = ("grid", "tpe")
-PRUNERS = ("none", "median", "hyperband")
 ACTIONS = ("all", "work", "create", "report", "plan")
-RULE_MODES = ("threshold", "relative")
 SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
+LR_PARAM = "optim.lr"  # the Optuna param of a point's lr: named for the config key it sets
 
 
 @dataclass
 class LRRange:
     low: float = 1e-5
     high: float = 1.0
-    points: int = 24  # grid: points per variant and seed, evenly log-spaced; tpe: trials per variant and seed
-
-
-@dataclass
-class RuleSpec:
-    threshold: float = 0.9  # stable: not diverged and final val/acc >= threshold
-    mode: str = "threshold"  # threshold | relative (within epsilon of the variant's best)
-    epsilon: float = 0.02
-    seed_quorum: float = 0.5  # with several seeds: an lr is stable when this fraction of its seeds is
-    last_k: int = 1  # stable only when each of the final k validations passes (1: the final value alone)
+    points: int = 24  # points per variant and seed, evenly log-spaced
 
 
 @dataclass
@@ -61,12 +51,10 @@ class SweepConfig:
     name: str = "lr_stability"  # the Optuna study's name (with -m: plus the job's overrides)
     grid: dict = field(default_factory=lambda: {"model": {"bn": ["off", "pre", "post"]}})
     lr: LRRange = field(default_factory=LRRange)
-    sampler: str = "grid"  # grid (evenly log-spaced, enqueued) | tpe (Optuna's TPE picks the lr)
     seeds: list = field(default_factory=lambda: [0])
-    rule: RuleSpec = field(default_factory=RuleSpec)
+    rule: StabilityRule = field(default_factory=StabilityRule)  # the one rule (bnexp.analysis.stability)
     storage: Optional[str] = None  # None: $BNEXP_STORAGE, else sqlite:///<out_dir>/study.db; journal:///path
     out_dir: str = "outputs/sweeps/${sweep.name}"  # = hydra.run.dir: stable, so a rerun finds its study
-    pruner: str = "none"  # none | median | hyperband (off for stability studies: it biases the range)
     population: int = 1  # K > 1: train K lrs of one variant as one model (bnexp.population)
     heartbeat: int = 10  # seconds between heartbeats; 0 disables stale-trial detection
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
@@ -191,13 +179,9 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         )
     if lr.points < 1:
         raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1 (e.g. sweep.lr.points=12)")
-    for k, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("action", ACTIONS)):
-        if sw[k] not in allowed:
-            raise ConfigError(f"sweep.{k}={sw[k]!r} is not allowed; choose one of: {', '.join(allowed)}")
-    r = sw.rule
-    check_rule(r.threshold, r.mode, r.epsilon, r.seed_quorum, lambda k, v: f"sweep.rule.{k}={v}")
-    if r.last_k < 1:
-        raise ConfigError(f"sweep.rule.last_k={r.last_k} must be >= 1 (1: judge the final validation alone)")
+    if sw.action not in ACTIONS:
+        raise ConfigError(f"sweep.action={sw.action!r} is not allowed; choose one of: {', '.join(ACTIONS)}")
+    StabilityRule.of(sw.rule, lambda k, v: f"sweep.rule.{k}={v}")
     if not sw.seeds:
         raise ConfigError("sweep.seeds must list at least one seed, e.g. sweep.seeds=[0,1,2]")
     for s in sw.seeds:
@@ -216,24 +200,6 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
     if not re.fullmatch(r"[\w.\-]+", sw.name):
         raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
-
-
-def check_rule(threshold: Any, mode: Any, epsilon: Any, seed_quorum: Any, name: Any) -> None:
-    """The stability rule's values (its metric is an accuracy); `name(key, value)` spells a setting as the
-    command takes it (`sweep.rule.threshold=3`, `--threshold 3`)."""
-
-    def bad(key: str, v: Any, ok: str, example: str) -> ConfigError:
-        shown = f"{v:g}" if isinstance(v, (int, float)) else repr(v)
-        return ConfigError(f"{name(key, shown)} must be {ok} (e.g. {name(key, example)})")
-
-    if mode not in RULE_MODES:
-        raise ConfigError(f"{name('mode', repr(mode))} is not allowed; choose one of: {', '.join(RULE_MODES)}")
-    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise bad("threshold", threshold, "in [0, 1]: a final val/acc", "0.9")
-    if not (math.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
-        raise bad("epsilon", epsilon, ">= 0 and <= 1: an accuracy difference", "0.02")
-    if not (math.isfinite(seed_quorum) and 0.0 < seed_quorum <= 1.0):
-        raise bad("seed_quorum", seed_quorum, "in (0, 1]: the fraction of an lr's seeds that must be stable", "0.5")
 
 
 # ---- the design ----------------------------------------------------------------------------------
@@ -258,8 +224,8 @@ def point_key(variant: dict[str, Any], seed: int, lr: Any) -> str:
 
 
 def design(sw: DictConfig) -> list[dict[str, Any]]:
-    """Every point of the study: variant x seed x lr (tpe: the lr left to the sampler, numbered instead)."""
-    lrs = lr_points(sw) if sw.sampler != "tpe" else [None] * sw.lr.points
+    """Every point of the study: variant x seed x lr."""
+    lrs = lr_points(sw)
     pts = []
     for v in variants(sw):
         for s in sw.seeds:
@@ -300,7 +266,7 @@ def spec_hash(sw: DictConfig, base: DictConfig) -> str:
     ident = {
         "grid": axes,
         "lr": OmegaConf.to_container(sw.lr),
-        "sampler": sw.sampler,
+        "sampler": "grid",  # kept so that studies created when a sampler could be chosen keep their hash
         "seeds": list(sw.seeds),
         "train": {k: v for k, v in sorted(train.items()) if _counts(k, ignore)},
     }

@@ -22,8 +22,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError, one_line, redact
+from bnexp.record import VAL_ACC
 from bnexp.sweep import liveness
-from bnexp.sweep.spec import design
+from bnexp.sweep.spec import LR_PARAM, design
 
 log = logging.getLogger("bnexp.sweep")
 STORAGE_ENV = "BNEXP_STORAGE"
@@ -150,16 +151,13 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
     ) from None
 
 
-def _sampler_and_pruner(sw: DictConfig) -> tuple[Any, Any]:
+def _sampler() -> Any:
+    """Every point is enqueued with fixed params, so the sampler draws nothing; Optuna's default (TPE) would
+    still be built and warn. A stability study must see every point: no pruner either (Optuna's default
+    MedianPruner only acts when asked, and bnexp never asks)."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=0) if sw.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
-    pruner = {
-        "none": optuna.pruners.NopPruner(),
-        "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
-        "hyperband": optuna.pruners.HyperbandPruner(),
-    }[sw.pruner]
-    return sampler, pruner
+    return optuna.samplers.RandomSampler(seed=0)
 
 
 def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
@@ -167,9 +165,8 @@ def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
     import optuna
 
     storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0)
-    kw = dict(zip(("sampler", "pruner"), _sampler_and_pruner(sw), strict=True)) if sw is not None else {}
     try:
-        return optuna.load_study(study_name=name, storage=storage, **kw)
+        return optuna.load_study(study_name=name, storage=storage, sampler=_sampler())
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise ConfigError(
@@ -188,18 +185,17 @@ def open_study(
     import optuna
 
     storage = make_storage(url, sw.heartbeat, sw.grace)
-    sampler, pruner = _sampler_and_pruner(sw)
     created = False
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler())
     except KeyError:
         try:
             study = optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+                study_name=study_name, storage=storage, sampler=_sampler(), direction="maximize"
             )
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
-            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+            study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler())
     old = study.user_attrs.get("spec_hash")
     if old is None and not created:
         old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
@@ -209,11 +205,13 @@ def open_study(
         for p in pts:
             if p["key"] in have:
                 continue
-            params = {**p["variant"], "seed": p["seed"]}
-            if p["lr"] is not None:
-                params["lr"] = p["lr"]
+            params = {**p["variant"], "seed": p["seed"], LR_PARAM: p["lr"]}
             study.enqueue_trial(params, user_attrs={"key": p["key"], "attempt": 0})
-        study.set_user_attr("spec", json.loads(json.dumps(spec_record, default=str)))
+        study.set_metric_names([VAL_ACC])  # optuna-dashboard and `optuna trials` name the objective
+        # the whole spec (~2 KB) is a system attr, so that `optuna studies` stays readable; the user attrs keep
+        # what a person looks for there: the rule, the design's size and the spec's hash
+        liveness.set_study_system_attr(study, "bnexp:spec", json.loads(json.dumps(spec_record, default=str)))
+        study.set_user_attr("rule", dict(spec_record["sweep"].get("rule") or {}))
         study.set_user_attr("design_size", len(pts))
         study.set_user_attr("spec_hash", h)  # last: a study with a spec_hash has its whole design enqueued
         log.info("created study %s with %d points", study_name, len(pts))

@@ -26,13 +26,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bnexp import names
-from bnexp.analysis.stability import StabilityRule
+from bnexp.analysis.stability import StabilityRule, verdict_summary
 from bnexp.cli import ConfigError, one_line
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
+from bnexp.record import VAL_ACC
 from bnexp.sweep import liveness
 from bnexp.sweep.records import trial_attrs
-from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
+from bnexp.sweep.spec import LR_PARAM, grid_axes, rerun_overrides, trial_cfg
 
 log = logging.getLogger("bnexp.sweep")
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
@@ -102,28 +103,8 @@ def _free_accelerator_memory() -> None:
 
 
 def _objective_value(metrics: dict) -> float:
-    v = metrics.get("val/acc")
+    v = metrics.get(VAL_ACC)
     return float(v) if v is not None and math.isfinite(v) else 0.0
-
-
-class PruneCallback:
-    """Report val/acc to Optuna after each validation; stop the run when the pruner says so."""
-
-    def __new__(cls, trial: Any):
-        import lightning as L
-
-        class _CB(L.Callback):
-            pruned = False
-
-            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-                if trainer.sanity_checking or "val/acc" not in pl_module.final:
-                    return
-                trial.report(pl_module.final["val/acc"], trainer.global_step)
-                if trial.should_prune():
-                    self.pruned = True
-                    trainer.should_stop = True
-
-        return _CB()
 
 
 class StopCallback:
@@ -159,7 +140,8 @@ class Worker:
         rule: StabilityRule | None = None,
     ) -> None:
         self.study, self.study_name, self.sw, self.base = study, study_name, sw, base
-        self.out_dir, self.default, self.rule = Path(out_dir), default, rule
+        self.out_dir, self.default = Path(out_dir), default
+        self.rule = rule or StabilityRule()
         self.grid_keys = list(grid_axes(sw.grid))
         self.spec_hash = liveness.study_user_attrs(study).get("spec_hash", "")
         self.keys = names.variant_keys(self.grid_keys)
@@ -173,10 +155,10 @@ class Worker:
         axes = grid_axes(sw.grid)
         variant = {k: trial.suggest_categorical(k, list(vals)) for k, vals in axes.items()}
         seed = trial.suggest_categorical("seed", [int(s) for s in sw.seeds])
-        lr = trial.suggest_float("lr", sw.lr.low, sw.lr.high, log=True)
+        lr = trial.suggest_float(LR_PARAM, sw.lr.low, sw.lr.high, log=True)  # the enqueued point's lr
         cfg = trial_cfg(self.base, variant, float(f"{lr:.6g}"), seed)
         ov = rerun_overrides(cfg, self.default)
-        cfg.logger.group, cfg.logger.job_type = self.study_name, "trial"
+        cfg.logger.group, cfg.logger.job_type = names.study_group(self.study_name, self.spec_hash), "trial"
         cfg.trainer.progress_bar = False
         values = names.cfg_values(cfg, self.grid_keys)
         name = names.trial_dir_name(trial.number, values, cfg.optim.lr, cfg.seed, self.keys)
@@ -245,16 +227,19 @@ class Worker:
         trial.set_user_attr("trial_dir", str(out))
         trial.set_user_attr("worker", worker_id())
 
-    def _finish(self, trial: Any, metrics: dict, cfg: DictConfig, ov: list[str], pruned: bool = False) -> str:
+    def _finish(self, trial: Any, metrics: dict, cfg: DictConfig, ov: list[str]) -> str:
+        """Record a trained point: its TrialRecord as user attrs, its learning curve as intermediate values
+        (optuna-dashboard draws them), then tell Optuna its final val/acc."""
         from optuna.trial import TrialState
 
         attrs = trial_attrs(metrics, cfg, ov, self.grid_keys)
         try:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
-            if pruned:
-                self.study.tell(trial, state=TrialState.PRUNED)
-                return "pruned"
+            for h in metrics.get("val_history") or []:
+                v = h.get(VAL_ACC)
+                if v is not None and math.isfinite(v) and h.get("step") is not None:
+                    trial.report(float(v), int(h["step"]))
             self.study.tell(trial, _objective_value(metrics))
         except Exception as e:
             if liveness.trial_state(self.study, liveness.trial_id(trial)) == TrialState.RUNNING:
@@ -305,6 +290,36 @@ class Worker:
             self.study.tell(t, state=TrialState.FAIL)
         return [_state_of(reason)] * len(trials)
 
+    # ---- ask -> run -> tell: one path for a single point and for a population ---------------------------
+    def _run(
+        self, trials: list[Any], points: list[tuple[DictConfig, list[str], Path]], fit: Any, on_stop: Any
+    ) -> list[str]:
+        """Train `trials` (their `points`) with `fit()` -> one metrics dict per trial, under one heartbeat;
+        record each result, or fail them all with one reason. A stop (SIGTERM/SIGINT) fails them as
+        interrupted after `on_stop()` has kept the checkpoint their retry resumes from."""
+        for t, (cfg, ov, out) in zip(trials, points, strict=True):
+            self._start(t, cfg, ov, out)
+        self.check_interrupted()  # a signal that came while the trials were being set up
+        reason = None
+        try:
+            with liveness.Heartbeat(self.study, [liveness.trial_id(t) for t in trials], self.sw.heartbeat):
+                results = fit()
+        except BaseException as e:
+            if _is_stop(e):
+                on_stop()
+                return self._fail(trials, INTERRUPTED)
+            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
+                raise
+            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
+        if reason is not None:  # out of the except block: its traceback no longer pins the trials' tensors
+            log.error("trial %s failed: %s", ",".join(str(t.number) for t in trials), reason)
+            return self._fail(trials, reason)
+        return [self._finish(t, m, cfg, ov) for t, m, (cfg, ov, _) in zip(trials, results, points, strict=True)]
+
+    def _summarize(self, metrics: dict) -> dict:
+        """The trial's verdict for its W&B run summary, under the study's rule (core training knows no rule)."""
+        return verdict_summary(metrics, self.rule)
+
     def run_one(self, trial: Any) -> str:
         from bnexp.core.train import train
 
@@ -315,30 +330,18 @@ class Worker:
         except ConfigError as e:
             self._fail([trial], one_line(e))
             raise
-        self._start(trial, cfg, ov, out)
-        cb = PruneCallback(trial) if self.sw.pruner != "none" else None
-        self.check_interrupted()  # a signal that came while the trial was being set up
-        reason = None
-        try:
-            with liveness.Heartbeat(self.study, liveness.trial_id(trial), self.sw.heartbeat):
-                metrics = train(
-                    cfg, output_dir=out, callbacks=[StopCallback(self), *([cb] if cb else [])], rule=self.rule
-                )
-        except BaseException as e:
-            if _is_stop(e):
-                if (out / CHECKPOINT).is_file():  # taken at the stop: the retry of this point resumes from it
-                    trial.set_user_attr("checkpoint", str(out / CHECKPOINT))
-                return self._fail([trial], INTERRUPTED)[0]
-            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
-                raise
-            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
-        if reason is not None:  # out of the except block: its traceback no longer pins the trial's tensors
-            log.error("trial %d failed: %s", trial.number, reason)
-            return self._fail([trial], reason)[0]
-        return self._finish(trial, metrics, cfg, ov, pruned=cb is not None and cb.pruned)
 
-    # ---- a population: K lrs of one variant and seed as one model -----------------------------------
+        def fit() -> list[dict]:
+            return [train(cfg, output_dir=out, callbacks=[StopCallback(self)], summarize=self._summarize)]
+
+        def on_stop() -> None:
+            if (out / CHECKPOINT).is_file():  # taken at the stop: the retry of this point resumes from it
+                trial.set_user_attr("checkpoint", str(out / CHECKPOINT))
+
+        return self._run([trial], [(cfg, ov, out)], fit, on_stop)[0]
+
     def run_population(self, trials: list[Any]) -> list[str]:
+        """K lrs of one variant and seed as one model (bnexp.population)."""
         from bnexp.population.train import train_population
 
         trials = [t for t in trials if not self._drop_duplicate(t)]
@@ -350,39 +353,29 @@ class Worker:
         points = [self._point(t) for t in trials]
         if resumed is not None:
             points = [(c, ov, d) for (c, ov, _), (_, d) in zip(points, resumed, strict=True)]
-        for t, (cfg, ov, out) in zip(trials, points, strict=True):
-            self._start(t, cfg, ov, out)
         cfgs = [p[0] for p in points]
-        reason = None
-        try:
-            with liveness.Heartbeat(self.study, [liveness.trial_id(t) for t in trials], self.sw.heartbeat):
-                results = train_population(
-                    cfgs[0],
-                    [c.optim.lr for c in cfgs],
-                    [p[2] for p in points],
-                    [c.seed for c in cfgs],
-                    on_step=self.check_interrupted,
-                    member_cfgs=cfgs,  # each member's own run name, logged live to its own logger
-                    rule=self.rule,
-                )
-        except BaseException as e:
-            if _is_stop(e):
-                ckpt = points[0][2] / POP_CHECKPOINT
-                if ckpt.is_file():  # taken at the stop: a retry of the same points resumes the population from it
-                    for k, t in enumerate(trials):
-                        t.set_user_attr("population_checkpoint", str(ckpt))
-                        t.set_user_attr("population_member", k)
-                return self._fail(trials, INTERRUPTED)
-            if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
-                raise
-            reason = fail_reason(e)
-        if reason is not None:
-            return self._fail(trials, reason)
-        states = []
-        for t, m, (cfg, ov, _out) in zip(trials, results, points, strict=True):
+        for t in trials:
             t.set_user_attr("population", len(trials))
-            states.append(self._finish(t, m, cfg, ov))
-        return states
+
+        def fit() -> list[dict]:
+            return train_population(
+                cfgs[0],
+                [c.optim.lr for c in cfgs],
+                [p[2] for p in points],
+                [c.seed for c in cfgs],
+                on_step=self.check_interrupted,
+                member_cfgs=cfgs,  # each member's own run name, logged live to its own logger
+                summarize=self._summarize,
+            )
+
+        def on_stop() -> None:
+            ckpt = points[0][2] / POP_CHECKPOINT
+            if ckpt.is_file():  # taken at the stop: a retry of the same points resumes the population from it
+                for k, t in enumerate(trials):
+                    t.set_user_attr("population_checkpoint", str(ckpt))
+                    t.set_user_attr("population_member", k)
+
+        return self._run(trials, points, fit, on_stop)
 
     def ask_group(self) -> list[Any]:
         """Claim waiting points: 1, or up to K of the same variant and seed for population training."""
@@ -391,13 +384,13 @@ class Worker:
             return []
         group = [first]
         if self.sw.population > 1:
-            same = {k: v for k, v in (liveness.fixed_params(self.study, first) or {}).items() if k != "lr"}
+            same = {k: v for k, v in (liveness.fixed_params(self.study, first) or {}).items() if k != LR_PARAM}
             while len(group) < self.sw.population and self._has(("WAITING",)):
                 t = liveness.claim(self.study, self.sw.heartbeat)
                 if t is None:
                     break
                 fpt = liveness.fixed_params(self.study, t) or {}
-                if {k: v for k, v in fpt.items() if k != "lr"} == same and "lr" in fpt:
+                if {k: v for k, v in fpt.items() if k != LR_PARAM} == same and LR_PARAM in fpt:
                     group.append(t)
                 else:  # another variant: put it back
                     self._return(t)

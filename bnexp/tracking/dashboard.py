@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in describe(report):
             print(f"  [{d['section']}] {d['type']}: {d['title']} <- {', '.join(d['plots'])}")
         return
-    from bnexp.tracking.wandb_runs import has_credentials
+    from bnexp.tracking.wandb_mode import has_credentials
 
     if not has_credentials():
         fail("saving a W&B report needs a login: run `wandb login` (or set WANDB_API_KEY); --dry-run needs none")

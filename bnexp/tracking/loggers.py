@@ -56,8 +56,8 @@ def build_callbacks(cfg: DictConfig) -> list:
     return cbs
 
 
-def finish_logger(logger: Any, metrics: dict[str, Any], rule: Any = None) -> None:
-    """Put the final metrics (and `stable` under `rule`) into the run summary and close the run."""
+def finish_logger(logger: Any, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Put the final metrics (and `extra`: the caller's verdict) into the run summary and close the run."""
     if logger is False or logger is None:
         return
     from lightning.pytorch.loggers import WandbLogger
@@ -65,4 +65,4 @@ def finish_logger(logger: Any, metrics: dict[str, Any], rule: Any = None) -> Non
     if isinstance(logger, WandbLogger):
         from bnexp.tracking.wandb_runs import finish_wandb
 
-        finish_wandb(logger, metrics, rule)
+        finish_wandb(logger, metrics, extra)

@@ -1,10 +1,10 @@
-"""Weights & Biases: one run per `train(cfg)` (every `bnexp.run`, every sweep trial), one `sweep-summary` run per sweep.
+"""Weights & Biases runs: one per `train(cfg)` (every `bnexp.run`, every sweep trial), started, named and closed here;
+the sweep-summary run is bnexp.tracking.sweep_summary's, the mode and credentials bnexp.tracking.wandb_mode's.
 
 Each run carries the full resolved config as flat keys (`model.bn`, `optim.lr`, ...) plus `variant`, a readable
 name (`pre-auto-d19-lr2e-03-s0`, bnexp.names), `group` = the sweep's study (or `single`), `job_type` = run /
-trial / sweep-summary and the variant as tags. Its summary holds the final metrics, `diverged`, `stable` (under
-the sweep's rule for a trial, the default rule for a single run: bnexp.analysis.stability.judge) and
-`steps_per_s`.
+trial / sweep-summary and the variant as tags. Its summary holds the final metrics, `diverged`, `steps_per_s`,
+and what the caller judged: `stable` under the sweep's rule for a trial, the default rule for a single run.
 
 Mode (`logger.mode`):
   auto       WANDB_MODE when set; else online when W&B finds credentials without asking (WANDB_API_KEY,
@@ -23,11 +23,8 @@ In auto mode an online start that fails (no network, server down) falls back to 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +33,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp import names
-from bnexp.analysis.stability import StabilityRule, judge, record_of
-from bnexp.cli import ConfigError, redact
+from bnexp.cli import redact
+from bnexp.tracking.wandb_mode import resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -62,64 +59,6 @@ def run_tags(cfg: DictConfig) -> list[str]:
     m = cfg.model
     tags = [variant_name(cfg), f"bn={m.bn}", f"bias={m.bias}", f"depth={m.depth}", f"optim={cfg.optim.name}"]
     return tags + [str(t) for t in (cfg.logger.get("tags") or []) if str(t) not in tags]
-
-
-# ---- mode -----------------------------------------------------------------------------------------
-def _netrc_has_key() -> bool:
-    import netrc
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
-    try:
-        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def has_credentials() -> bool:
-    """Whether W&B finds credentials without asking (env, settings files, ~/.netrc): `wandb.login(prompt=False,
-    verify=False)`, W&B's public call that never prompts and makes no request. Older wandb without `prompt`:
-    the documented places."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    import wandb
-
-    try:
-        return bool(wandb.login(prompt=False, verify=False))
-    except TypeError:  # wandb < 0.22: no `prompt` argument
-        return _netrc_has_key()
-    except Exception as e:  # a malformed key: say so, log offline rather than fail
-        log.warning("W&B credentials unusable (%s); logging offline", " ".join(str(e).split()))
-        return False
-
-
-_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-
-
-def resolve_mode(cfg: DictConfig) -> str:
-    """online | offline | disabled for this run; never prompts.
-
-    Precedence: `logger.mode` when not auto, then WANDB_MODE (WANDB_DISABLED), then whether W&B finds
-    credentials. A forced online mode without credentials is a ConfigError naming `wandb login`.
-    """
-    mode = str(cfg.logger.mode)
-    if mode == "auto":
-        env = os.environ.get("WANDB_MODE", "").strip().lower()
-        if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1"):
-            env = "disabled"
-        if env:
-            if env not in _ENV_MODES:
-                raise ConfigError(f"WANDB_MODE={env!r} is not a W&B mode; use online, offline or disabled")
-            mode = _ENV_MODES[env]
-        else:
-            return "online" if has_credentials() else "offline"
-    if mode == "online" and not has_credentials():
-        raise ConfigError(
-            "W&B online mode needs a login: run `wandb login` (or set WANDB_API_KEY), "
-            "or use logger.mode=offline (sync later with `wandb sync`)"
-        )
-    return mode
 
 
 # ---- run start / finish ---------------------------------------------------------------------------
@@ -286,32 +225,22 @@ def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
-def final_summary(metrics: dict[str, Any], rule: StabilityRule | None = None) -> dict[str, Any]:
-    """The run summary for train()'s metrics: final metrics, `diverged`, `stable` under `rule` (a sweep's rule;
-    bnexp.run's default rule for a single run) and that rule in words. In relative mode a single trial
-    cannot be judged alone: `stable` is left out and the sweep-summary run has the verdict."""
-    rule = rule or StabilityRule()
+def final_summary(metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run summary for train()'s metrics: final metrics (under their metrics.json names), `diverged`, and
+    `extra`, the caller's verdict (a sweep's `stable` under its rule; bnexp.run's under the default rule)."""
     summary = {k: v for k, v in metrics.items() if _scalar(v)}  # val_history stays in metrics.json
-    verdict = judge(record_of(metrics), rule)
-    if verdict is not None:
-        summary["stable"] = bool(verdict)
-    summary["stable_rule"] = rule.describe()
     summary["diverged_count"] = int(bool(metrics.get("diverged")))  # 0/1: sums to a count per variant
-    return summary
+    return {**summary, **(extra or {})}
 
 
-def finish_wandb(logger: Any, metrics: dict[str, Any], rule: StabilityRule | None = None) -> None:
-    """Final metrics, `diverged`, `stable`, `steps_per_s` into the run summary; close the run."""
+def finish_wandb(logger: Any, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Final metrics, `diverged`, `steps_per_s` and `extra` into the run summary; close the run."""
     run = getattr(logger, "_experiment", None)
     if run is None:
         return
-    _finish(run, metrics, rule)
-
-
-def _finish(run: Any, metrics: dict[str, Any], rule: StabilityRule | None) -> None:
     if metrics.get("provenance"):  # where and with what it ran: known once the device is
         run.config.update({"provenance": metrics["provenance"]}, allow_val_change=True)
-    run.summary.update(final_summary(metrics, rule))
+    run.summary.update(final_summary(metrics, extra))
     _close(run, 0)
 
 
@@ -320,254 +249,3 @@ def fail_wandb(logger: Any) -> None:
     run = getattr(logger, "_experiment", None)
     if run is not None and hasattr(run, "finish"):
         _close(run, 1)
-
-
-# ---- sweep summary --------------------------------------------------------------------------------
-def _artifact_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-") or "study"
-
-
-def log_sweep_summary(
-    study: str, out_dir: str | os.PathLike, trials: list[dict], summary: dict, spec: dict, cfg: DictConfig
-) -> None:
-    """One `sweep-summary` run beside the trials (group = study): tables, charts, report files as an artifact.
-
-    `trials` are the sweep's trial records, `summary` what bnexp.analysis.report.write_report returned (its
-    files and figures in out_dir), `spec` the study spec, `cfg` the trials' base config (logger
-    project/entity/mode). The run shows what report.md shows: widths by population and by batch statistics,
-    per-seed widths, learning curves, divergence steps, and each figure with its report.md caption.
-    Does nothing unless `cfg.logger.name == "wandb"`.
-    """
-    if cfg.logger.name != "wandb":
-        return
-    out = Path(out_dir)
-    keys = tuple(summary.get("variant_keys") or ("bn", "bias", "depth"))
-    rule = StabilityRule(**summary["rule"]) if summary.get("rule") else StabilityRule()
-
-    config: dict[str, Any] = {"study": study, "n_records": len(trials), "variant_keys": list(keys), "spec": spec}
-    config["rule"] = {**(summary.get("rule") or {}), "seed_quorum": summary.get("seed_quorum")}
-    config["rule"]["describe"] = rule.describe()
-    run = start_run(
-        cfg,
-        out,
-        name=f"{study}-summary",
-        job_type=SUMMARY_JOB_TYPE,
-        group=study,
-        config=config,
-        tags=["sweep-summary", study],
-        # one summary run per study, whoever writes it (every worker that finishes, each report rebuild)
-        run_id=names.run_id(study, "sweep-summary", json.dumps(spec, sort_keys=True, default=str)),
-    )
-    try:
-        _log_summary_contents(run, out, study, trials, summary, rule, keys)
-    except BaseException:
-        _close(run, 1)
-        raise
-    _close(run, 0)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _log_summary_contents(
-    run: Any, out: Path, study: str, trials: list[dict], summary: dict, rule: Any, keys: tuple[str, ...]
-) -> None:
-    """The sweep-summary run's tables, native charts and the report's figures (the same PNGs as report.md,
-    with the same captions): trials, lr points, variants with widths judged both ways, per-seed widths,
-    learning curves."""
-    import wandb
-
-    from bnexp.analysis.stability import STATISTICS, history, is_stable, variant_key, variant_label
-
-    # relative-mode stability needs each variant's best; summary["variants"] has it
-    bests = {variant_key(v, keys): v.get("variant_best") for v in summary.get("variants", [])}
-    rows, curve_rows = [], []
-    for r in trials:
-        vk = variant_key(r, keys)
-        label = variant_label(vk, keys)
-        lr = _num(r.get("lr"))
-        log_lr = math.log10(lr) if lr and lr > 0 else None
-        diverged = str(r.get("diverged")).lower() in ("true", "1")
-        rows.append(
-            [
-                r.get("number"),
-                label,
-                str(r.get("bn")),
-                str(r.get("bias")),
-                r.get("depth"),
-                lr,
-                log_lr,
-                r.get("seed"),
-                _num(r.get(rule.metric)),
-                diverged,
-                bool(is_stable(r, rule, bests.get(vk))),
-                _num(r.get(STATISTICS["population"])),
-                _num(r.get(STATISTICS["batch"])),
-                _num(r.get("diverged_step")),
-                str(r.get("state", "COMPLETE")),
-            ]
-        )
-        pop, bat = history(r, STATISTICS["population"]), dict(history(r, STATISTICS["batch"]))
-        for step, acc in pop:
-            curve_rows.append([r.get("number"), label, lr, log_lr, r.get("seed"), step, acc, bat.get(step), diverged])
-    rows.sort(key=lambda row: (row[1], row[5] or 0.0, row[7] or 0))
-    cols = ["number", "variant", "bn", "bias", "depth", "lr", "log10_lr", "seed", "val_acc", "diverged", "stable"]
-    cols += ["val_acc_population", "val_acc_batchstats", "diverged_step", "state"]
-    trials_tab = wandb.Table(columns=cols, data=rows, allow_mixed_types=True)
-    ccols = ["number", "variant", "lr", "log10_lr", "seed", "step", "val_acc", "val_acc_batchstats", "diverged"]
-    curves_tab = wandb.Table(columns=ccols, data=curve_rows, allow_mixed_types=True)
-    div_tab = wandb.Table(
-        columns=cols, data=[row for row in rows if row[9] and row[13] is not None], allow_mixed_types=True
-    )
-    lag_tab = wandb.Table(
-        columns=cols, data=[row for row in rows if None not in (row[11], row[12])], allow_mixed_types=True
-    )
-
-    points, vrows, seed_rows = [], [], []
-    for v in summary.get("variants", []):
-        label = v.get("label") or variant_label(variant_key(v, keys), keys)
-        for p in v.get("points", []):
-            lr = _num(p.get("lr"))
-            if lr is None or lr <= 0:
-                continue
-            mean = _num(p.get("mean_val_acc"))
-            points.append([label, lr, math.log10(lr), mean, p.get("n_seeds"), p.get("n_diverged"), p.get("stable")])
-        views = v.get("by_statistics") or {}
-        both = []
-        for stats in ("population", "batch"):
-            view = views.get(stats) or {}
-            recorded = bool(view.get("n_finite"))
-            both += [
-                float(view.get("stable_decades") or 0.0) if recorded else None,
-                _num(view.get("stable_lr_min")),
-                _num(view.get("stable_lr_max")),
-            ]
-            for sd in view.get("per_seed") or []:
-                if recorded:
-                    seed_rows.append(
-                        [label, stats, sd.get("seed"), float(sd.get("stable_decades") or 0.0),
-                         _num(sd.get("stable_lr_min")), _num(sd.get("stable_lr_max"))]
-                    )  # fmt: skip
-        ci = v.get("stable_decades_ci") or [None, None]
-        vrows.append(
-            [
-                label,
-                float(v.get("stable_decades") or 0.0),
-                float(v.get("longest_run_decades") or 0.0),
-                v.get("n_trials"),
-                v.get("n_stable"),
-                v.get("n_diverged"),
-                _num(v.get("stable_lr_min")),
-                _num(v.get("stable_lr_max")),
-                _num(v.get("best_lr")),
-                _num(v.get("best_val_acc")),
-                _num(ci[0]),
-                _num(ci[1]),
-                *both,
-                bool(v.get("statistics_differ")),
-            ]
-        )
-    points.sort(key=lambda row: (row[0], row[1]))
-    points_tab = wandb.Table(
-        columns=["variant", "lr", "log10_lr", "mean_val_acc", "n_seeds", "n_diverged", "stable"],
-        data=points,
-        allow_mixed_types=True,
-    )
-    vcols = ["variant", "stable_decades", "longest_run_decades", "n_trials", "n_stable", "n_diverged"]
-    vcols += [
-        "stable_lr_min",
-        "stable_lr_max",
-        "best_lr",
-        "best_val_acc",
-        "stable_decades_ci_lo",
-        "stable_decades_ci_hi",
-    ]
-    vcols += ["stable_decades_population", "stable_lr_min_population", "stable_lr_max_population"]
-    vcols += ["stable_decades_batchstats", "stable_lr_min_batchstats", "stable_lr_max_batchstats", "statistics_differ"]
-    variants_tab = wandb.Table(columns=vcols, data=vrows, allow_mixed_types=True)
-    seeds_tab = wandb.Table(
-        columns=["variant", "statistics", "seed", "stable_decades", "stable_lr_min", "stable_lr_max"],
-        data=seed_rows,
-        allow_mixed_types=True,
-    )
-    batch_tab = wandb.Table(
-        columns=["variant", "stable_decades_batchstats"],
-        data=[[row[0], row[15]] for row in vrows if row[15] is not None],
-        allow_mixed_types=True,
-    )
-
-    payload: dict[str, Any] = {
-        "trials": trials_tab,
-        "points": points_tab,
-        "variants": variants_tab,
-        "per_seed": seeds_tab,
-        "curves": curves_tab,
-        "charts/val_acc_vs_log_lr": wandb.plot.line(
-            points_tab, "log10_lr", "mean_val_acc", stroke="variant", title=f"{study}: final val/acc vs log10 lr"
-        ),
-    }
-    # fmt: off
-    charts = {  # key: (kind, table, x or label column, y or value column, title)
-        "stable_width": ("bar", variants_tab, "variant", "stable_decades", "stable lr width (decades), rule's metric"),
-        "stable_width_batchstats": ("bar", batch_tab, "variant", "stable_decades_batchstats",
-                                    "stable lr width (decades) by batch statistics"),
-        "diverged": ("bar", variants_tab, "variant", "n_diverged", "diverged trials"),
-        "stable_width_per_seed": ("scatter", seeds_tab, "seed", "stable_decades", "stable lr width of each seed alone"),
-        "divergence_step_vs_log_lr": ("scatter", div_tab, "log10_lr", "diverged_step",
-                                      "step of the first non-finite loss vs log10 lr"),
-        "stats_lag": ("scatter", lag_tab, "val_acc_batchstats", "val_acc_population",
-                      "final val/acc, population (y) vs batch statistics (x)"),
-    }
-    # fmt: on
-    for key, (kind, tab, x, y, title) in charts.items():
-        payload[f"charts/{key}"] = getattr(wandb.plot, kind)(tab, x, y, title=f"{study}: {title}")
-    for v in summary.get("variants", []):
-        label = v.get("label")
-        mine = [row for row in curve_rows if row[1] == label]
-        for stats, col in (("population", 6), ("batch", 7)):
-            lines: dict[str, tuple[list, list]] = {}
-            for row in mine:
-                if row[5] is not None and row[col] is not None:
-                    xs, ys = lines.setdefault(f"lr{row[2]:.2e}-s{row[4]}", ([], []))
-                    xs.append(row[5])
-                    ys.append(row[col])
-            if lines:
-                payload[f"charts/curves/{label}/{stats}"] = wandb.plot.line_series(
-                    [xs for xs, _ in lines.values()],
-                    [ys for _, ys in lines.values()],
-                    keys=list(lines),
-                    title=f"{label}: val acc by {stats} statistics, one line per lr and seed",
-                    xname="step",
-                )
-    for fig in summary.get("figures") or []:
-        f = fig["file"]
-        if (out / f).is_file():  # stability.png stays `stability` (the dashboard's media key)
-            key = f"curves/{f[len('curves-') : -4]}" if f.startswith("curves-") else f.removesuffix(".png")
-            payload[key] = wandb.Image(str(out / f), caption=fig.get("caption"))
-    if "stability" not in payload and (out / "stability.png").is_file():
-        payload["stability"] = wandb.Image(str(out / "stability.png"))
-    run.log(payload)
-
-    s: dict[str, Any] = {k: summary.get(k) for k in ("n_trials", "n_failed", "n_records") if k in summary}
-    s["n_diverged"] = sum(1 for row in rows if row[9])
-    s["n_stable"] = sum(1 for row in rows if row[10])
-    for row in vrows:
-        s[f"stable_decades/{row[0]}"] = row[1]
-        s[f"stable_decades_population/{row[0]}"] = row[12]
-        s[f"stable_decades_batchstats/{row[0]}"] = row[15]
-        s[f"n_diverged/{row[0]}"] = row[5]
-        s[f"best_val_acc/{row[0]}"] = row[9]
-    for label, stats, seed, decades, *_ in seed_rows:
-        s[f"stable_decades_seed{seed}_{stats}/{label}"] = decades
-    run.summary.update(s)
-
-    art = wandb.Artifact(_artifact_name(f"{study}-report"), type="sweep-report", metadata={"study": study})
-    for f in summary.get("files") or ["stability.png", "report.md", "summary.json", "trials.csv"]:
-        if (out / f).is_file():
-            art.add_file(str(out / f), name=f)
-    run.log_artifact(art)

@@ -41,8 +41,8 @@ def full_table() -> list[dict]:
         trials += seeded([(2, 2), (2, 2), (2, 2), (2, 2), (1, 2)])
         for t in trials[-10:]:
             t["depth"] = depth
-    trials[-1]["diverged"], trials[-1]["val_acc"] = True, float("nan")
-    trials[-3]["val_acc_batchstats"] = 0.91
+    trials[-1]["diverged"], trials[-1]["val/acc"] = True, float("nan")
+    trials[-3]["val/acc_batchstats"] = 0.91
     trials.append(trial(3.0, None, state="FAIL", error="CUDA OOM, batch 64\nretry", depth=19))
     for i, t in enumerate(trials):
         t["number"] = i
@@ -66,8 +66,8 @@ def test_write_report_files(tmp_path: Path) -> None:
 
     js = _strict_json(tmp_path / "summary.json")
     assert js == summary
-    assert {"study", "threshold", "rule", "n_trials", "variants", "comparison"} <= set(js)
-    assert js["study"] == "lr_grid" and js["threshold"] == 0.9 and js["rule"]["mode"] == "threshold"
+    assert {"study", "rule", "rule_describe", "n_trials", "variants", "comparison"} <= set(js)
+    assert js["study"] == "lr_grid" and js["rule"]["threshold"] == 0.9 and js["rule"]["mode"] == "threshold"
     assert js["n_trials"] == 40 and js["n_failed"] == 1
     labels = [v["label"] for v in js["variants"]]
     assert labels == ["off-auto-d7", "off-auto-d19", "pre-auto-d7", "pre-auto-d19"]  # sorted by key: bn first
@@ -78,10 +78,11 @@ def test_write_report_files(tmp_path: Path) -> None:
             "n_diverged",
             "n_failed",
             "stable_decades",
-            "longest_run",
+            "holes",
+            "span_decades",
             "points",
         } <= set(v)
-        assert {"lr", "n_seeds", "frac_stable", "mean_val_acc", "diverged_any"} <= set(v["points"][0])
+        assert {"lr", "n_seeds", "frac_stable", "values", "mean", "stable", "diverged_any"} <= set(v["points"][0])
     pre19 = js["variants"][-1]
     assert pre19["n_failed"] == 1 and pre19["n_diverged"] == 1 and pre19["stable_decades"] == pytest.approx(4.0)
     assert pre19["stable_decades_ci"] is not None
@@ -92,7 +93,7 @@ def test_write_report_files(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "| variant | trials | stable | diverged | failed |" in md
     assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 0.0001 – 1 | 4.00 |" in md
-    assert "| 19 | auto | pre | 4.00 | 2.00 | +2.00 |" in md
+    assert "| 19 | auto | pre | 4.00 | 2.00 | +2.00 | 0 / 0 |" in md
     assert "![stability](stability.png)" in md and "![heatmap](heatmap.png)" in md
     for f in summary["figures"]:  # each figure with its one-line caption under it
         assert f"]({f['file']})\n\n*{f['caption']}*\n" in md
@@ -107,7 +108,7 @@ def test_write_report_files(tmp_path: Path) -> None:
 def test_trials_csv_round_trip(tmp_path: Path) -> None:
     trials = full_table()
     trials[0]["extra_only_here"] = "x y"
-    trials[1]["wall_s"], trials[2]["val_acc"] = 123.456789012345, 0.1 + 0.2  # full precision must survive
+    trials[1]["wall_s"], trials[2]["val/acc"] = 123.456789012345, 0.1 + 0.2  # full precision must survive
     trials[3]["flag"], trials[3]["ratio"] = True, float("inf")  # unknown columns: types inferred
     write_report(tmp_path, "rt", trials, RULE, [], n_boot=0)
     back = load_trials_csv(tmp_path / "trials.csv")
@@ -139,7 +140,7 @@ def test_single_depth_has_no_heatmap(tmp_path: Path) -> None:
         pytest.param([trial(0.1, 0.95)], id="one-trial"),
         pytest.param(sweep([0.1] * 5), id="none-stable"),
         pytest.param(
-            [{**t, "diverged": True, "val_acc": float("nan")} for t in sweep([0.95] * 5)],
+            [{**t, "diverged": True, "val/acc": float("nan")} for t in sweep([0.95] * 5)],
             id="all-diverged",
         ),
         pytest.param(sweep([None, float("nan"), None, 0.95, None]), id="none-and-nan"),
@@ -171,7 +172,7 @@ def test_report_judges_both_ways_and_says_where_they_differ(tmp_path: Path) -> N
     assert pre["label"] == "pre-auto-d4" and pre["statistics_differ"] and not off["statistics_differ"]
     assert pre["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
     assert pre["by_statistics"]["batch"]["stable_decades"] == pytest.approx(2.0)
-    assert summary["statistics"] == {"population": "val_acc", "batch": "val_acc_batchstats"}
+    assert summary["statistics"] == {"population": "val/acc", "batch": "val/acc_batchstats"}
     md = (tmp_path / "report.md").read_text()
     assert "| pre-auto-d4 | 0.001 – 0.01 | 1.00 | s0 1.00, s1 1.00 | 0.001 – 0.1 | 2.00 | s0 2.00, s1 2.00 |" in md
     (line,) = [ln for ln in md.splitlines() if ln.startswith("- **")]  # one line, for the variant that differs

@@ -45,32 +45,37 @@ def test_interval_and_width() -> None:
     assert v["stable_lr_min"] == pytest.approx(1e-3)
     assert v["stable_lr_max"] == pytest.approx(1e-1)
     assert v["stable_decades"] == pytest.approx(2.0)
-    assert v["longest_run"] == 3
-    assert v["longest_run_decades"] == pytest.approx(2.0)
+    assert v["holes"] == [] and v["n_holes"] == 0 and v["span_decades"] == pytest.approx(2.0)
     assert (v["n_trials"], v["n_stable"], v["n_lrs"], v["n_stable_lrs"]) == (5, 3, 5, 3)
-    assert v["best_lr"] == pytest.approx(1e-2) and v["best_val_acc"] == pytest.approx(0.97)
+    assert v["best_lr"] == pytest.approx(1e-2) and v["best_value"] == pytest.approx(0.97)
     assert [p["stable"] for p in v["points"]] == [False, True, True, True, False]
 
 
-def test_gap_spans_interval_but_not_longest_run() -> None:
-    # stable at 1e-5; gap at 1e-4; stable 1e-3..1e-1; unstable at 1: the longer run comes second
+def test_the_headline_is_the_unbroken_range_around_the_best_lr_and_holes_are_named() -> None:
+    # stable at 1e-5; a hole at 1e-4; stable 1e-3..1e-1 with the best at 1e-2; unstable at 1
     lrs = [1e-5, *GRID]
-    v = only(analyse(sweep([0.95, 0.2, 0.95, 0.95, 0.95, 0.2], lrs=lrs), RULE, n_boot=0))
-    assert v["stable_lr_min"] == pytest.approx(1e-5)
-    assert v["stable_lr_max"] == pytest.approx(1e-1)
-    assert v["stable_decades"] == pytest.approx(4.0)  # spans the gap
-    assert v["longest_run"] == 3  # not 4 (stable count) and not 1 (first run)
-    assert v["longest_run_decades"] == pytest.approx(2.0)
-    assert v["longest_run_lr_min"] == pytest.approx(1e-3) and v["longest_run_lr_max"] == pytest.approx(1e-1)
+    v = only(analyse(sweep([0.95, 0.2, 0.95, 0.99, 0.95, 0.2], lrs=lrs), RULE, n_boot=0))
+    assert v["stable_lr_min"] == pytest.approx(1e-3) and v["stable_lr_max"] == pytest.approx(1e-1)
+    assert v["stable_decades"] == pytest.approx(2.0)  # not 4: the failing 1e-4 breaks the range
+    assert v["holes"] == [pytest.approx(1e-4)] and v["n_holes"] == 1
+    assert v["span_lr_min"] == pytest.approx(1e-5) and v["span_decades"] == pytest.approx(4.0)  # labelled apart
+    assert v["n_stable_lrs"] == 4
 
 
-def test_one_stable_lr_and_none() -> None:
-    one = only(analyse(sweep([0.5, 0.95, 0.5, 0.5, 0.5]), RULE, n_boot=0))
-    assert one["stable_lr_min"] == one["stable_lr_max"] == pytest.approx(1e-3)
-    assert one["stable_decades"] == 0.0 and one["longest_run"] == 1 and one["n_stable_lrs"] == 1
-    none = only(analyse(sweep([0.5] * 5), RULE, n_boot=0))
-    assert none["stable_lr_min"] is None and none["stable_lr_max"] is None
-    assert none["stable_decades"] == 0.0 and none["longest_run"] == 0 and none["longest_run_decades"] == 0.0
+def test_the_unbroken_range_follows_the_best_lr_not_the_longest_run() -> None:
+    # two runs: 1e-5..1e-4 (best 0.99 at 1e-4) and 1e-2..1 (three points, 0.92): the best lr's run is the headline
+    lrs = [1e-5, *GRID]
+    v = only(analyse(sweep([0.95, 0.99, 0.2, 0.92, 0.92, 0.92], lrs=lrs), RULE, n_boot=0))
+    assert (v["stable_lr_min"], v["stable_lr_max"]) == (pytest.approx(1e-5), pytest.approx(1e-4))
+    assert v["holes"] == [pytest.approx(1e-3)]
+
+
+def test_a_value_exactly_at_the_threshold_is_stable() -> None:
+    rule = StabilityRule(threshold=0.5)
+    trials = sweep([0.5, 0.5, 0.4999, 0.5, 0.5])
+    assert is_stable(trials[0], rule) and not is_stable(trials[2], rule)
+    v = only(analyse(trials, rule, n_boot=0))
+    assert [p["stable"] for p in v["points"]] == [True, True, False, True, True]
 
 
 def test_lrs_merge_after_rounding() -> None:
@@ -92,7 +97,7 @@ def test_diverged_counted_and_never_stable() -> None:
     assert v["n_trials"] == 5 and v["n_diverged"] == 1 and v["n_stable"] == 3
     assert v["stable_lr_max"] == pytest.approx(1e-1)
     assert v["points"][-1]["diverged_any"] and v["points"][-1]["frac_stable"] == 0.0
-    assert v["points"][-1]["mean_val_acc"] is None  # the diverged value is not averaged in
+    assert v["points"][-1]["mean"] is None  # the diverged value is not averaged in
     assert v["best_lr"] == pytest.approx(1e-3)
 
 
@@ -112,8 +117,8 @@ def test_missing_or_nan_metric_not_stable(bad: object) -> None:
     trials = sweep([0.95, bad, 0.95, 0.5, 0.5])
     assert not is_stable(trials[1], RULE)
     v = only(analyse(trials, RULE, n_boot=0))
-    assert v["n_stable"] == 2 and v["longest_run"] == 1
-    assert v["points"][1]["mean_val_acc"] is None
+    assert v["n_stable"] == 2 and v["stable_decades"] == 0.0 and v["holes"] == [pytest.approx(1e-3)]
+    assert v["points"][1]["mean"] is None
 
 
 # ---------------------------------------------------------------------------- relative mode
@@ -152,8 +157,8 @@ def test_last_k_needs_each_of_the_last_k_validations() -> None:
     assert is_stable(steady, last[3]) and not is_stable(steady, last[4])
     assert is_stable(short, last[1]) and not is_stable(short, last[2])  # fewer than k: not shown stable
     assert is_stable(gap, last[1]) and not is_stable(gap, last[2])
-    assert last[2].describe() == "not diverged and val_acc >= 0.9 at each of the last 2 validations"
-    assert last[1].describe() == "not diverged and val_acc >= 0.9"
+    assert last[2].describe() == "not diverged and val/acc >= 0.9 at each of the last 2 validations"
+    assert last[1].describe() == "not diverged and val/acc >= 0.9"
     # a single run's verdict (W&B, progress bar) reads the same history from its metrics.json
     metrics = {"val/acc": 0.95, "diverged": False, "val_history": swings["val_history"]}
     assert judge(record_of(metrics), last[1]) is True and judge(record_of(metrics), last[2]) is False
@@ -192,12 +197,12 @@ def test_widths_judged_by_population_and_by_batch_statistics() -> None:
     # pre: population statistics fail at 1e-1 (the running averages lag), batch statistics do not
     pre = sweep([0.5, 0.95, 0.95, 0.6, 0.3])
     for t, b in zip(pre, [0.5, 0.96, 0.97, 0.95, 0.3], strict=True):
-        t["val_acc_batchstats"] = b
+        t["val/acc_batchstats"] = b
     off = sweep([0.5, 0.95, 0.5, 0.5, 0.5], bn="off")  # no BN: batch statistics = population statistics
-    old = sweep([0.95] * 5, bn="post", val_acc_batchstats=None)  # recorded before val/acc_batchstats existed
+    old = sweep([0.95] * 5, bn="post", **{"val/acc_batchstats": None})  # recorded before val/acc_batchstats existed
     vs = {v["bn"]: v for v in analyse(pre + off + old, RULE, n_boot=0)}
     pop, bat = vs["pre"]["by_statistics"]["population"], vs["pre"]["by_statistics"]["batch"]
-    assert (pop["metric"], bat["metric"]) == ("val_acc", "val_acc_batchstats")
+    assert (pop["metric"], bat["metric"]) == ("val/acc", "val/acc_batchstats")
     assert (pop["stable_lr_min"], pop["stable_lr_max"], pop["stable_decades"]) == pytest.approx((1e-3, 1e-2, 1.0))
     assert (bat["stable_lr_min"], bat["stable_lr_max"], bat["stable_decades"]) == pytest.approx((1e-3, 1e-1, 2.0))
     assert bat["stable_lrs"] == pytest.approx([1e-3, 1e-2, 1e-1]) and bat["n_stable"] == 3
@@ -205,21 +210,21 @@ def test_widths_judged_by_population_and_by_batch_statistics() -> None:
     assert [ps["stable_decades"] for ps in pop["per_seed"]] == pytest.approx([1.0])
     assert vs["pre"]["statistics_differ"] is True
     # "stable" is the rule's verdict, on population statistics: the top level is that view
-    assert vs["pre"]["metric"] == "val_acc" and vs["pre"]["n_stable"] == 2
+    assert vs["pre"]["metric"] == "val/acc" and vs["pre"]["n_stable"] == 2
     assert vs["pre"]["stable_decades"] == pop["stable_decades"] and vs["pre"]["per_seed"] == pop["per_seed"]
     assert vs["off"]["statistics_differ"] is False
     assert vs["off"]["by_statistics"]["batch"]["stable_decades"] == vs["off"]["stable_decades"] == pytest.approx(0)
     assert vs["post"]["by_statistics"]["batch"]["n_finite"] == 0 and vs["post"]["statistics_differ"] is False
     # a rule on batch statistics makes that view the verdict
-    b = only(analyse(pre, RULE.with_metric("val_acc_batchstats"), n_boot=0))
-    assert b["metric"] == "val_acc_batchstats" and b["stable_decades"] == pytest.approx(2.0) and b["n_stable"] == 3
+    b = only(analyse(pre, RULE.with_metric("val/acc_batchstats"), n_boot=0))
+    assert b["metric"] == "val/acc_batchstats" and b["stable_decades"] == pytest.approx(2.0) and b["n_stable"] == 3
     assert b["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
 
 
 def test_batch_statistics_view_has_its_own_bootstrap_interval() -> None:
     trials = seeded([(3, 3), (3, 3), (2, 3), (1, 3), (0, 3)])
     for t in trials:
-        t["val_acc_batchstats"] = 0.95  # every seed fine by batch statistics
+        t["val/acc_batchstats"] = 0.95  # every seed fine by batch statistics
     v = only(analyse(trials, RULE, n_boot=2000, seed=1))
     assert v["stable_decades_ci"] == pytest.approx([1.0, 3.0])  # as without the batch view
     assert v["by_statistics"]["batch"]["stable_decades"] == pytest.approx(4.0)
@@ -237,10 +242,10 @@ def test_seed_fraction_and_quorum() -> None:
     assert [p["frac_stable"] for p in pts] == pytest.approx([1, 2 / 3, 0.5, 1 / 3, 0])
     assert [p["stable"] for p in pts] == [True, True, True, False, False]  # 1 of 2 meets 0.5
     assert v["stable_lr_max"] == pytest.approx(1e-2) and v["n_stable"] == 7
-    assert pts[1]["mean_val_acc"] == pytest.approx((0.95 * 2 + 0.5) / 3)
-    strict = only(analyse(trials, RULE, n_boot=0, seed_quorum=1.0))
+    assert pts[1]["mean"] == pytest.approx((0.95 * 2 + 0.5) / 3)
+    strict = only(analyse(trials, StabilityRule(threshold=0.9, seed_quorum=1.0), n_boot=0))
     assert strict["stable_lr_max"] == pytest.approx(1e-4)
-    loose = only(analyse(trials, RULE, n_boot=0, seed_quorum=0.3))
+    loose = only(analyse(trials, StabilityRule(threshold=0.9, seed_quorum=0.3), n_boot=0))
     assert loose["stable_lr_max"] == pytest.approx(1e-1)
 
 

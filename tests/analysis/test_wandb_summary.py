@@ -11,7 +11,7 @@ from helpers.tables import RULE, lagging_table
 from helpers.wandb_offline import offline_runs, read_offline_run
 
 from bnexp.analysis.report import write_report
-from bnexp.tracking.wandb_runs import log_sweep_summary
+from bnexp.tracking.sweep_summary import log_sweep_summary
 
 
 @pytest.fixture(autouse=True)

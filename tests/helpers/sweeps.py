@@ -64,7 +64,7 @@ def parts(args: list[str]) -> SimpleNamespace:
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(sw, out)
     study, _ = open_study(sw.name, sw, spec_record(sw.name, sw, base), spec_hash(sw, base), url, wait_s=1.0)
-    return SimpleNamespace(cfg=cfg, sw=sw, base=base, out=out, url=url, study=study, rule=rule_of(sw)[0])
+    return SimpleNamespace(cfg=cfg, sw=sw, base=base, out=out, url=url, study=study, rule=rule_of(sw))
 
 
 def worker(p: SimpleNamespace):

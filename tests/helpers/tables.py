@@ -10,7 +10,7 @@ GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # one lr per decade
 
 def trial(lr: float, val_acc: float | None, *, bn: str = "pre", bias: str = "auto", depth: int = 19, **kw) -> dict:
     """A COMPLETE, non-diverged trial unless kw says otherwise; batch statistics equal to population
-    statistics (no lag, as BN off records them) unless `val_acc_batchstats` is given."""
+    statistics (no lag, as BN off records them) unless `**{"val/acc_batchstats": ...}` is given."""
     rec = {
         "number": kw.pop("number", 0),
         "state": "COMPLETE",
@@ -20,10 +20,10 @@ def trial(lr: float, val_acc: float | None, *, bn: str = "pre", bias: str = "aut
         "lr": lr,
         "seed": 0,
         "diverged": False,
-        "val_acc": val_acc,
-        "val_acc_best": val_acc,
-        "val_acc_batchstats": val_acc,
-        "test_acc": val_acc,
+        "val/acc": val_acc,
+        "val/acc_best": val_acc,
+        "val/acc_batchstats": val_acc,
+        "test/acc": val_acc,
         "step": 800,
         "wall_s": 12.5,
         "overrides": f"model.bn={bn} model.depth={depth} optim.lr={lr}",
@@ -45,7 +45,7 @@ def curve(pop: list[float | None], batch: list[float | None] | None = None, ever
 def with_curve(rec: dict, pop: list[float | None], batch: list[float | None] | None = None) -> dict:
     """`rec` with a validation history ending in its final values (as train() records it)."""
     batch = pop if batch is None else batch
-    return {**rec, "val_history": curve(pop, batch), "val_acc": pop[-1], "val_acc_batchstats": batch[-1]}
+    return {**rec, "val_history": curve(pop, batch), "val/acc": pop[-1], "val/acc_batchstats": batch[-1]}
 
 
 def sweep(accs: list[float | None], lrs: list[float] = GRID, **kw) -> list[dict]:

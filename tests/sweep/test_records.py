@@ -17,16 +17,16 @@ def _spec(*overrides: str):
 
 
 def test_last_k_from_the_command_line_reaches_the_rule() -> None:
-    rule, quorum = rule_of(_spec("sweep.rule.last_k=3", "sweep.rule.seed_quorum=1.0"))
-    assert rule == StabilityRule(threshold=0.9, last_k=3) and quorum == 1.0
-    assert rule_of(_spec())[0].last_k == 1  # default: the final validation alone, as before last_k existed
+    rule = rule_of(_spec("sweep.rule.last_k=3", "sweep.rule.seed_quorum=1.0"))
+    assert rule == StabilityRule(threshold=0.9, last_k=3, seed_quorum=1.0)
+    assert rule_of(_spec()).last_k == 1  # default: the final validation alone, as before last_k existed
 
 
 def test_a_spec_recorded_before_last_k_judges_the_final_validation() -> None:
-    rule, quorum = rule_of({"rule": {"threshold": 0.8, "mode": "relative", "epsilon": 0.01, "seed_quorum": 0.5}})
-    assert rule == StabilityRule(threshold=0.8, mode="relative", epsilon=0.01, last_k=1) and quorum == 0.5
+    rule = rule_of({"rule": {"threshold": 0.8, "mode": "relative", "epsilon": 0.01, "seed_quorum": 0.5}})
+    assert rule == StabilityRule(threshold=0.8, mode="relative", epsilon=0.01, last_k=1, seed_quorum=0.5)
 
 
 def test_last_k_below_one_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"sweep.rule.last_k=0 must be >= 1"):
+    with pytest.raises(ConfigError, match=r"sweep.rule.last_k=0 must be a whole number >= 1"):
         _spec("sweep.rule.last_k=0")

@@ -64,7 +64,7 @@ def test_the_swept_lr_on_the_command_line_is_refused_naming_the_range():
         ("sweep.lr.low=-1", "sweep.lr.low=-1.0 must be positive"),
         ("sweep.lr.low=1", "sweep.lr.low=1.0 must be < sweep.lr.high=1.0"),
         ("sweep.lr.points=0", "sweep.lr.points=0 must be >= 1"),
-        ("sweep.sampler=qmc", "sweep.sampler='qmc' is not allowed; choose one of: grid, tpe"),
+        ("sweep.rule.statistics=both", "sweep.rule.statistics='both' is not allowed; choose one of: population, batch"),
         ("sweep.seeds=[0,0]", "lists a seed twice"),
         ("sweep.seeds=[0,-2]", "seeds are whole numbers >= 0"),
         ("sweep.retries=-1", "sweep.retries=-1 must be >= 0"),

@@ -5,7 +5,7 @@ import hashlib
 from helpers.env import bnexp
 from helpers.sweeps import parts, run_sweep, sweep_args
 
-from bnexp.status import render, status
+from bnexp.sweep.status import render, status
 from bnexp.sweep import liveness
 
 

@@ -225,14 +225,15 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     trials = [r for r in runs if r["job_type"] == "trial"]
     summaries = [r for r in runs if r["job_type"] == "sweep-summary"]
     assert len(trials) == 4 and len(summaries) == 1
-    assert {r["group"] for r in runs} == {"t"}
+    spec_hash = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["spec_hash"]
+    assert {r["group"] for r in runs} == {f"t-{spec_hash[:8]}"}  # the study's own group: name + spec hash
     assert sorted(r["name"] for r in trials) == sorted(
         f"{bn}-auto-d3-lr{lr}-s0" for bn in ("off", "pre") for lr in ("1e-04", "1e-01")
     )
     for r in trials:
         assert "train/loss" in r["history_keys"] and "act/z_std/L01" in r["history_keys"]
         assert any("training bn=" in line for line in r["console"])  # the console is captured
-        assert r["summary"]["stable_rule"] == "not diverged and val_acc >= 0.3"  # the spec's rule, as set
+        assert r["summary"]["stable_rule"] == "not diverged and val/acc >= 0.3"  # the spec's rule, as set
         assert r["summary"]["stable"] == (r["summary"]["val/acc"] >= 0.3)
     s = summaries[0]
     assert s["name"] == "t-summary" and s["exit_code"] == 0
@@ -247,6 +248,34 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     assert any(k.startswith("charts/val_acc_vs_log_lr") for k in sm) and sm["stability"]["_type"] == "image-file"
     (art,) = [a for a in s["artifacts"] if a["type"] == "sweep-report"]
     assert {"stability.png", "report.md", "summary.json", "trials.csv"} <= set(art["files"])
+    _one_name_per_metric(out, trials, report)
+
+
+def _one_name_per_metric(out, wandb_trials, report) -> None:
+    """Each metric has one name in metrics.json, trials.csv, curves.csv, summary.json and the W&B runs; each
+    validation is at the same step in metrics.json and W&B; Optuna holds the learning curve and names things."""
+    from bnexp.record import LEGACY_NAMES, STATISTICS, TEST_ACC, VAL_ACC, VAL_ACC_BATCH
+
+    metrics = {json.loads(p.read_text())["lr"]: json.loads(p.read_text()) for p in out.glob("trials/t/*/metrics.json")}
+    trials_cols = (out / "trials.csv").read_text().splitlines()[0].split(",")
+    curves_cols = (out / "curves.csv").read_text().splitlines()[0].split(",")
+    for name in (VAL_ACC, VAL_ACC_BATCH):
+        assert all(name in m for m in metrics.values()) and name in trials_cols and name in curves_cols
+        assert all(name in r["summary"] and name in r["history_keys"] for r in wandb_trials)
+    assert TEST_ACC in trials_cols and all(TEST_ACC in r["summary"] for r in wandb_trials)
+    assert report["statistics"] == STATISTICS and {v["metric"] for v in report["variants"]} == {VAL_ACC}
+    old = set(LEGACY_NAMES) - {"optim.lr"}
+    assert not old & set(trials_cols) and not old & set(curves_cols)
+    assert not any(old & set(r["summary"]) for r in wandb_trials)
+    for r in wandb_trials:  # W&B's step of each validation is metrics.json's
+        m = metrics[r["config"]["optim"]["lr"]]
+        assert [h["trainer/global_step"] for h in r["history"] if VAL_ACC in h] == [h["step"] for h in m["val_history"]]
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.metric_names == [VAL_ACC] and "spec" not in study.user_attrs  # `optuna studies` stays readable
+    for t in study.trials:
+        assert "optim.lr" in t.params and "lr" not in t.params
+        m = metrics[t.params["optim.lr"]]
+        assert t.intermediate_values == {h["step"]: h[VAL_ACC] for h in m["val_history"]}  # optuna-dashboard's curves
 
 
 def test_a_retried_trial_resumes_its_wandb_run(tmp_path, monkeypatch):

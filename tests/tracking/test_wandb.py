@@ -18,11 +18,10 @@ from lightning.pytorch.callbacks import Callback
 
 from bnexp.cli import ConfigError
 from bnexp.core.train import train
+from bnexp.run import default_verdict
 from bnexp.tracking.loggers import build_callbacks
-from bnexp.tracking.wandb_runs import (
-    resolve_mode,
-    run_name,
-)
+from bnexp.tracking.wandb_mode import resolve_mode
+from bnexp.tracking.wandb_runs import run_name
 
 WANDB = [*TINY, "logger=wandb", "logger.mode=offline"]
 CORE_METRICS = [
@@ -97,7 +96,7 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path):
     cfg = compose_cfg(
         WANDB + ["model.bn=post", "trainer.max_steps=20", "logger.diagnostics_every=10", "logger.landscape_every=15"]
     )
-    m = train(cfg, output_dir=tmp_path)
+    m = train(cfg, output_dir=tmp_path, summarize=default_verdict)  # bnexp.run's verdict: the default rule
     r = _only_run(tmp_path)
     assert r["name"] == "post-auto-d3-lr2e-03-s0"
     assert (r["group"], r["job_type"], r["project"]) == ("single", "run", "bnexp")
@@ -120,10 +119,14 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path):
         assert f"landscape/{k}" in keys
     steps = [h["trainer/global_step"] for h in r["history"] if "landscape/loss_range" in h]
     assert steps == [0, 15]
+    # each validation at the step metrics.json gives it (Lightning's own logging would say 9, 19)
+    val_steps = [h["trainer/global_step"] for h in r["history"] if "val/acc" in h]
+    assert val_steps == [h["step"] for h in m["val_history"]] == [10, 20]
+    assert [h["trainer/global_step"] for h in r["history"] if "test/acc" in h] == [20]
     s = r["summary"]
     assert s["val/acc"] == pytest.approx(m["val/acc"]) and s["test/acc"] == pytest.approx(m["test/acc"])
     assert s["diverged"] is False and s["diverged_count"] == 0 and s["step"] == 20
-    assert s["stable"] == (m["val/acc"] >= 0.9)
+    assert s["stable"] == (m["val/acc"] >= 0.9) and s["rule"]["threshold"] == 0.9
     assert s["steps_per_s"] > 0 and s["perf/steps_per_s"] > 0
     assert "val_history" not in s
     assert r["exit_code"] == 0

@@ -1,0 +1,82 @@
+"""Where a study is, and how a command that reads one says so: the flags `bnexp.report` and `bnexp.status`
+share (Optuna's own CLI names: `optuna trials --study-name S --storage URL`).
+
+A study is found by a sweep's output dir (its sweep.json names storage and study), or by `--storage URL`
+(or `$BNEXP_STORAGE`, so a password need not be on the command line) and `--study-name NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bnexp.cli import ConfigError, one_line
+
+
+def add_study_args(ap: argparse.ArgumentParser) -> None:
+    """The positional sweep dir and --storage/--study-name."""
+    ap.add_argument("sweep_dir", nargs="?", help="a sweep's output dir (holds sweep.json), or a saved report's dir")
+    ap.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., journal:///...)")
+    ap.add_argument("--study-name", help="the study's name (with --storage)")
+
+
+def add_rule_args(ap: argparse.ArgumentParser) -> None:
+    """The stability rule's settings as flags; each one given replaces the study's recorded setting."""
+    g = ap.add_argument_group("judging (default: the rule the study was created with)")
+    g.add_argument("--threshold", type=float, help="stable when the judged val/acc >= this (e.g. 0.9)")
+    g.add_argument("--mode", choices=("threshold", "relative"), help="relative: within --epsilon of the best")
+    g.add_argument("--epsilon", type=float, help="relative mode's margin (e.g. 0.02)")
+    g.add_argument("--seed-quorum", type=float, help="an lr is stable when this fraction of its seeds is (0.5)")
+    g.add_argument("--last-k", type=int, help="every one of the last k validations must pass (1)")
+    g.add_argument("--statistics", choices=("population", "batch"), help="judge population or batch statistics")
+
+
+def rule_flags(a: argparse.Namespace) -> dict[str, Any]:
+    """The rule settings given on the command line (None: not given)."""
+    keys = ("threshold", "mode", "epsilon", "seed_quorum", "last_k", "statistics")
+    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+
+
+def flag(key: str, value: str) -> str:
+    """`--seed-quorum 3`: a rule setting spelled as this command takes it."""
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
+    meta_path = sweep_dir / "sweep.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        recorded, study = meta["storage"], meta["study"]
+        if not (isinstance(recorded, str) and isinstance(study, str)):
+            raise TypeError("its storage and study are not text")
+    except (ValueError, KeyError, TypeError) as e:  # cut off, garbled bytes, not the object a sweep writes
+        db = sweep_dir / "study.db"
+        where = f"sqlite:///{db.resolve()}" if db.is_file() else "URL"
+        raise ConfigError(
+            f"{meta_path} is damaged ({one_line(e)[:120]}); rebuild with --storage {where} --study-name NAME "
+            f"--out {sweep_dir} (a wrong NAME lists the studies there)"
+        ) from None
+    if storage is None and ":***@" in recorded:  # sweep.json never holds a password
+        storage = os.environ.get("BNEXP_STORAGE")
+        if not storage:
+            raise ConfigError(f"the study's storage needs its password: set BNEXP_STORAGE or --storage ({recorded})")
+    return storage or recorded, study
+
+
+def storage_and_study(sweep_dir: str | None, storage: str | None, study_name: str | None) -> tuple[str, str]:
+    """(storage URL, study name) from a sweep dir (its sweep.json), or --storage / $BNEXP_STORAGE and --study-name."""
+    if sweep_dir:
+        d = Path(sweep_dir)
+        if not (d / "sweep.json").is_file():
+            raise ConfigError(
+                f"{d / 'sweep.json'} not found; give a sweep output dir, a saved report's dir (with trials.csv), "
+                "or --storage URL --study-name NAME"
+            )
+        return _storage_from_dir(d, storage)
+    storage = storage or os.environ.get("BNEXP_STORAGE")
+    if storage and study_name:
+        return storage, study_name
+    raise ConfigError("give a sweep dir, or --storage URL (or $BNEXP_STORAGE) and --study-name NAME")

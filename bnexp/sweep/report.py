@@ -1,0 +1,120 @@
+"""`python -m bnexp.report`: rebuild a study's report from what it stored (nothing is trained).
+
+    python -m bnexp.report outputs/sweeps/lr_stability                 # a sweep's output dir (its sweep.json)
+    python -m bnexp.report docs/results/lr_stability_d19 --out X       # a saved report (its trials.csv)
+    python -m bnexp.report --storage URL --study-name NAME [--out DIR]  # any study in any storage
+    python -m bnexp.report --trials trials.csv --out DIR               # any saved table
+    python -m bnexp.report DIR --threshold 0.3 --out X                 # re-judged by another rule
+
+The rule is a report-time choice: every `--threshold/--mode/--epsilon/--seed-quorum/--last-k/--statistics`
+given replaces that setting of the rule the study was created with (the rest are kept), and the report says
+both in one line (`judged by threshold 0.3; the study was created with 0.9`), in report.md, summary.json and
+on stdout. Flags follow Optuna's own CLI; the storage URL may come from `$BNEXP_STORAGE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bnexp.cli import ConfigError, check_writable_dir, guard
+from bnexp.sweep.locate import add_rule_args, add_study_args, flag, rule_flags, storage_and_study
+
+
+def _rejudged(recorded: Any, a: argparse.Namespace) -> Any:
+    """The recorded rule with each rule flag given on the command line in its place."""
+    from bnexp.analysis.stability import StabilityRule
+
+    return StabilityRule.of({**recorded.settings(), **rule_flags(a)}, flag)
+
+
+def _flags_txt(a: argparse.Namespace) -> str:
+    return "".join(f" {flag(k, v)}" for k, v in rule_flags(a).items())
+
+
+def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -> dict:
+    from bnexp.sweep.records import build_report, recorded_spec, rule_of
+    from bnexp.sweep.storage import load_study
+
+    study = load_study(url, study_name)
+    rule = _rejudged(rule_of(recorded_spec(study)["sweep"]), a)
+    cmd = f"python -m bnexp.report --storage $BNEXP_STORAGE --study-name {study_name} --out {out}{_flags_txt(a)}"
+    return build_report(study, out, [cmd], rule, **_figure_kw(a))
+
+
+def _saved(path: Path) -> dict:
+    """A saved report's summary.json beside its trials.csv: the study's name, rule and variant keys."""
+    f = path.with_name("summary.json")
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _from_csv(path: Path, out: Path, a: argparse.Namespace) -> dict:
+    from bnexp.analysis.report import load_trials_csv, write_report
+    from bnexp.analysis.stability import StabilityRule
+
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; give a trials.csv written by a sweep's report")
+    saved = _saved(path)
+    recorded = StabilityRule.of(saved.get("rule"), flag) if saved.get("rule") else StabilityRule()
+    rule = _rejudged(recorded, a)
+    trials = load_trials_csv(path)
+    for t in trials:
+        t.pop("stable", None)  # recomputed under the (possibly new) rule
+    study = a.study_name or saved.get("study") or path.parent.name or "study"
+    keys = (
+        tuple(a.variant_keys.split(","))
+        if a.variant_keys
+        else tuple(saved.get("variant_keys") or ("bn", "bias", "depth"))
+    )
+    cmd = f"python -m bnexp.report --trials {path} --out {out}{_flags_txt(a)}"
+    return write_report(out, study, trials, rule, [cmd], keys, recorded_rule=recorded, **_figure_kw(a))
+
+
+def _figure_kw(a: argparse.Namespace) -> dict:
+    return {"fmt": a.format} if getattr(a, "format", None) else {}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bnexp.report", description=__doc__.splitlines()[0])
+    add_study_args(ap)
+    ap.add_argument("--out", help="where to write the report (default: the sweep dir, or ./report-<study>)")
+    ap.add_argument("--trials", help="a trials.csv to rebuild the report from (no storage)")
+    ap.add_argument("--variant-keys", help="with --trials: the columns that name a variant (default: bn,bias,depth)")
+    add_rule_args(ap)
+    return ap
+
+
+def _report(a: argparse.Namespace) -> tuple[dict, Path]:
+    saved_dir = a.sweep_dir and not (Path(a.sweep_dir) / "sweep.json").is_file()
+    if a.trials or (saved_dir and (Path(a.sweep_dir) / "trials.csv").is_file()):
+        path = Path(a.trials) if a.trials else Path(a.sweep_dir) / "trials.csv"
+        if not a.out and not saved_dir:
+            raise ConfigError("--trials needs --out DIR")
+        out = Path(a.out or a.sweep_dir)
+        check_writable_dir(out, "--out")
+        return _from_csv(path, out, a), out
+    storage, study = storage_and_study(a.sweep_dir, a.storage, a.study_name)
+    out = Path(a.out or a.sweep_dir or f"report-{study}")
+    check_writable_dir(out, "--out")  # before the storage is read: a report that cannot be written is not made
+    return _from_storage(storage, study, out, a), out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bnexp.sweep.records import print_summary
+
+    a = parser().parse_args(argv)
+    # guard: bad input (a damaged study.db or sweep.json, an --out that cannot be written, a bad rule flag, a full
+    # disk while the report is written) is one line and exit status 2; the report's earlier files stay whole
+    summary, out = guard(lambda: _report(a), prog="python -m bnexp.report", out_key="--out")
+    print_summary(summary, out)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""`python -m bnexp.status`: how far a study is, read from its storage while workers run; writes nothing.
+
+    python -m bnexp.status outputs/sweeps/lr_stability                   # a sweep's output dir (its sweep.json)
+    python -m bnexp.status --storage URL --study-name NAME               # any study ($BNEXP_STORAGE works too)
+
+Per variant: points done / running / waiting / failed, and the unbroken stable learning-rate range so far
+under the study's recorded rule (the one its report will use); then an ETA from the finished trials' wall
+times. Flags as `bnexp.report`'s (Optuna's names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bnexp.cli import ConfigError, UsageError, fail, one_line, redact
+from bnexp.sweep.locate import add_study_args, storage_and_study
+
+STATES = ("done", "running", "waiting", "failed")
+
+
+def _latest(study: Any) -> dict[str, Any]:
+    """The latest attempt of each design point."""
+    latest: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("key")
+        if key is not None and not t.user_attrs.get("returned") and not t.user_attrs.get("duplicate"):
+            if key not in latest or t.number > latest[key].number:
+                latest[key] = t
+    return latest
+
+
+def status(study: Any) -> list[dict[str, Any]]:
+    """One row per variant: counts by state and the stable range so far (bnexp.analysis under the study's rule)."""
+    from bnexp.analysis.stability import _sort_key, analyse, variant_key
+    from bnexp.names import variant_label
+    from bnexp.sweep.records import keys_of, recorded_spec, rule_of, trial_records
+
+    spec = recorded_spec(study)
+    rule, keys = rule_of(spec["sweep"]), keys_of(spec["sweep"])
+    recs = trial_records(study)
+    by_key = {r["key"]: r for r in recs}
+    counts: dict[tuple, dict[str, Any]] = {}
+    for key, t in _latest(study).items():
+        rec = by_key.get(key) or _variant_of(t, spec.get("train", {}).get("model", {}))
+        state = {"COMPLETE": "done", "RUNNING": "running", "WAITING": "waiting"}.get(t.state.name, "failed")
+        c = counts.setdefault(variant_key(rec, keys), {s: 0 for s in STATES} | {"walls": []})
+        c[state] += 1
+        if state == "done" and isinstance(by_key.get(key, {}).get("wall_s"), (int, float)):
+            c["walls"].append(float(by_key[key]["wall_s"]))
+    ranges = {variant_key(v, keys): v for v in analyse(recs, rule, keys, n_boot=0)}
+    rows = []
+    for vk, c in sorted(counts.items(), key=lambda kv: _sort_key(kv[0], keys)):
+        v = ranges.get(vk, {})
+        rows.append(
+            {"variant": variant_label(vk, keys), **c, "stable_lr_min": v.get("stable_lr_min"),
+             "stable_lr_max": v.get("stable_lr_max"), "stable_decades": v.get("stable_decades", 0.0)}
+        )  # fmt: skip
+    return rows
+
+
+def _variant_of(t: Any, model: dict) -> dict[str, Any]:
+    """A not-yet-run point's variant: the params its point fixed (`model.bn` -> bn, ...) over the study's
+    training config (`model`: its recorded model node) for the axes the grid does not vary."""
+    from bnexp.names import BASE_AXES, axis_name
+
+    fixed = t.params or t.system_attrs.get("fixed_params") or {}
+    return {k: model.get(k) for k in BASE_AXES} | {axis_name(k): v for k, v in fixed.items() if k != "optim.lr"}
+
+
+def eta_s(rows: list[dict[str, Any]]) -> float | None:
+    """Seconds left: the median finished trial's wall time x the points left, over the workers running now
+    (at least one). None until a trial has finished."""
+    walls = [w for r in rows for w in r["walls"]]
+    if not walls:
+        return None
+    left = sum(r["waiting"] + r["running"] for r in rows)
+    workers = max(1, sum(r["running"] for r in rows))
+    return statistics.median(walls) * left / workers
+
+
+def _duration(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def render(name: str, rows: list[dict[str, Any]]) -> str:
+    total = {k: sum(r[k] for r in rows) for k in STATES}
+    eta = eta_s(rows)
+    head = f"study {name}: " + ", ".join(f"{v} {k}" for k, v in total.items())
+    if eta is not None:
+        walls = [w for r in rows for w in r["walls"]]
+        head += f"; ETA {_duration(eta)} (median trial {statistics.median(walls):.0f} s)"
+    lines = [head]
+    for r in rows:
+        lo, hi = r["stable_lr_min"], r["stable_lr_max"]
+        rng = f"[{lo:.2g}, {hi:.2g}] = {r['stable_decades']:.2f} decades" if lo else "none yet"
+        lines.append(
+            f"  {r['variant']:<24} done={r['done']:>3} running={r['running']:>2} waiting={r['waiting']:>3} "
+            f"failed={r['failed']:>2}  stable lr {rng}"
+        )
+    return "\n".join(lines)
+
+
+def _read_only_storage(url: str) -> str:
+    """Refuse a SQLite file that is not there (opening it would create an empty database: a write)."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_file():
+            raise ConfigError(f"no study storage at {path}; give the sweep's dir or its --storage URL")
+    return url
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bnexp.status", description=__doc__.splitlines()[0])
+    add_study_args(ap)
+    a = ap.parse_args(argv)
+    try:
+        url, name = storage_and_study(a.sweep_dir, a.storage, a.study_name)
+        from bnexp.sweep.storage import load_study
+
+        print(render(name, status(load_study(_read_only_storage(url), name))))
+    except UsageError as e:
+        fail(one_line(e))
+    except Exception as e:  # e.g. the database is locked for longer than the timeout
+        fail(redact(f"cannot read the study: {one_line(e)}"), code=1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
