@@ -126,6 +126,15 @@ class BNExpModule(EvalSteps, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    # ---- what observers use (bnexp.tracking.diagnostics: it reads a training through these, not core) ---
+    def loss_on(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of the net on (x, y), as training_step computes it."""
+        return compute_loss(self(x), y, self.hparams.loss)
+
+    def on_batch_stats(self) -> contextlib.AbstractContextManager:
+        """BN on batch statistics inside the block; running buffers restored on exit."""
+        return batch_stats(self.model)
+
     # ---- a stopped run's state, beyond weights and optimizer (bnexp.core.train: checkpoint on stop) ---
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         r = self.record

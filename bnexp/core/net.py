@@ -110,3 +110,11 @@ class DeepConvNet(nn.Module):
         h = self.features(x)  # (N, 4*depth, h, w)
         h = self.fc(h.flatten(1))  # (N, fc_units)
         return self.head(h)  # (N, 10) logits
+
+    def labelled_blocks(self) -> list[tuple[str, Block]]:
+        """(label, Block) for the conv blocks (L01..) and the FC block (fc), in forward order."""
+        out = []
+        for name, m in self.named_modules():
+            if isinstance(m, Block):
+                out.append((f"L{int(name.split('.')[1]) + 1:02d}", m) if name.startswith("features.") else (name, m))
+        return out

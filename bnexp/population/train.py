@@ -27,17 +27,32 @@ perf/steps_per_s are logged per member.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
+from bnexp.core.config import validate
+from bnexp.core.metrics import run_metrics
+from bnexp.core.provenance import provenance
+from bnexp.core.train import (
+    _checkpoint_on_stop,
+    _quiet_lightning,
+    build_datamodule,
+    build_trainer,
+    compile_model,
+    finish_run,
+    fit_evaluate,
+    model_kwargs,
+)
+from bnexp.files import write_text_atomic
 
 log = logging.getLogger("bnexp")
 
@@ -121,6 +136,33 @@ def _callbacks(cfg: DictConfig, on_step: Callable[[], None] | None) -> list:
     return cbs
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    """Grouped convs on CUDA: let cuDNN pick a kernel per (static) shape; the setting restored after."""
+    import torch
+
+    saved = torch.backends.cudnn.benchmark
+    if on:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _check_members(cfg: DictConfig, lrs: Sequence[float], output_dirs: Sequence, seeds: Sequence[int] | None,
+                   member_cfgs: Sequence[DictConfig] | None) -> tuple[int, list[int]]:  # fmt: skip
+    """(K, one seed per member): one output dir, seed and config per lr, every lr a positive number."""
+    K = len(lrs)
+    seeds = [int(cfg.seed)] * K if seeds is None else [int(s) for s in seeds]
+    if K < 1 or len(output_dirs) != K or len(seeds) != K or (member_cfgs is not None and len(member_cfgs) != K):
+        raise ValueError(f"need one output dir and seed per lr: {K} lrs, {len(output_dirs)} dirs, {len(seeds)} seeds")
+    for lr in lrs:
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rates must be positive numbers, got {lr}")
+    return K, seeds
+
+
 def train_population(
     cfg: DictConfig,
     lrs: Sequence[float],
@@ -145,34 +187,13 @@ def train_population(
     the same call again (the same lrs, seeds and dirs) resumes all members at that step, as one unit.
     """
     import lightning as L
-    import torch
 
-    from bnexp.core.config import validate
-    from bnexp.core.metrics import run_metrics
-    from bnexp.core.provenance import provenance
-    from bnexp.core.train import (
-        _checkpoint_on_stop,
-        _quiet_lightning,
-        build_datamodule,
-        build_trainer,
-        compile_model,
-        finish_run,
-        fit_evaluate,
-        model_kwargs,
-    )
-    from bnexp.files import write_text_atomic
     from bnexp.population.module import PopulationModule
 
     _quiet_lightning()
     validate(cfg)
     _check_supported(cfg)
-    K = len(lrs)
-    seeds = [int(cfg.seed)] * K if seeds is None else [int(s) for s in seeds]
-    if K < 1 or len(output_dirs) != K or len(seeds) != K or (member_cfgs is not None and len(member_cfgs) != K):
-        raise ValueError(f"need one output dir and seed per lr: {K} lrs, {len(output_dirs)} dirs, {len(seeds)} seeds")
-    for lr in lrs:
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"learning rates must be positive numbers, got {lr}")
+    K, seeds = _check_members(cfg, lrs, output_dirs, seeds, member_cfgs)
     cfgs = member_configs(cfg, lrs, seeds, member_cfgs)
     outs = [Path(d) for d in output_dirs]
     t0, t_wall = time.perf_counter(), time.time()
@@ -195,29 +216,16 @@ def train_population(
         "population K=%d bn=%s bias=%s depth=%d bn_impl=%s lrs=[%s] steps=%d on %s",
         *(K, m.bn, m.bias, m.depth, m.bn_impl, ", ".join(f"{v:g}" for v in lrs), t.max_steps, device),
     )
-    bench = torch.backends.cudnn.benchmark
-    if device.type == "cuda" and not t.deterministic:
-        torch.backends.cudnn.benchmark = True  # grouped convs: let cuDNN pick per (static) shape
     if resume is not None:
         log.info("population: resuming from %s", resume)
-    try:
+    with _cudnn_benchmark(device.type == "cuda" and not t.deterministic):
         train_s = fit_evaluate(trainer, module, dm, resume)
-    finally:
-        torch.backends.cudnn.benchmark = bench
     done, wall_s, prov = int(trainer.global_step), time.perf_counter() - t0, provenance(device, t_wall)
+    timing = dict(wall_s=wall_s, train_s=train_s, steps_trained=done - (module.resumed_from_step or 0))
     results = []
     for k, (c, out, step) in enumerate(zip(cfgs, outs, module.steps(), strict=True)):
-        met = run_metrics(
-            module.records[k],
-            c,
-            step=step,
-            wall_s=wall_s,
-            train_s=train_s,
-            steps_trained=done - (module.resumed_from_step or 0),
-            provenance=prov,
-            resumed_from_step=module.resumed_from_step,
-            population=K,
-        )
+        met = run_metrics(module.records[k], c, step=step, **timing, provenance=prov,
+                          resumed_from_step=module.resumed_from_step, population=K)  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)
     ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now

@@ -110,10 +110,12 @@ def _one_process_per_trial(cfg: DictConfig) -> None:
 
 
 def _default_run_cfg() -> DictConfig:
-    """bnexp.run's config with no overrides (each trial records the overrides that rebuild it from this)."""
-    from bnexp.conf import compose
+    """bnexp.run's config with no overrides (each trial records the overrides that rebuild it from this),
+    composed in this running Hydra app, whose search path holds bnexp/conf (bnexp.conf.compose is for callers
+    outside one; importing it here would make conf and sweep import each other)."""
+    from hydra import compose
 
-    return compose()
+    return compose(config_name="config")
 
 
 class Progress:
@@ -214,6 +216,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     """One study from a composed study config (inside the Hydra job)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from bnexp.sweep import liveness
     from bnexp.sweep.records import build_report, print_summary
     from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
     from bnexp.sweep.storage import load_study, open_study, spec_record, storage_url
@@ -241,7 +244,8 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         study, created = open_study(name, sw, spec_record(name, sw, base), spec_hash(sw, base), url)
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
-        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts)})
+        group = names.study_group(name, liveness.study_user_attrs(study).get("spec_hash", ""))
+        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts), "wandb_group": group})
     if sw.action == "create":
         print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
         return {"design_size": len(pts)}

@@ -27,10 +27,10 @@ SUMMARY_TABLE_CHARTS = (
         "final val/acc vs log10 lr, per variant",
         "wandb/line/v0",
         "points",
-        {"x": "log10_lr", "y": "mean_val_acc", "stroke": "variant"},
+        {"x": "log10_lr", "y": "mean", "stroke": "variant"},
     ),
     (
-        "stable lr width per variant (decades)",
+        "unbroken stable lr range per variant (decades)",
         "wandb/bar/v0",
         "variants",
         {"label": "variant", "value": "stable_decades"},
@@ -48,17 +48,10 @@ def _filters(job_types: list[str], study: str | None) -> list:
     return f
 
 
-def build_report(entity: str, project: str, study: str | None = None) -> Any:
-    """The report (not saved): three panel grids over the study's summary runs, trials and diagnostics."""
+def _summary_panels() -> list:
     import wandb_workspaces.reports.v2 as wr
 
-    what = f"study `{study}`" if study else "all studies"
-    variant = wr.Config("variant")
-
-    def runset(name: str, job_types: list[str]) -> Any:
-        return wr.Runset(entity=entity, project=project, name=name, filters=_filters(job_types, study))
-
-    summary_panels = [
+    panels = [
         wr.CustomChart(
             query={"summaryTable": {"tableKey": table}},
             chart_name=preset,
@@ -67,9 +60,13 @@ def build_report(entity: str, project: str, study: str | None = None) -> Any:
         )
         for title, preset, table, fields in SUMMARY_TABLE_CHARTS
     ]
-    summary_panels.append(wr.MediaBrowser(title="stability.png", media_keys=["stability"]))
+    return [*panels, wr.MediaBrowser(title="stability.png", media_keys=["stability"])]
 
-    trial_panels = [
+
+def _trial_panels(variant: Any) -> list:
+    import wandb_workspaces.reports.v2 as wr
+
+    return [
         wr.ScatterPlot(
             title="final val/acc vs learning rate (every trial)",
             x=wr.Config("optim.lr"),
@@ -103,12 +100,16 @@ def build_report(entity: str, project: str, study: str | None = None) -> Any:
         wr.LinePlot(title="steps per second", x="trainer/global_step", y=["perf/steps_per_s"], groupby=variant),
     ]
 
+
+def _diag_panels(variant: Any) -> list:
+    import wandb_workspaces.reports.v2 as wr
+
     def layers(title: str, regex: str) -> Any:
         return wr.LinePlot(
             title=title, x="trainer/global_step", metric_regex=regex, groupby=variant, groupby_aggfunc="mean"
         )
 
-    diag_panels = [
+    return [
         layers("pre-activation std per layer (z = conv(x))", r"act/z_std/.*"),
         layers("pre-activation mean per layer", r"act/z_mean/.*"),
         layers("BN output std per layer", r"act/bn_out_std/.*"),
@@ -119,24 +120,36 @@ def build_report(entity: str, project: str, study: str | None = None) -> Any:
         layers("effective beta-smoothness", r"landscape/beta_smoothness"),
     ]
 
+
+def build_report(entity: str, project: str, study: str | None = None) -> Any:
+    """The report (not saved): three panel grids over the study's summary runs, trials and diagnostics.
+    `study` is the study's W&B group (bnexp.names.study_group: its name and spec hash), so one study is shown."""
+    import wandb_workspaces.reports.v2 as wr
+
+    what = f"study `{study}`" if study else "all studies"
+    variant = wr.Config("variant")
+
+    def runset(name: str, job_types: list[str]) -> Any:
+        return wr.Runset(entity=entity, project=project, name=name, filters=_filters(job_types, study))
+
     blocks = [
         wr.H1(f"Batch norm and the stable learning-rate range: {what}"),
         wr.P(
             "Each trial trains the deep MNIST conv net at one learning rate; a trial is stable when it did not"
             " diverge and its final val/acc clears the study's threshold. The stable width is log10(max/min) of"
-            " the stable learning rates, per variant (bn-bias-depth)."
+            " the unbroken run of stable learning rates around the best one, per variant (bn-bias-depth)."
         ),
         wr.H2("Stability across learning rates"),
-        wr.PanelGrid(runsets=[runset("sweep summaries", ["sweep-summary"])], panels=summary_panels),
+        wr.PanelGrid(runsets=[runset("sweep summaries", ["sweep-summary"])], panels=_summary_panels()),
         wr.H2("Trials"),
-        wr.PanelGrid(runsets=[runset("trials", ["trial"])], panels=trial_panels),
+        wr.PanelGrid(runsets=[runset("trials", ["trial"])], panels=_trial_panels(variant)),
         wr.H2("Inside the network"),
         wr.P(
             "Per-layer statistics (logger.diagnostics_every) show Ioffe & Szegedy's internal covariate shift:"
             " without BN the pre-activation distribution of deep layers drifts and grows as training goes;"
             " the landscape probe (logger.landscape_every) measures how smooth the loss is along the gradient."
         ),
-        wr.PanelGrid(runsets=[runset("runs and trials", ["run", "trial"])], panels=diag_panels),
+        wr.PanelGrid(runsets=[runset("runs and trials", ["run", "trial"])], panels=_diag_panels(variant)),
     ]
     return wr.Report(
         entity=entity,
@@ -184,18 +197,38 @@ def _plots(p: Any) -> list[str]:
     return [str(g) for g in got]
 
 
+def _group(study: str | None) -> str | None:
+    """A study's W&B group: from its sweep dir's sweep.json, or given as is. Two studies of one name (other
+    out dirs or specs) have two groups, so one study is shown, never a mix."""
+    import json
+    from pathlib import Path
+
+    meta = Path(study) / "sweep.json" if study else None
+    if meta is not None and meta.is_file():
+        try:
+            return json.loads(meta.read_text())["wandb_group"]
+        except (ValueError, KeyError, TypeError):
+            fail(f"{meta} does not name the study's W&B group; give --study-name NAME-SPECHASH")
+    return study
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: build the report; save it (needs `wandb login`) or, with --dry-run, print its panels."""
     p = argparse.ArgumentParser(prog="python -m bnexp.dashboard", description=__doc__.splitlines()[0])
     p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (default: $WANDB_ENTITY)")
     p.add_argument("--project", default=os.environ.get("WANDB_PROJECT") or "bnexp", help="W&B project")
-    p.add_argument("--study-name", default=None, help="only this study's runs (its W&B group); default: all")
+    p.add_argument(
+        "--study-name",
+        default=None,
+        help="only one study's runs: its sweep dir, or its W&B group (name-spechash, as sweep.json's wandb_group "
+        "says); default: all",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the report's panels; do not save")
     a = p.parse_args(argv)
     if not a.entity:
         fail("--entity is required (or set WANDB_ENTITY)")
     try:
-        report = build_report(a.entity, a.project, a.study_name)
+        report = build_report(a.entity, a.project, _group(a.study_name))
     except ImportError as e:
         fail(f"the dashboard needs wandb-workspaces: pip install 'bnexp[dashboard]' ({e})")
     if a.dry_run:

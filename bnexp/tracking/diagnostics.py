@@ -42,8 +42,6 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from bnexp.core.lit import batch_stats, compute_loss
-
 HIST_MAX = 65536  # values per histogram (a strided subsample of the activation)
 HIST_BINS = 64
 
@@ -116,17 +114,10 @@ class Throughput(Callback):
 
 
 def _blocks(pl_module: Any) -> list[tuple[str, Any]]:
-    """(label, Block) for the conv blocks (L01..) and the FC block (fc), in forward order."""
-    from bnexp.core.net import Block
-
-    out = []
-    for name, m in pl_module.model.named_modules():
-        if isinstance(m, Block):
-            if name.startswith("features."):
-                out.append((f"L{int(name.split('.')[1]) + 1:02d}", m))
-            else:
-                out.append((name, m))
-    return out
+    """(label, block) for the conv blocks (L01..) and the FC block (fc), in forward order: the net's own
+    `labelled_blocks()` (tracking reads the training it observes through its modules' interface, never
+    importing core: core builds these callbacks)."""
+    return pl_module.model.labelled_blocks()
 
 
 class LayerStats(Callback):
@@ -225,18 +216,17 @@ class LandscapeProbe(Callback):
         g = [p.grad.detach().clone() for p in params]
         g_norm = _norm(g)
         lr = float(optimizer.param_groups[0]["lr"])
-        kind = pl_module.hparams.loss
         saved = [p.detach().clone() for p in params]
         losses, changes, betas = [], [], []
-        with batch_stats(pl_module.model):  # BN on batch statistics; running buffers restored on exit
+        with pl_module.on_batch_stats():  # BN on batch statistics; running buffers restored on exit
             with torch.no_grad():
-                losses.append(compute_loss(pl_module(x), y, kind))
+                losses.append(pl_module.loss_on(x, y))
             for s in self.scales:
                 eta = s * lr
                 with torch.no_grad():
                     torch._foreach_add_(params, g, alpha=-eta)  # w - eta g
                 with torch.enable_grad():
-                    loss = compute_loss(pl_module(x), y, kind)
+                    loss = pl_module.loss_on(x, y)
                     g_eta = torch.autograd.grad(loss, params)
                 with torch.no_grad():
                     for p, w in zip(params, saved, strict=True):

@@ -180,7 +180,7 @@ def test_a_trial_failed_as_stale_while_it_trained_keeps_its_result(tmp_path, mon
     assert states == {"FAIL": 1, "COMPLETE": 1}  # nothing left waiting: the retry got the finished result
     (done,) = w.study.get_trials(states=(TrialState.COMPLETE,))
     failed = next(t for t in w.study.get_trials() if t.state.name == "FAIL")
-    assert done.user_attrs["kept_from"] == failed.number and done.value == done.user_attrs["val_acc"]
+    assert done.user_attrs["kept_from"] == failed.number and done.value == done.user_attrs["val/acc"]
     assert done.user_attrs["step"] == 12 and (tmp_path / "sw" / "trials" / "t").is_dir()
 
 

@@ -5,8 +5,8 @@ import hashlib
 from helpers.env import bnexp
 from helpers.sweeps import parts, run_sweep, sweep_args
 
-from bnexp.sweep.status import render, status
 from bnexp.sweep import liveness
+from bnexp.sweep.status import render, status
 
 
 def _digest(d):

@@ -24,7 +24,7 @@ def test_report_has_the_stability_panels():
     panels = _by_title(report)
     val_vs_lr = panels["final val/acc vs log10 lr, per variant"]
     assert val_vs_lr["type"] == "CustomChart"
-    assert {"table:points", "log10_lr", "mean_val_acc", "variant"} <= set(val_vs_lr["plots"])
+    assert {"table:points", "log10_lr", "mean", "variant"} <= set(val_vs_lr["plots"])
     widths = panels["stable lr width per variant (decades)"]
     assert widths["type"] == "CustomChart" and "stable_decades" in widths["plots"]
     assert "n_diverged" in panels["diverged trials per variant"]["plots"]  # from the sweep-summary table
