@@ -32,12 +32,13 @@ def test_summary_run_holds_both_widths_per_seed_widths_curves_and_figures(tmp_pa
     sm = run["summary"]
 
     for v in summary["variants"]:  # the same numbers as summary.json, both ways
-        for stats, key in (("population", "stable_decades_population"), ("batch", "stable_decades_batchstats")):
+        for stats, key in (("population", "stable_decades_population"), ("batch", "stable_decades_batch")):
             assert sm[f"{key}/{v['label']}"] == pytest.approx(v["by_statistics"][stats]["stable_decades"])
             for s in v["by_statistics"][stats]["per_seed"]:
                 assert sm[f"stable_decades_seed{s['seed']}_{stats}/{v['label']}"] == pytest.approx(s["stable_decades"])
     assert sm["stable_decades_population/pre-auto-d4"] == pytest.approx(1.0)
-    assert sm["stable_decades_batchstats/pre-auto-d4"] == pytest.approx(2.0)
+    assert sm["stable_decades_batch/pre-auto-d4"] == pytest.approx(2.0)
+    assert sm["rule"]["threshold"] == summary["rule"]["threshold"]  # the rule it judged by, stated
 
     n_validations = sum(len(t.get("val_history") or []) for t in trials)
     for table, nrows in (("trials", 20), ("variants", 2), ("per_seed", 2 * 2 * 2), ("curves", n_validations)):

@@ -25,7 +25,7 @@ def test_report_has_the_stability_panels():
     val_vs_lr = panels["final val/acc vs log10 lr, per variant"]
     assert val_vs_lr["type"] == "CustomChart"
     assert {"table:points", "log10_lr", "mean", "variant"} <= set(val_vs_lr["plots"])
-    widths = panels["stable lr width per variant (decades)"]
+    widths = panels["unbroken stable lr range per variant (decades)"]
     assert widths["type"] == "CustomChart" and "stable_decades" in widths["plots"]
     assert "n_diverged" in panels["diverged trials per variant"]["plots"]  # from the sweep-summary table
     assert panels["diverged count per variant (trial runs)"]["plots"] == ["diverged_count"]  # BarPlot, summed
@@ -69,7 +69,7 @@ def test_runsets_select_the_study_and_job_type():
 def test_dry_run_prints_panels(capsys):
     main(["--entity", "ent", "--project", "proj", "--study", "s1", "--dry-run"])
     out = capsys.readouterr().out
-    assert "BN stability: s1" in out and "stable lr width" in out and "act/z_std" in out
+    assert "BN stability: s1" in out and "unbroken stable lr range" in out and "act/z_std" in out
 
 
 def test_saving_without_login_exits_2_with_one_line(tmp_path):
@@ -125,3 +125,15 @@ def test_optuna_dashboard_reads_a_sweep_storage_as_is(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_study_name_selects_one_study_by_its_group(tmp_path):
+    """Two studies of one name (other out dirs or specs) have two W&B groups; a sweep dir names its own."""
+    import json
+
+    from bnexp.tracking.dashboard import _group
+
+    d = tmp_path / "sw"
+    d.mkdir()
+    (d / "sweep.json").write_text(json.dumps({"study": "t", "storage": "sqlite:///x", "wandb_group": "t-0123abcd"}))
+    assert _group(str(d)) == "t-0123abcd" and _group("t-0123abcd") == "t-0123abcd" and _group(None) is None
