@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from bnexp import record
+from bnexp.analysis.edge_figure import plot_edges
+from bnexp.analysis.edges import edges
 from bnexp.analysis.plots import write_figures
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
@@ -296,6 +298,73 @@ def _comparison_lines(summary: dict) -> list[str]:
     return lines
 
 
+EDGES_CAPTION = (
+    "Each variant's stable lr range as an interval: the thick line spans the median edges over seeds, a thin"
+    " line each seed's range, and each hatched box the bracket (last stable lr, first unstable one) an edge"
+    " lies in; an arrow is an edge past the searched range."
+)
+
+
+def _edge_colours(variants: list[dict]) -> Any:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    order = {v["label"]: i for i, v in enumerate(variants)}
+    return lambda label: cmap(order.get(label, 0) % 10)
+
+
+def _lr_range(spread: dict) -> str:
+    if spread.get("median") is None:
+        return "–"
+    lo, hi = spread["range"]
+    rng = f" [{lo:.3g}, {hi:.3g}]" if hi > lo else ""
+    return f"{spread['median']:.3g}{rng}" + (" (open: the range goes on past the search)" if spread.get("open") else "")
+
+
+def _seed_brackets(e: dict) -> str:
+    parts = []
+    for seed, s in (e.get("per_seed") or {}).items():
+        if not s.get("low"):
+            parts.append(f"s{seed}: nothing stable")
+            continue
+        b = [f"[{x[0]:.3g}, {x[1]:.3g}]" if x[1] is not None else f"[{x[0]:.3g}, open]" for x in (s["low"], s["high"])]
+        parts.append(f"s{seed}: low {b[0]}, high {b[1]}")
+    return "; ".join(parts)
+
+
+def _edges_section(summary: dict) -> list[str]:
+    """Where each variant's stable range begins and ends: per-seed brackets, the median over seeds with the
+    range over seeds, the resolution reached and the trials it took."""
+    lines = [
+        "## Edges",
+        "",
+        "Each seed's edges bracket its unbroken stable range around its best lr: the low edge lies between the"
+        " range's first stable lr and the unstable lr below it, the high edge between its last stable lr and the"
+        " unstable lr above it. An edge is the bracket's geometric midpoint; the width is log10(high / low)."
+        " Across seeds: the median, and in brackets the range over seeds (their spread, not a confidence"
+        " interval). *Resolution* is the widest bracket: how exactly the edges are known.",
+        "",
+        "| variant | low edge | high edge | width (decades) | resolution (decades) | trials | seeds stable"
+        " | per seed |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for v in summary["variants"]:
+        e = v.get("edges") or {}
+        w = e.get("width") or {}
+        wtxt = (
+            "–"
+            if w.get("median") is None
+            else f"{w['median']:.2f}"
+            + (f" [{w['range'][0]:.2f}, {w['range'][1]:.2f}]" if w["range"][1] > w["range"][0] else "")
+        )
+        res = "–" if e.get("resolution") is None else f"{e['resolution']:.2f}"
+        lines.append(
+            f"| {v['label']} | {_lr_range(e.get('low') or {})} | {_lr_range(e.get('high') or {})} | {wtxt} | {res}"
+            f" | {e.get('n_trials', 0)} | {e.get('n_seeds_stable', 0)} / {e.get('n_seeds', 0)} | {_seed_brackets(e)} |"
+        )
+    return [*lines, ""]
+
+
 def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figures: Sequence[tuple[str, str]]) -> str:
     several = any(len(v.get("per_seed") or []) > 1 for v in summary["variants"])
     lines = [
@@ -317,7 +386,8 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
             " seeds that ran, so with 2-3 seeds it shows how far the width moves where an lr's seeds"
             " disagree, not where another seed's width would fall.",
         ]
-    lines += ["", *_statistics_section(summary), "## BN vs no BN", "", *_comparison_lines(summary)]
+    lines += ["", *_edges_section(summary), *_statistics_section(summary), "## BN vs no BN", ""]
+    lines += _comparison_lines(summary)
     lines += ["", "## Figures", ""]
     for f, caption in figures:
         lines += [f"![{f.rsplit('.', 1)[0]}]({f})", "", f"*{caption}*", ""]
@@ -348,6 +418,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     variant_keys = tuple(variant_keys)
     variants = analyse(trials, rule, variant_keys, n_boot=n_boot, seed=seed)
+    for v in variants:  # each edge per seed, the median edge and width over seeds with their range
+        v["edges"] = edges([r for r in trials if variant_key(r, variant_keys) == variant_key(v, variant_keys)], rule)
     comparison = compare(variants, variant_keys)
     note = rule.differences(recorded_rule) if recorded_rule is not None else ""
 
@@ -363,6 +435,9 @@ def write_report(
             (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
         figures = write_figures(out, study, variants, trials, rule, variant_keys, **figure_kw)
+        edge_png = plot_edges(out, study, variants, _edge_colours(variants))
+        if edge_png:
+            figures.append((edge_png, EDGES_CAPTION))
         files += [f for f, _ in figures] + ["report.md"]
 
         summary = _json_safe(

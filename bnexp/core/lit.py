@@ -164,6 +164,8 @@ class BNExpModule(EvalSteps, L.LightningModule):
         x, y = batch  # (N, 1, 28, 28), (N,)
         logits = self(x)
         loss = compute_loss(logits, y, self.hparams.loss)
+        if self.divergence is None:  # Lightning's Tuner.lr_find (bnexp.lr_find) trains without on_fit_start
+            self.on_fit_start()
         self.divergence.update(loss, self.global_step)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         step = self.global_step

@@ -93,7 +93,8 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     for v in summary.get("variants", []):
         lo, hi = v.get("stable_lr_min"), v.get("stable_lr_max")
         rng = f"[{lo:.2g}, {hi:.2g}]" if lo else "none"
-        holes = f" ({v['n_holes']} holes in the span)" if v.get("n_holes") else ""
+        n = v.get("n_holes") or 0
+        holes = f" ({n} hole{'s' if n > 1 else ''} in the span: report.md names them)" if n else ""
         print(
             f"  {v['label']:<24} trials={v['n_trials']:>3} stable={v['n_stable']:>3} diverged={v['n_diverged']:>3} "
             f"stable lr {rng} = {v['stable_decades']:.2f} decades{holes}"

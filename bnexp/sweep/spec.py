@@ -35,6 +35,7 @@ from bnexp.cli import ConfigError
 from bnexp.core.config import EXECUTION_KEYS, MAX_SEED, Config, flat, validate
 
 ACTIONS = ("all", "work", "create", "report", "plan")
+SEARCHES = ("grid", "edges")
 SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
 LR_PARAM = "optim.lr"  # the Optuna param of a point's lr: named for the config key it sets
 
@@ -43,7 +44,9 @@ LR_PARAM = "optim.lr"  # the Optuna param of a point's lr: named for the config 
 class LRRange:
     low: float = 1e-5
     high: float = 1.0
-    points: int = 24  # points per variant and seed, evenly log-spaced
+    points: int = 24  # points per variant and seed, evenly log-spaced (edges: the coarse grid)
+    search: str = "grid"  # grid: the points alone | edges: then bisect each edge of the stable range per seed
+    resolution: float = 0.1  # edges: bisect each edge's bracket until it is at most this many decades wide
 
 
 @dataclass
@@ -179,6 +182,12 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         )
     if lr.points < 1:
         raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1 (e.g. sweep.lr.points=12)")
+    if lr.search not in SEARCHES:
+        raise ConfigError(f"sweep.lr.search={lr.search!r} is not allowed; choose one of: {', '.join(SEARCHES)}")
+    if not (math.isfinite(lr.resolution) and lr.resolution > 0):
+        raise ConfigError(f"sweep.lr.resolution={lr.resolution} must be a positive number of decades (e.g. 0.1)")
+    if lr.search == "edges" and lr.points < 2:
+        raise ConfigError("sweep.lr.search=edges needs a coarse grid of sweep.lr.points >= 2 (e.g. 6) to bracket")
     if sw.action not in ACTIONS:
         raise ConfigError(f"sweep.action={sw.action!r} is not allowed; choose one of: {', '.join(ACTIONS)}")
     StabilityRule.of(sw.rule, lambda k, v: f"sweep.rule.{k}={v}")
@@ -258,6 +267,15 @@ def _counts(key: str, ignore: tuple[str, ...]) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in ignore)
 
 
+def _lr_ident(lr: DictConfig) -> dict:
+    """The lr node as it identifies a study: a grid study's as before the edge search existed (its hash stays)."""
+    ident = OmegaConf.to_container(lr)
+    if ident.get("search", "grid") == "grid":
+        ident.pop("search", None)
+        ident.pop("resolution", None)
+    return ident
+
+
 def spec_hash(sw: DictConfig, base: DictConfig) -> str:
     """What makes a study the same study: its design and the training settings that change a result."""
     axes = grid_axes(sw.grid)
@@ -265,7 +283,7 @@ def spec_hash(sw: DictConfig, base: DictConfig) -> str:
     ignore = (*EXECUTION_KEYS, *SWEPT, *axes)
     ident = {
         "grid": axes,
-        "lr": OmegaConf.to_container(sw.lr),
+        "lr": _lr_ident(sw.lr),
         "sampler": "grid",  # kept so that studies created when a sampler could be chosen keep their hash
         "seeds": list(sw.seeds),
         "train": {k: v for k, v in sorted(train.items()) if _counts(k, ignore)},

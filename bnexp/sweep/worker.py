@@ -32,8 +32,8 @@ from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
 from bnexp.record import VAL_ACC
 from bnexp.sweep import liveness
-from bnexp.sweep.records import trial_attrs
-from bnexp.sweep.spec import LR_PARAM, grid_axes, rerun_overrides, trial_cfg
+from bnexp.sweep.records import trial_attrs, trial_records
+from bnexp.sweep.spec import LR_PARAM, grid_axes, point_key, rerun_overrides, trial_cfg
 
 log = logging.getLogger("bnexp.sweep")
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
@@ -314,7 +314,52 @@ class Worker:
         if reason is not None:  # out of the except block: its traceback no longer pins the trials' tensors
             log.error("trial %s failed: %s", ",".join(str(t.number) for t in trials), reason)
             return self._fail(trials, reason)
-        return [self._finish(t, m, cfg, ov) for t, m, (cfg, ov, _) in zip(trials, results, points, strict=True)]
+        states = [self._finish(t, m, cfg, ov) for t, m, (cfg, ov, _) in zip(trials, results, points, strict=True)]
+        self.plan_edges()  # each new point goes to the study as soon as the result that asks for it is recorded
+        return states
+
+    # ---- the edge search (sweep.lr.search=edges) --------------------------------------------------------
+    def plan_edges(self) -> int:
+        """Enqueue every bisection point that the recorded results ask for (bnexp.analysis.edges.next_points),
+        per variant and seed; returns how many. Idempotent: a point already in the study (in any state) is not
+        enqueued again, so a rerun after a kill -9 goes on where the search stopped. Two workers planning at
+        the same moment may both enqueue one point; the later claim of it is dropped as a duplicate before it
+        trains (`_drop_duplicate`), so every point trains once."""
+        if self.sw.lr.search != "edges":
+            return 0
+        from bnexp.analysis.edges import next_points
+
+        groups = self._seed_groups()
+        n = 0
+        for (variant, seed), recs in groups.items():
+            for lr in next_points(recs, self.rule, float(self.sw.lr.resolution)):
+                key = point_key(dict(variant), seed, lr)
+                params = {**dict(variant), "seed": seed, LR_PARAM: lr}
+                self.study.enqueue_trial(params, user_attrs={"key": key, "attempt": 0, "phase": "bisect"})
+                log.info(
+                    "edge search: %s seed %d: bisecting at lr %g", " ".join(f"{k}={v}" for k, v in variant), seed, lr
+                )
+                n += 1
+        return n
+
+    def _seed_groups(self) -> dict[tuple, list[dict]]:
+        """Records per (variant, seed): finished trials as records, unfinished points as WAITING stubs."""
+        from optuna.trial import TrialState
+
+        axes = list(grid_axes(self.sw.grid))
+        finished = {r["key"]: r for r in trial_records(self.study)}
+        groups: dict[tuple, list[dict]] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            ua = t.user_attrs
+            if "key" not in ua or ua.get("returned") or ua.get("duplicate"):
+                continue
+            fp = t.params or liveness.fixed_params(self.study, t) or {}
+            group = groups.setdefault((tuple((k, fp.get(k)) for k in axes), fp.get("seed")), [])
+            if t.state in (TrialState.WAITING, TrialState.RUNNING):
+                group.append({"state": t.state.name, "lr": fp.get(LR_PARAM), "key": ua["key"]})
+            elif ua["key"] in finished and finished[ua["key"]] not in group:
+                group.append(finished[ua["key"]])
+        return groups
 
     def _summarize(self, metrics: dict) -> dict:
         """The trial's verdict for its W&B run summary, under the study's rule (core training knows no rule)."""
@@ -428,6 +473,7 @@ class Worker:
         sw = self.sw
         while not self.interrupted and (max_trials is None or done < max_trials):
             if not self._has(("WAITING",)):
+                self.plan_edges()  # a rerun (or a worker that finds the queue empty) goes on with the search
                 liveness.reconcile(self.study, sw.heartbeat, sw.grace, sw.retries)
                 if not self._has(("WAITING",)):
                     if not self._has(("RUNNING",)):

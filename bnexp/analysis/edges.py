@@ -1,0 +1,110 @@
+"""The edges of each variant's stable learning-rate range, per seed, and where to train next to sharpen them
+(pure: no torch, Optuna or W&B).
+
+A seed's *edges* bracket its unbroken stable range around its best lr (bnexp.analysis.stability, judged
+by the rule on that seed's trials alone): the low edge lies between the first stable lr of the run and the
+unstable lr just below it, the high edge between the run's last stable lr and the unstable lr just above
+it. A bracket is `[stable_lr, unstable_lr]`; its width is |log10(unstable / stable)| decades, and the edge
+estimate is its geometric midpoint. A run that reaches the end of the searched lr range has an *open*
+edge (`unstable_lr` None): the range goes on past what was searched, and no search can narrow it.
+
+`next_points` is the bisection the edge search (`sweep.lr.search=edges`) runs: for every closed bracket
+wider than the resolution, the geometric midpoint of its ends. Why not one of Optuna's samplers: they look
+for an optimum; a stability edge is a boundary, found by bisecting between a pass and a fail.
+
+`edges` summarises a variant across seeds: each seed's brackets, and for each edge and for the width
+log10(high / low) the median over seeds with the range (min, max) over seeds. With 3 or more seeds the
+range is the spread of the seeds, not a confidence interval; where seeds disagree the range says how far.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bnexp.analysis.stability import StabilityRule, _lr_key, _state, _width
+
+LR_DIGITS = 6  # bisection points are rounded like a trial's lr (bnexp.sweep.spec.trial_cfg), so keys agree
+
+
+def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
+    """One seed's brackets: {"best_lr", "low": [stable, unstable|None] | None, "high": ..., "n_trials"}."""
+    complete = [r for r in trials if _state(r) == "COMPLETE"]
+    w = _width(complete, rule, 0, None)
+    lrs = [p["lr"] for p in w["points"]]
+    out: dict[str, Any] = {"n_trials": len(complete), "low": None, "high": None, "stable_lr_min": None}
+    if w["stable_lr_min"] is None:
+        return out  # nothing stable: no edge to find
+    lo, hi = lrs.index(w["stable_lr_min"]), lrs.index(w["stable_lr_max"])
+    out["low"] = [lrs[lo], lrs[lo - 1] if lo > 0 else None]
+    out["high"] = [lrs[hi], lrs[hi + 1] if hi + 1 < len(lrs) else None]
+    out["stable_lr_min"], out["stable_lr_max"] = lrs[lo], lrs[hi]
+    return out
+
+
+def bracket_decades(bracket: Sequence[float | None] | None) -> float | None:
+    """Width of a closed bracket in decades; None for an open or missing one."""
+    if not bracket or bracket[1] is None:
+        return None
+    return abs(math.log10(bracket[1] / bracket[0]))
+
+
+def estimate(bracket: Sequence[float | None] | None) -> float | None:
+    """The edge: the bracket's geometric midpoint; an open edge is its stable end (a bound, not a point)."""
+    if not bracket:
+        return None
+    return bracket[0] if bracket[1] is None else math.sqrt(bracket[0] * bracket[1])
+
+
+def midpoint(bracket: Sequence[float]) -> float:
+    return float(f"{math.sqrt(bracket[0] * bracket[1]):.{LR_DIGITS}g}")
+
+
+def next_points(trials: Sequence[dict], rule: StabilityRule, resolution: float) -> list[float]:
+    """The lrs to train next for one seed of one variant: each closed bracket wider than `resolution` decades,
+    bisected in log-lr; none while a trial of this seed is unfinished (its result may move the run)."""
+    if any(_state(r) in ("WAITING", "RUNNING") for r in trials):
+        return []
+    e = seed_edges(trials, rule)
+    have = {_lr_key(r) for r in trials}
+    out = []
+    for side in ("low", "high"):
+        width = bracket_decades(e[side])
+        if width is not None and width > resolution:
+            mid = midpoint(e[side])
+            if _lr_key({"lr": mid}) not in have and mid not in e[side]:
+                out.append(mid)
+    return out
+
+
+def _spread(values: list[float], log: bool = False) -> dict[str, Any]:
+    """Median and (min, max) over seeds; `log`: the median of learning rates is taken in log10(lr)."""
+    if not values:
+        return {"median": None, "range": None}
+    med = 10 ** statistics.median(math.log10(v) for v in values) if log else statistics.median(values)
+    return {"median": med, "range": [min(values), max(values)]}
+
+
+def edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
+    """A variant's edges: per seed brackets, the median edge and width with their range over seeds."""
+    by_seed: dict[Any, list[dict]] = {}
+    for r in trials:
+        by_seed.setdefault(r.get("seed"), []).append(r)
+    per_seed = {}
+    for seed in sorted(by_seed, key=lambda s: (s is None, s)):
+        e = seed_edges(by_seed[seed], rule)
+        e["width"] = math.log10(estimate(e["high"]) / estimate(e["low"])) if e["low"] else None
+        e["resolution"] = max([w for s in ("low", "high") if (w := bracket_decades(e[s])) is not None], default=None)
+        per_seed[str(seed)] = e
+    found = [e for e in per_seed.values() if e["low"]]
+    out: dict[str, Any] = {"per_seed": per_seed, "n_seeds": len(per_seed), "n_seeds_stable": len(found)}
+    for side in ("low", "high"):
+        out[side] = _spread([estimate(e[side]) for e in found], log=True)
+        out[side]["open"] = any(e[side][1] is None for e in found)
+    out["width"] = _spread([e["width"] for e in found])
+    res = [e["resolution"] for e in found if e["resolution"] is not None]
+    out["resolution"] = max(res) if res else None
+    out["n_trials"] = sum(e["n_trials"] for e in per_seed.values())
+    return out
