@@ -1,0 +1,85 @@
+"""The edge search against fixed grids, through the real command: trials, wall time and edge error.
+
+    python bench/bench_edges.py [--depth 4] [--steps 200] [--out bench/results/edges]
+
+Runs `python -m bnexp.sweep sweep=lr_stability 'sweep.grid.model.bn=[off,pre]'` four ways on one config (seed 0,
+lr in [1e-5, 1]): a 12-point and a 24-point grid, the edge search at resolution 0.1 (a 6-point coarse grid),
+and a 48-point grid as the reference. Each edge's error is |log10(edge / reference edge)| in decades, an edge
+being its bracket's geometric midpoint (bnexp.analysis.edges). Each arm is its own study under --out, so a
+rerun of this script goes on where it stopped (finished arms train nothing). Prints a markdown table and
+writes edges.json beside the studies. Wall times are whole commands on this machine; compare arms of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ARMS = {  # name: extra overrides
+    "grid-12": ["sweep.lr.points=12"],
+    "grid-24": ["sweep.lr.points=24"],
+    "edges-0.1": ["sweep.lr.points=6", "sweep.lr.search=edges", "sweep.lr.resolution=0.1"],
+    "grid-48 (reference)": ["sweep.lr.points=48"],
+}
+
+
+def run_arm(name: str, extra: list[str], a: argparse.Namespace) -> dict:
+    out = Path(a.out) / name.split(" ")[0]
+    cmd = [
+        sys.executable, "-m", "bnexp.sweep", "sweep=lr_stability", f"sweep.name=edges-{name.split(' ')[0]}",
+        f"sweep.out_dir={out}", "sweep.grid.model.bn=[off,pre]", "sweep.seeds=[0]", "sweep.lr.low=1e-5",
+        "sweep.lr.high=1", f"model.depth={a.depth}", f"trainer.max_steps={a.steps}",
+        f"trainer.val_every={max(a.steps // 4, 1)}", "logger=none", "sweep.progress=false", *extra,
+    ]  # fmt: skip
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BNEXP_LOG": "WARNING"})
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
+    s = json.loads((out / "summary.json").read_text())
+    return {"wall_s": wall, "variants": {v["label"]: v for v in s["variants"]}}
+
+
+def _edge(v: dict, side: str) -> float | None:
+    return ((v.get("edges") or {}).get(side) or {}).get("median")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--out", default="bench/results/edges")
+    a = ap.parse_args()
+    res = {name: run_arm(name, extra, a) for name, extra in ARMS.items()}
+    ref = res["grid-48 (reference)"]["variants"]
+    rows = []
+    for name, r in res.items():
+        trials = sum(v["n_trials"] for v in r["variants"].values())
+        reso = max((v["edges"]["resolution"] or 0.0) for v in r["variants"].values())
+        errs = []
+        for label, v in r["variants"].items():
+            for side in ("low", "high"):
+                e, e_ref = _edge(v, side), _edge(ref[label], side)
+                if e is not None and e_ref is not None:
+                    errs.append(abs(math.log10(e / e_ref)))
+        rows.append({"arm": name, "trials": trials, "wall_s": r["wall_s"], "resolution": reso,
+                     "max_edge_error": max(errs) if errs else None,
+                     "edges": {lb: [_edge(v, "low"), _edge(v, "high")] for lb, v in r["variants"].items()}})  # fmt: skip
+    print(f"depth {a.depth}, {a.steps} steps, off/pre, seed 0, lr in [1e-5, 1]\n")
+    print("| search | trials | wall (s) | resolution (decades) | max edge error vs 48-point grid (decades) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        err = "–" if r["max_edge_error"] is None else f"{r['max_edge_error']:.2f}"
+        print(f"| {r['arm']} | {r['trials']} | {r['wall_s']:.0f} | {r['resolution']:.2f} | {err} |")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "edges.json").write_text(json.dumps({"depth": a.depth, "steps": a.steps, "arms": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
