@@ -68,9 +68,9 @@ def main() -> None:
                 e, e_ref = _edge(v, side), _edge(ref[label], side)
                 if e is not None and e_ref is not None:
                     errs.append(abs(math.log10(e / e_ref)))
+        edges = {lb: [_edge(v, "low"), _edge(v, "high")] for lb, v in r["variants"].items()}
         rows.append({"arm": name, "trials": trials, "wall_s": r["wall_s"], "resolution": reso,
-                     "max_edge_error": max(errs) if errs else None,
-                     "edges": {lb: [_edge(v, "low"), _edge(v, "high")] for lb, v in r["variants"].items()}})  # fmt: skip
+                     "max_edge_error": max(errs) if errs else None, "edges": edges})  # fmt: skip
     print(f"depth {a.depth}, {a.steps} steps, off/pre, seed 0, lr in [1e-5, 1]\n")
     print("| search | trials | wall (s) | resolution (decades) | max edge error vs 48-point grid (decades) |")
     print("|---|---:|---:|---:|---:|")
