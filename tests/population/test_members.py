@@ -15,6 +15,7 @@ from bnexp.core.metrics import compute_loss
 from bnexp.core.net import DeepConvNet
 from bnexp.population.net import PopulationNet
 from bnexp.population.train import train_population
+from bnexp.run import default_verdict
 
 
 def _members_match_solos(seeds, **arch) -> None:
@@ -90,7 +91,7 @@ def test_each_member_has_its_own_live_wandb_run(tmp_path, wandb_home):
     def on_step():  # while training: every member's run is open under its own dir
         live.append([len(offline_runs(d)) for d in dirs])
 
-    ms = train_population(cfgs[0], lrs, dirs, on_step=on_step, member_cfgs=cfgs)
+    ms = train_population(cfgs[0], lrs, dirs, on_step=on_step, member_cfgs=cfgs, summarize=default_verdict)
     assert live and all(n == [1, 1] for n in live)
     for k, (m, d) in enumerate(zip(ms, dirs, strict=True)):
         r = read_offline_run(offline_runs(d)[0], wait_s=30)

@@ -63,7 +63,7 @@ def test_oom_fails_one_trial_and_the_sweep_goes_on_and_divergence_is_a_result(tm
     assert len(retry) == 1 and retry[0].user_attrs["attempt"] == 1  # the point was retried, once
 
     diverged = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["diverged"]]
-    assert [t.params["lr"] for t in diverged] == [1e6]  # a result: COMPLETE, flagged diverged
+    assert [t.params["optim.lr"] for t in diverged] == [1e6]  # a result: COMPLETE, flagged diverged
     assert summary["variants"][0]["n_diverged"] == 1
     with open(out / "trials.csv") as f:
         rows = list(csv.DictReader(f))

@@ -69,7 +69,7 @@ def test_tiny_sweep_end_to_end_and_report_rebuild(tmp_path):
     for f in ("summary.json", "trials.csv", "stability.png", "report.md", "sweep.json", "study.db"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
-    assert s["study"] == "t" and s["threshold"] == 0.3  # the spec's rule, as the command line set it
+    assert s["study"] == "t" and s["rule"]["threshold"] == 0.3  # the spec's rule, as the command line set it
     assert [v["label"] for v in s["variants"]] == ["off-auto-d3", "pre-auto-d3"]
     for v in s["variants"]:
         assert v["n_trials"] == 2
@@ -150,7 +150,7 @@ def test_population_sweep_trains_k_points_as_one_model(tmp_path):
     assert {t.user_attrs["population"] for t in study.get_trials()} == {3}  # 3 lrs of a variant per model
     for t in study.get_trials():
         m = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
-        assert m["lr"] == pytest.approx(t.params["lr"]) and m["step"] == 12
+        assert m["lr"] == pytest.approx(t.params["optim.lr"]) and m["step"] == 12
     assert [v["n_trials"] for v in summary["variants"]] == [3, 3]
 
 
@@ -256,7 +256,10 @@ def _one_name_per_metric(out, wandb_trials, report) -> None:
     validation is at the same step in metrics.json and W&B; Optuna holds the learning curve and names things."""
     from bnexp.record import LEGACY_NAMES, STATISTICS, TEST_ACC, VAL_ACC, VAL_ACC_BATCH
 
-    metrics = {json.loads(p.read_text())["lr"]: json.loads(p.read_text()) for p in out.glob("trials/t/*/metrics.json")}
+    metrics = {}
+    for p in out.glob("trials/t/*/metrics.json"):
+        m = json.loads(p.read_text())
+        metrics[(m["bn"], m["lr"])] = m
     trials_cols = (out / "trials.csv").read_text().splitlines()[0].split(",")
     curves_cols = (out / "curves.csv").read_text().splitlines()[0].split(",")
     for name in (VAL_ACC, VAL_ACC_BATCH):
@@ -268,13 +271,13 @@ def _one_name_per_metric(out, wandb_trials, report) -> None:
     assert not old & set(trials_cols) and not old & set(curves_cols)
     assert not any(old & set(r["summary"]) for r in wandb_trials)
     for r in wandb_trials:  # W&B's step of each validation is metrics.json's
-        m = metrics[r["config"]["optim"]["lr"]]
+        m = metrics[(r["config"]["model"]["bn"], r["config"]["optim"]["lr"])]
         assert [h["trainer/global_step"] for h in r["history"] if VAL_ACC in h] == [h["step"] for h in m["val_history"]]
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
     assert study.metric_names == [VAL_ACC] and "spec" not in study.user_attrs  # `optuna studies` stays readable
     for t in study.trials:
         assert "optim.lr" in t.params and "lr" not in t.params
-        m = metrics[t.params["optim.lr"]]
+        m = metrics[(t.params["model.bn"], t.params["optim.lr"])]
         assert t.intermediate_values == {h["step"]: h[VAL_ACC] for h in m["val_history"]}  # optuna-dashboard's curves
 
 
@@ -321,7 +324,8 @@ def test_the_console_script_completes_on_tab(tmp_path):
     assert set(r.stdout.split()) == want, r.stderr
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points="}
+    assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points=", "sweep.lr.search=",
+                                     "sweep.lr.resolution="}  # fmt: skip
 
 
 def test_local_workers_share_the_study_and_split_the_cores(tmp_path):
