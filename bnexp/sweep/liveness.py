@@ -28,10 +28,6 @@ HEARTBEAT_ATTR = "bnexp:heartbeat"  # unix time of the last beat, for storages w
 
 
 # ---- thin accessors for Optuna's private attributes -------------------------------------------------
-def storage_of(study: Any) -> Any:
-    return study._storage
-
-
 def trial_id(trial: Any) -> int:
     return trial._trial_id
 

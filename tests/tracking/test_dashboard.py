@@ -88,6 +88,59 @@ def test_saving_without_login_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "wandb login" in lines[0], r.stderr
 
 
+def _serve_optuna_dashboard(db, path: str):
+    """GET `path` from optuna-dashboard serving `db` (the dashboard extra's console script), as JSON."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    cmd = [str(exe), f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                    return json.loads(resp.read())
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(p.stderr.read().decode()[-2000:] if p.poll() is not None else "no answer")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_optuna_dashboard_draws_each_trials_learning_curve(tmp_path):
+    """Each trial reports its val/acc at each validation (trial.report), under the study's metric name: the
+    dashboard's API gives a finished trial's intermediate values, the steps metrics.json gives them."""
+    import json
+    from pathlib import Path
+
+    from helpers.env import REPO, child_env
+    from helpers.sweeps import cli
+
+    out = tmp_path / "sw"
+    r = subprocess.run(cli(out, "sweep.grid.model.bn=[pre]"), cwd=REPO, env=child_env(), capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = _serve_optuna_dashboard(out / "study.db", "/api/studies/1")
+    assert study["objective_names"] == ["val/acc"]  # Optuna's set_metric_names, as the dashboard reads it
+    for t in study["trials"]:
+        m = json.loads((Path(next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_dir")) / "metrics.json")
+                       .read_text())  # fmt: skip
+        assert t["state"] == "Complete" and [p["name"] for p in t["params"]] == ["model.bn", "seed", "optim.lr"]
+        got = {iv["step"]: iv["value"] for iv in t["intermediate_values"]}
+        assert got == {h["step"]: pytest.approx(h["val/acc"]) for h in m["val_history"]} and len(got) == 2
+
+
 def test_optuna_dashboard_reads_a_sweep_storage_as_is(tmp_path):
     # the README: `optuna-dashboard sqlite:///<out dir>/study.db` (the dashboard extra) shows a study as it is
     import json
