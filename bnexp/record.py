@@ -19,6 +19,7 @@ from typing import Any
 # ---- metric names (metrics.json keys) --------------------------------------------------------------
 VAL_ACC = "val/acc"  # population statistics: the net in inference mode (BN's running averages)
 VAL_ACC_BATCH = "val/acc_batchstats"  # the same weights, each validation batch normalised by its own statistics
+VAL_ACC_RECAL = "val/acc_recal"  # BN statistics recomputed with the final weights (bnexp.core.recal)
 VAL_ACC_BEST = "val/acc_best"
 VAL_LOSS = "val/loss"
 VAL_LOSS_BATCH = "val/loss_batchstats"
@@ -31,11 +32,12 @@ DIVERGED_STEP = "diverged_step"  # first step with a non-finite loss; None when 
 WALL_S = "wall_s"
 
 # what a trial record keeps of a run's metrics.json, in column order
-RESULT_KEYS = (VAL_ACC, VAL_ACC_BEST, VAL_ACC_BATCH, VAL_LOSS, TEST_ACC, TEST_ACC_SINGLE, STEP, DIVERGED_STEP, WALL_S)
+RESULT_KEYS = (VAL_ACC, VAL_ACC_BEST, VAL_ACC_BATCH, VAL_ACC_RECAL, VAL_LOSS, TEST_ACC, TEST_ACC_SINGLE, STEP,
+               DIVERGED_STEP, WALL_S)  # fmt: skip
 # the validation metrics of a learning curve (val_history entries, curves.csv columns), in column order
 CURVE_KEYS = (VAL_ACC, VAL_ACC_BATCH, VAL_ACC_BEST, VAL_LOSS, VAL_LOSS_BATCH)
-# which metric each way of judging a trial reads: population (inference) or batch statistics
-STATISTICS: dict[str, str] = {"population": VAL_ACC, "batch": VAL_ACC_BATCH}
+# which metric each way of judging a trial reads: population (inference), batch or recalibrated statistics
+STATISTICS: dict[str, str] = {"population": VAL_ACC, "batch": VAL_ACC_BATCH, "recal": VAL_ACC_RECAL}
 
 # names before they were one (trials.csv, summary.json and Optuna attrs of older studies)
 LEGACY_NAMES = {

@@ -87,6 +87,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | ddp_spawn ...
     precision: str = "32-true"
     compile: str = "none"  # none | default | reduce-overhead | max-autotune
+    recal_batches: int = 50  # after training: BN statistics recomputed over N training batches (val/acc_recal)
     deterministic: bool = False
     progress_bar: bool = True
     # refuse a config whose net needs more (parameters, gradients, optimizer state, activations: memory_estimate);
@@ -136,6 +137,7 @@ EXECUTION_KEYS = (
     "trainer.num_nodes",
     "trainer.strategy",
     "trainer.compile",
+    "trainer.recal_batches",  # a view added after training: the weights and the other metrics do not change
     "trainer.progress_bar",
     "trainer.deterministic",
     "trainer.max_memory_gb",  # a guard checked before building, not a setting of what is computed

@@ -24,6 +24,7 @@ from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
 from bnexp.core.metrics import run_metrics
 from bnexp.core.provenance import provenance
+from bnexp.core.recal import recalibrated
 from bnexp.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("bnexp")
@@ -320,6 +321,9 @@ def train(
         log.info("resuming from %s", resume)
     with ddp_job(trainer, out):
         train_s = fit_evaluate(trainer, module, dm, resume)
+    t_recal = time.perf_counter()
+    module.record.tested(recalibrated(module, dm, int(cfg.trainer.recal_batches)))
+    recal_s = time.perf_counter() - t_recal
     steps = int(trainer.global_step)
     metrics = run_metrics(
         module.record,
@@ -330,6 +334,7 @@ def train(
         steps_trained=steps - (module.resumed_from_step or 0),
         provenance=provenance(trainer.strategy.root_device, t_wall),
         resumed_from_step=module.resumed_from_step,
+        recal_s=recal_s,
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, summarize)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.cli import ConfigError, one_line
+from bnexp.record import STATISTICS
 
 
 def add_study_args(ap: argparse.ArgumentParser) -> None:
@@ -31,7 +32,9 @@ def add_rule_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--epsilon", type=float, help="relative mode's margin (e.g. 0.02)")
     g.add_argument("--seed-quorum", type=float, help="an lr is stable when this fraction of its seeds is (0.5)")
     g.add_argument("--last-k", type=int, help="every one of the last k validations must pass (1)")
-    g.add_argument("--statistics", choices=("population", "batch"), help="judge population or batch statistics")
+    g.add_argument(
+        "--statistics", choices=tuple(STATISTICS), help="judge population, batch or recal(ibrated) statistics"
+    )
 
 
 def rule_flags(a: argparse.Namespace) -> dict[str, Any]:
