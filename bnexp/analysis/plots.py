@@ -40,6 +40,7 @@ from bnexp.files import write_bytes_atomic
 STATS_COLOURS = {"population": "tab:blue", "batch": "tab:orange"}
 STATS_NAMES = {"population": "population statistics (val/acc)", "batch": "batch statistics (val/acc_batchstats)"}
 SEED_STYLES = ("-", "--", ":", "-.")
+_PLOTTED = {k: STATISTICS[k] for k in ("population", "batch")}  # recalibrated: a final value, no learning curve
 _DPI = 110
 
 
@@ -267,7 +268,7 @@ def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
     style = _seed_style(seeds)
     ordered = sorted(recs, key=lambda r: (_lr_key(r) or 0.0, _sort_key((r.get("seed"),), ("seed",))))
     any_history = False
-    for ax, (stats, metric) in zip(axes[0], STATISTICS.items(), strict=True):
+    for ax, (stats, metric) in zip(axes[0], _PLOTTED.items(), strict=True):
         for r in ordered:
             lr = _lr_key(r)
             h = [(s, v) for s, v in history(r, metric) if s is not None]
@@ -392,6 +393,8 @@ def plot_widths(path: Path, d: FigureData) -> None:
     all_lrs = [p["lr"] for v in variants for p in v["points"]]
     for i, v in enumerate(variants):
         for stats, view in (v.get("by_statistics") or {}).items():
+            if stats not in _PLOTTED:
+                continue
             y, c = i + offsets[stats], STATS_COLOURS[stats]
             if not view["n_finite"]:
                 ax_w.text(0.02, y, "not recorded", va="center", fontsize=7, color=c)

@@ -105,6 +105,7 @@ class LoggerConfig:
     job_type: str = "run"  # run | trial (set by the sweep) | sweep-summary
     run_name: Optional[str] = None  # None -> e.g. pre-auto-d19-lr2e-03-s0
     run_id: Optional[str] = None  # W&B run id; None -> derived from the run dir (a sweep: from the study and point)
+    dir: Optional[str] = None  # W&B keeps the run in <dir>/wandb/; None: the run dir (a sweep: its out dir)
     tags: list = field(default_factory=list)  # extra tags beside the variant's
     diagnostics_every: int = 0  # per-layer activation/grad stats every N steps (0: off)
     log_histograms: bool = True  # wandb: activation histograms with the per-layer stats

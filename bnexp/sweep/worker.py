@@ -163,8 +163,11 @@ class Worker:
         values = names.cfg_values(cfg, self.grid_keys)
         name = names.trial_dir_name(trial.number, values, cfg.optim.lr, cfg.seed, self.keys)
         cfg.logger.run_name = names.run_name(values, cfg.optim.lr, cfg.seed, self.keys)
-        # the same point retried (after a kill, a preemption) resumes its W&B run
-        cfg.logger.run_id = names.run_id(self.study_name, self.spec_hash, trial.user_attrs.get("key", trial.number))
+        # one name for the trial dir, the W&B run's name and its id; the same point retried (after a kill, a
+        # preemption) resumes its W&B run
+        key = trial.user_attrs.get("key", trial.number)
+        cfg.logger.run_id = names.run_id(cfg.logger.run_name, self.study_name, self.spec_hash, key)
+        cfg.logger.dir = str(self.out_dir)  # every trial's W&B run under <out_dir>/wandb: one `wandb sync` syncs it
         return cfg, ov, self._resumable_dir(trial) or self.out_dir / "trials" / names.safe(self.study_name) / name
 
     def _resumable_dir(self, trial: Any) -> Path | None:

@@ -176,7 +176,7 @@ def _curve_charts(variants: list[dict], curves: list[dict]) -> dict[str, Any]:
     out = {}
     for v in variants:
         label = v["variant"]
-        for stats, col in STATISTICS.items():
+        for stats, col in (("population", VAL_ACC), ("batch", VAL_ACC_BATCH)):  # recal: a final value, no curve
             lines: dict[str, tuple[list, list]] = {}
             for row in curves:
                 if row["variant"] == label and row["step"] is not None and row[col] is not None:

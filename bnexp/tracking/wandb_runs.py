@@ -196,7 +196,7 @@ def start_training_run(cfg: DictConfig, out_dir: Path, reinit: str = "finish_pre
     rid = cfg.logger.get("run_id") or names.run_id(Path(out_dir).name, str(Path(out_dir).resolve()))
     run = start_run(
         cfg,
-        out_dir,
+        Path(cfg.logger.dir) if cfg.logger.get("dir") else out_dir,  # a sweep's trials: all under its out dir
         name=run_name(cfg),
         job_type=str(cfg.logger.get("job_type") or "run"),
         group=run_group(cfg),

@@ -58,7 +58,8 @@ def test_write_report_files(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0, name
     figures = [f["file"] for f in summary["figures"]]
     assert figures[:5] == ["stability.png", "widths.png", "divergence.png", "stats_lag.png", "heatmap.png"]
-    assert figures[5:] == [f"curves-{v['label']}.png" for v in summary["variants"]]  # one per variant
+    assert figures[5:-1] == [f"curves-{v['label']}.png" for v in summary["variants"]]  # one per variant
+    assert figures[-1] == "edges.png"  # each variant's range as an interval with its edge brackets
     for f in figures:
         _assert_png(tmp_path / f)
     assert set(summary["files"]) == {"summary.json", "trials.csv", "report.md", *figures}  # no curves: no curves.csv
@@ -172,7 +173,7 @@ def test_report_judges_both_ways_and_says_where_they_differ(tmp_path: Path) -> N
     assert pre["label"] == "pre-auto-d4" and pre["statistics_differ"] and not off["statistics_differ"]
     assert pre["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
     assert pre["by_statistics"]["batch"]["stable_decades"] == pytest.approx(2.0)
-    assert summary["statistics"] == {"population": "val/acc", "batch": "val/acc_batchstats"}
+    assert summary["statistics"] == {"population": "val/acc", "batch": "val/acc_batchstats", "recal": "val/acc_recal"}
     md = (tmp_path / "report.md").read_text()
     assert "| pre-auto-d4 | 0.001 – 0.01 | 1.00 | s0 1.00, s1 1.00 | 0.001 – 0.1 | 2.00 | s0 2.00, s1 2.00 |" in md
     (line,) = [ln for ln in md.splitlines() if ln.startswith("- **")]  # one line, for the variant that differs

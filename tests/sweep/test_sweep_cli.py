@@ -221,8 +221,11 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
         seen += chunk
     assert p.wait(timeout=600) == 0, seen.decode(errors="replace")[-3000:]
     assert b"API key" not in seen and b"wandb login" not in seen
+    assert {p.parent for p in offline_runs(out)} == {out / "wandb"}  # one `wandb sync out/wandb/*` syncs the study
     runs = [read_offline_run(r, wait_s=30) for r in offline_runs(out)]
     trials = [r for r in runs if r["job_type"] == "trial"]
+    for r in trials:  # one name: the trial dir's, the W&B run's, and the head of its id
+        assert r["id"].startswith(r["name"] + "-") and (out / "trials" / "t").glob(f"*_{r['name']}")
     summaries = [r for r in runs if r["job_type"] == "sweep-summary"]
     assert len(trials) == 4 and len(summaries) == 1
     spec_hash = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}").user_attrs["spec_hash"]
@@ -306,7 +309,8 @@ def test_a_retried_trial_resumes_its_wandb_run(tmp_path, monkeypatch):
     run_sweep([a for a in sweep_args(out, points=1) if a != "logger=none"] + ["logger=wandb", "logger.mode=offline"])
     study, done = completed_keys(out)
     assert len(done) == 2 and [t.state.name for t in study.get_trials()].count("FAIL") == 1
-    runs = [read_offline_run(r, wait_s=30) for r in offline_runs(out / "trials")]
+    runs = [read_offline_run(p, wait_s=30) for p in offline_runs(out / "wandb")]
+    runs = [r for r in runs if r["job_type"] == "trial"]
     ids = collections.Counter(r["id"] for r in runs)
     assert len(runs) == 3 and sorted(ids.values()) == [1, 2]  # the failed point's two attempts: one run id
     (retried,) = [i for i, n in ids.items() if n == 2]
