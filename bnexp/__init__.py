@@ -6,3 +6,11 @@ try:
     __version__ = version("bnexp")
 except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0.0.0+unknown"
+
+
+def load(path_or_storage, study_name=None):  # noqa: ANN001, ANN201 (typed in bnexp.results.load)
+    """Results as data: a report dir, a sweep dir, a storage URL + study name, or a `bnexp.run -m` dir ->
+    `Results` with `.trials` and `.curves` (pandas DataFrames) and `.summary` (a dict). See bnexp.results."""
+    from bnexp.results import load as _load  # pandas loads here, not on `import bnexp`
+
+    return _load(path_or_storage, study_name)
