@@ -42,8 +42,33 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine() or dev.type
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC 7B13', 'Intel(R) Xeon(R) ...'): /proc/cpuinfo on Linux, else platform's
+    guess. With `cpu_capability` it keys float results: the same seed rounds differently on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to here ('AVX2', 'AVX512', 'DEFAULT'...)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # an older torch
+        return "unknown"
+
+
 def provenance(device: Any, started: float | None = None) -> dict[str, Any]:
-    """bnexp version, git commit, torch / CUDA / cuDNN versions, device, host, threads, start time (UTC)."""
+    """bnexp version, git commit, torch / CUDA / cuDNN versions, device (and the GPU's name), CPU model and
+    torch's CPU capability, host, threads, start time (UTC)."""
     import torch
 
     import bnexp
@@ -57,6 +82,8 @@ def provenance(device: Any, started: float | None = None) -> dict[str, Any]:
         "cudnn": cudnn,
         "device": str(torch.device(device)),
         "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
