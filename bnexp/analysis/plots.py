@@ -37,7 +37,13 @@ from bnexp.analysis.stability import (
 )
 from bnexp.files import write_bytes_atomic
 
-STATS_COLOURS = {"population": "tab:blue", "batch": "tab:orange"}
+# A variant's colour: its BN placement's when its other keys are the defaults (variant_palette).
+BN_COLOURS = {"off": "0.45", "pre": "tab:blue", "post": "tab:orange"}
+EXTRA_COLOURS = ("tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_DEFAULTS = {"bias": "auto"}
+# Population vs batch statistics: told apart by line style (and marker fill), never by colour, which is the variant's.
+STATS_STYLES = {"population": "-", "batch": "--"}
+STATS_COLOURS = {"population": "0.15", "batch": "0.15"}  # titles and legend text only
 STATS_NAMES = {"population": "population statistics (val_acc)", "batch": "batch statistics (val_acc_batchstats)"}
 SEED_STYLES = ("-", "--", ":", "-.")
 _DPI = 110
@@ -52,11 +58,21 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+FORMATS = ("png", "svg", "pdf")
+
+
+def save_figure(fig: Any, path: Path, fmt: str = "png") -> None:
+    """Write `fig` to `path` in `fmt` (png, svg or pdf), whole or not at all; the figure is closed."""
+    if fmt not in FORMATS:
+        raise ValueError(f"figure format {fmt!r} is not one of {', '.join(FORMATS)}")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format=fmt, dpi=_DPI)
     _plt().close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def _save(fig: Any, path: Path) -> None:
+    save_figure(fig, path, path.suffix.lstrip(".") or "png")
 
 
 def _colours(n: int) -> list:
@@ -77,13 +93,28 @@ def _grid(n: int, w: float, h: float, **kw: Any) -> tuple[Any, Any]:
     return _plt().subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False, **kw)
 
 
+def variant_palette(colour_keys: Sequence[tuple]) -> dict[tuple, Any]:
+    """One fixed colour per variant (a tuple of (key, value) pairs, depth left out): the BN placement alone
+    picks it (BN_COLOURS: off grey, pre blue, post orange) when its other keys are the defaults (bias auto),
+    so every figure of every study, and bnexp.compare's, colours a placement alike; other variants take
+    EXTRA_COLOURS in their sorted order."""
+    out: dict[tuple, Any] = {}
+    rest = []
+    for ck in colour_keys:
+        d = dict(ck)
+        if d.get("bn") in BN_COLOURS and all(v == _DEFAULTS.get(k) for k, v in d.items() if k != "bn"):
+            out[ck] = BN_COLOURS[d["bn"]]
+        else:
+            rest.append(ck)
+    rest.sort(key=lambda ck: _sort_key(tuple(x[1] for x in ck), [x[0] for x in ck]))
+    for i, ck in enumerate(rest):
+        out[ck] = EXTRA_COLOURS[i % len(EXTRA_COLOURS)]
+    return out
+
+
 def _variant_palette(variants: list[dict], variant_keys: Sequence[str]) -> dict[tuple, Any]:
     """Colour by the variant minus depth, so one placement has one colour in every depth's panel."""
-    colour_keys = sorted(
-        {tuple((k, v[k]) for k in variant_keys if k != "depth") for v in variants},
-        key=lambda ck: _sort_key(tuple(x[1] for x in ck), [x[0] for x in ck]),
-    )
-    return dict(zip(colour_keys, _colours(len(colour_keys)), strict=True))
+    return variant_palette(list(dict.fromkeys(_colour_key(v, variant_keys) for v in variants)))
 
 
 def _colour_key(v: dict, variant_keys: Sequence[str]) -> tuple:
