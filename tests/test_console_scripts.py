@@ -3,9 +3,9 @@
 import re
 import shutil
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 from helpers.env import REPO, bnexp, child_env
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
