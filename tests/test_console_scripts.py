@@ -5,10 +5,11 @@ import shutil
 import subprocess
 
 import pytest
-import tomllib
 from helpers.env import REPO, bnexp, child_env
 
-SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+# [project.scripts] read as text: tomllib is Python 3.11+, and bnexp supports 3.10
+_SECTION = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+SCRIPTS = dict(re.findall(r'^([\w-]+) = "([\w.:]+)"$', _SECTION, re.M))
 COMMANDS = ["run", "sweep", "report", "status", "dashboard", "compare"]
 
 
