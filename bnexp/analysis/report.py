@@ -300,8 +300,10 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
     else:
         lines.append("No BN / no-BN pairs in this table.")
     lines += ["", "## Figures", ""]
+    if not any(v["n_diverged"] for v in summary["variants"]):  # plots.write_figures drew no divergence figure
+        lines += ["No trial diverged.", ""]
     for f, caption in figures:
-        lines += [f"![{f.removesuffix('.png')}]({f})", "", f"*{caption}*", ""]
+        lines += [f"![{f.rsplit('.', 1)[0]}]({f})", "", f"*{caption}*", ""]
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     return "\n".join(lines)
 
