@@ -1,14 +1,18 @@
-"""The report's figures (matplotlib, Agg). `write_figures` draws every figure that fits the study and returns
+"""The report's figures (matplotlib, Agg). `write_figures(out, study, variants, trials, rule, variant_keys,
+fmt="png")` draws every figure that has something to show, as png, svg or pdf, and returns the ones drawn as
 (file, caption) pairs: the caption (what to read from the figure) is report.md's line under it and the W&B
-image's caption. Every `plot_*` function takes a `FigureData` (the analysis dicts, the trial records, the rule)
-and writes one PNG, whole or not at all (bnexp.files).
+image's caption. Every `plot_*(path, d, ...)` function takes a `FigureData` (the analysis dicts, the trial
+records, the rule) and writes one figure in the format of `path`'s suffix, whole or not at all (bnexp.files).
 
-Colour conventions: a variant has one colour in every panel (stability, divergence); a learning rate has one
-colour on a log scale (viridis, dark = low lr) in the learning curves and the statistics-lag picture, with a
-colourbar; population statistics are blue and batch statistics orange wherever the two are compared.
+Conventions: a variant has one colour in every figure of every study (`variant_palette`: BN off grey, pre
+blue, post orange; other variants the next colours), so colour never means anything else; population vs
+batch statistics are told apart by fill (solid vs hatched) or by panel, never by colour; a learning rate has
+one colour (darkened turbo, blue = low, red = high) in the learning curves and the statistics-lag picture,
+with a colourbar. What is shaded as stable is exactly what the rule judged stable (each point's `stable`
+flag), never a span across an unstable lr.
 
-One module for every figure (~600 lines) because they share those conventions, `FigureData` and the captions;
-split it when a figure grows its own helpers.
+One module for every figure (~750 lines) because they share those conventions, `FigureData` and the
+captions; split it when a figure grows its own helpers.
 """
 
 from __future__ import annotations
