@@ -3,7 +3,7 @@
     python -m bnexp.compare docs/results/depth_ablation docs/results/lr_stability_d19 --out outputs/compare
     python -m bnexp.compare outputs/sweeps/lr_stability --out cmp     # a `bnexp.sweep -m model.init_std=0.02,0.1` dir
 
-Each DIR is anything `bnexp.load` reads (a report dir, a sweep dir, a `bnexp.sweep -m` dir of studies). One row
+Each DIR is a study `bnexp.load` reads (a report dir, a sweep dir, a `bnexp.sweep -m` dir of studies). One row
 per variant of each study: its settings (the overrides shared by all of its trials, e.g. model.depth=4,
 model.init_std=0.1, and its variant keys), the stable width in decades, the bootstrap interval where it has
 several seeds, and the rule it was judged by. The settings that differ between rows, other than the BN
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Join several studies (report dirs, sweep dirs, `bnexp.sweep -m` dirs) into one table and"
         " one figure: stable width against the setting that differs between them, per variant.",
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="studies to compare (anything bnexp.load reads)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="report, sweep or `bnexp.sweep -m` dirs")
     p.add_argument("--out", required=True, help="directory for compare.csv, compare.md and the figure")
     p.add_argument("--format", default="png", choices=FORMATS, help="the figure's file format (default png)")
     a = p.parse_args(argv)
