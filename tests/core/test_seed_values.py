@@ -59,7 +59,7 @@ def test_main_command_gives_this_machine_s_pinned_values(bn, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "bnexp.run", f"model.bn={bn}", "logger=none", "trainer.progress_bar=false",
          f"hydra.run.dir={tmp_path}"],  # fmt: skip
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
