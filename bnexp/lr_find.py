@@ -35,11 +35,17 @@ FLAGS = argparse.Namespace(min_lr=1e-6, max_lr=10.0, steps=100)
 
 def _flags(argv: list[str]) -> list[str]:
     """Take this command's own flags out of argv (into FLAGS); the rest are Hydra overrides."""
-    ap = argparse.ArgumentParser(prog="python -m bnexp.lr_find", add_help=False)
-    ap.add_argument("--min-lr", type=float, default=FLAGS.min_lr)
-    ap.add_argument("--max-lr", type=float, default=FLAGS.max_lr)
-    ap.add_argument("--steps", type=int, default=FLAGS.steps)
-    known, rest = ap.parse_known_args(argv)
+    ap = argparse.ArgumentParser(
+        prog="python -m bnexp.lr_find",
+        usage="python -m bnexp.lr_find [OVERRIDE ...] [--min-lr LR] [--max-lr LR] [--steps N]",
+        description="The learning-rate range test (Smith 2017) through Lightning's Tuner.lr_find: one run, lr growing "
+        "exponentially; writes lr_find.png and lr_find.json into the run dir (hydra.run.dir=...).",
+        epilog="Every OVERRIDE is a bnexp.run setting (python -m bnexp.run --help lists them), e.g. model.bn=pre.",
+    )
+    ap.add_argument("--min-lr", type=float, default=FLAGS.min_lr, help="the lr of the first step (default 1e-6)")
+    ap.add_argument("--max-lr", type=float, default=FLAGS.max_lr, help="the lr of the last step (default 10)")
+    ap.add_argument("--steps", type=int, default=FLAGS.steps, help="training steps, lr growing exponentially (100)")
+    known, rest = ap.parse_known_args(argv)  # -h/--help: this command's flags and what else it takes
     if not (0 < known.min_lr < known.max_lr and math.isfinite(known.max_lr)):
         raise ConfigError(f"--min-lr {known.min_lr:g} --max-lr {known.max_lr:g}: need 0 < min < max (e.g. 1e-6, 10)")
     if known.steps < 5:

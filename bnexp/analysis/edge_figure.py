@@ -12,10 +12,10 @@ from typing import Any
 from bnexp.analysis.edges import estimate
 
 
-def plot_edges(out: Path, study: str, variants: list[dict], colour_of: Any, fname: str = "edges.png") -> str | None:
-    """Draw `fname` (None, nothing drawn, when no variant has a stable lr). `colour_of(label)`: the variant's
-    colour in every figure."""
-    from bnexp.analysis.plots import _plt, _save
+def plot_edges(out: Path, study: str, variants: list[dict], colour_of: Any, fmt: str = "png") -> str | None:
+    """Draw `edges.<fmt>` (None, nothing drawn, when no variant has a stable lr). `colour_of(label)`: the
+    variant's colour in every figure."""
+    from bnexp.analysis.plots import _plt, save_figure
 
     rows = [v for v in variants if (v.get("edges") or {}).get("n_seeds_stable")]
     if not rows:
@@ -50,10 +50,11 @@ def plot_edges(out: Path, study: str, variants: list[dict], colour_of: Any, fnam
     ax.set_xlabel("learning rate")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(
-        f"{study}: stable lr range per variant; thick = median over seeds, thin = each seed, "
-        "hatched = the bracket each edge lies in",
+        f"{study}: stable lr range per variant\nthick = median edges over seeds, thin = each seed, "
+        "hatched = the bracket (last stable, first unstable lr) each edge lies in",
         fontsize=9,
     )
     fig.tight_layout()
-    _save(fig, out / fname)
+    fname = f"edges.{fmt}"
+    save_figure(fig, out / fname, fmt)
     return fname

@@ -1,14 +1,18 @@
-"""The report's figures (matplotlib, Agg). `write_figures` draws every figure that fits the study and returns
+"""The report's figures (matplotlib, Agg). `write_figures(out, study, variants, trials, rule, variant_keys,
+fmt="png")` draws every figure that has something to show, as png, svg or pdf, and returns the ones drawn as
 (file, caption) pairs: the caption (what to read from the figure) is report.md's line under it and the W&B
-image's caption. Every `plot_*` function takes a `FigureData` (the analysis dicts, the trial records, the rule)
-and writes one PNG, whole or not at all (bnexp.files).
+image's caption. Every `plot_*(path, d, ...)` function takes a `FigureData` (the analysis dicts, the trial
+records, the rule) and writes one figure in the format of `path`'s suffix, whole or not at all (bnexp.files).
 
-Colour conventions: a variant has one colour in every panel (stability, divergence); a learning rate has one
-colour on a log scale (viridis, dark = low lr) in the learning curves and the statistics-lag picture, with a
-colourbar; population statistics are blue and batch statistics orange wherever the two are compared.
+Conventions: a variant has one colour in every figure of every study (`variant_palette`: BN off grey, pre
+blue, post orange; other variants the next colours), so colour never means anything else; population vs
+batch statistics are told apart by fill (solid vs hatched) or by panel, never by colour; a learning rate has
+one colour (darkened turbo, blue = low, red = high) in the learning curves and the statistics-lag picture,
+with a colourbar. What is shaded as stable is exactly what the rule judged stable (each point's `stable`
+flag), never a span across an unstable lr.
 
-One module for every figure (~600 lines) because they share those conventions, `FigureData` and the captions;
-split it when a figure grows its own helpers.
+One module for every figure (~750 lines) because they share those conventions, `FigureData` and the
+captions; split it when a figure grows its own helpers.
 """
 
 from __future__ import annotations
@@ -28,16 +32,24 @@ from bnexp.analysis.stability import (
     StabilityRule,
     _as_bool,
     _as_float,
-    _eligible_value,
+    _judged_value,
     _lr_key,
     _sort_key,
     _state,
     history,
+    is_stable,
     variant_key,
 )
 from bnexp.files import write_bytes_atomic
 
-STATS_COLOURS = {"population": "tab:blue", "batch": "tab:orange"}
+# A variant's colour: its BN placement's when its other keys are the defaults (variant_palette).
+BN_COLOURS = {"off": "0.45", "pre": "tab:blue", "post": "tab:orange"}
+EXTRA_COLOURS = ("tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_DEFAULTS = {"bias": "auto"}
+# Population vs batch statistics: told apart by line style (and marker fill), never by colour, which is the variant's.
+STATS_STYLES = {"population": "-", "batch": "--"}
+STATS_HATCH = {"population": "", "batch": "////"}
+STATS_COLOURS = {"population": "0.15", "batch": "0.15"}  # titles and legend text only
 STATS_NAMES = {"population": "population statistics (val/acc)", "batch": "batch statistics (val/acc_batchstats)"}
 SEED_STYLES = ("-", "--", ":", "-.")
 _PLOTTED = {k: STATISTICS[k] for k in ("population", "batch")}  # recalibrated: a final value, no learning curve
@@ -53,11 +65,21 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+FORMATS = ("png", "svg", "pdf")
+
+
+def save_figure(fig: Any, path: Path, fmt: str = "png") -> None:
+    """Write `fig` to `path` in `fmt` (png, svg or pdf), whole or not at all; the figure is closed."""
+    if fmt not in FORMATS:
+        raise ValueError(f"figure format {fmt!r} is not one of {', '.join(FORMATS)}")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format=fmt, dpi=_DPI)
     _plt().close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def _save(fig: Any, path: Path) -> None:
+    save_figure(fig, path, path.suffix.lstrip(".") or "png")
 
 
 def _colours(n: int) -> list:
@@ -78,13 +100,28 @@ def _grid(n: int, w: float, h: float, **kw: Any) -> tuple[Any, Any]:
     return _plt().subplots(nrow, ncol, figsize=(w * ncol, h * nrow), squeeze=False, **kw)
 
 
+def variant_palette(colour_keys: Sequence[tuple]) -> dict[tuple, Any]:
+    """One fixed colour per variant (a tuple of (key, value) pairs, depth left out): the BN placement alone
+    picks it (BN_COLOURS: off grey, pre blue, post orange) when its other keys are the defaults (bias auto),
+    so every figure of every study, and bnexp.compare's, colours a placement alike; other variants take
+    EXTRA_COLOURS in their sorted order."""
+    out: dict[tuple, Any] = {}
+    rest = []
+    for ck in colour_keys:
+        d = dict(ck)
+        if d.get("bn") in BN_COLOURS and all(v == _DEFAULTS.get(k) for k, v in d.items() if k != "bn"):
+            out[ck] = BN_COLOURS[d["bn"]]
+        else:
+            rest.append(ck)
+    rest.sort(key=lambda ck: _sort_key(tuple(x[1] for x in ck), [x[0] for x in ck]))
+    for i, ck in enumerate(rest):
+        out[ck] = EXTRA_COLOURS[i % len(EXTRA_COLOURS)]
+    return out
+
+
 def _variant_palette(variants: list[dict], variant_keys: Sequence[str]) -> dict[tuple, Any]:
     """Colour by the variant minus depth, so one placement has one colour in every depth's panel."""
-    colour_keys = sorted(
-        {tuple((k, v[k]) for k in variant_keys if k != "depth") for v in variants},
-        key=lambda ck: _sort_key(tuple(x[1] for x in ck), [x[0] for x in ck]),
-    )
-    return dict(zip(colour_keys, _colours(len(colour_keys)), strict=True))
+    return variant_palette(list(dict.fromkeys(_colour_key(v, variant_keys) for v in variants)))
 
 
 def _colour_key(v: dict, variant_keys: Sequence[str]) -> tuple:
@@ -99,23 +136,33 @@ def _by_variant(trials: list[dict], variant_keys: Sequence[str]) -> dict[tuple, 
     return out
 
 
+def _lr_cmap_colours(n: int) -> np.ndarray:
+    """n colours from turbo (blue -> green -> red: neighbours differ in hue, not only in lightness, unlike
+    viridis), each darkened to a luminance of at most 0.5 so a thin line on white stays visible."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps["turbo"](np.linspace(0.04, 0.96, n))
+    lum = rgba[:, :3] @ np.array([0.2126, 0.7152, 0.0722])
+    rgba[:, :3] *= np.minimum(1.0, 0.5 / np.maximum(lum, 1e-6))[:, None]
+    return rgba
+
+
 class _LrColours:
-    """One colour per lr of the study, dark = low (viridis without its palest yellow: a thin yellow line vanishes
-    on white). Up to 12 lrs: one band each on the colourbar, labelled with its lr; more: a continuous log scale."""
+    """One colour per lr of the study, blue = low, red = high (darkened turbo: neighbouring lrs differ in hue).
+    Up to 12 lrs: one band each on the colourbar, labelled with its lr; more: a continuous log scale."""
 
     def __init__(self, trials: list[dict], max_bands: int = 12) -> None:
-        import matplotlib
         from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 
         self.lrs = sorted({lr for r in trials if (lr := _lr_key(r)) is not None}) or [1e-3]
-        n, viridis = len(self.lrs), matplotlib.colormaps["viridis"]
+        n = len(self.lrs)
         self.index: dict[float, int] | None = None
         if n <= max_bands:
-            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, n)))
+            self.cmap = ListedColormap(_lr_cmap_colours(n))
             self.norm: Any = BoundaryNorm(np.arange(n + 1) - 0.5, n)  # band i = the i-th lowest lr
             self.index = {lr: i for i, lr in enumerate(self.lrs)}
         else:
-            self.cmap = ListedColormap(viridis(np.linspace(0.0, 0.88, 256)))
+            self.cmap = ListedColormap(_lr_cmap_colours(256))
             self.norm = LogNorm(self.lrs[0], self.lrs[-1])
 
     def __call__(self, lr: float) -> Any:
@@ -175,54 +222,123 @@ class FigureData:
 # ------------------------------------------------------------------------------------- the figures
 
 
-def plot_stability(path: Path, d: FigureData) -> None:
-    """Final metric against learning rate per variant, the stable range shaded, diverged trials as x."""
-    from matplotlib.legend_handler import HandlerTuple
+def stable_runs(grid: Sequence[float], stable: set[float]) -> list[tuple[float, float]]:
+    """The stable lrs of a grid as shaded spans: each maximal run of neighbouring stable grid lrs from half a
+    grid step below its first lr to half a step above its last (on a log axis), so an unstable lr between two
+    stable ones is never shaded and one stable lr is one grid cell wide."""
+    lrs = sorted(set(grid))
+    if not lrs:
+        return []
+    logs = np.log10(lrs)
+    half = [np.diff(logs)[0] / 2 if len(lrs) > 1 else 0.05] * len(lrs)
+    edges_lo = [logs[0] - half[0]] + [(a + b) / 2 for a, b in zip(logs[:-1], logs[1:], strict=True)]
+    edges_hi = edges_lo[1:] + [logs[-1] + (half[-1] if len(lrs) == 1 else (logs[-1] - logs[-2]) / 2)]
+    runs, start = [], None
+    for i, lr in enumerate(lrs):
+        if lr in stable and start is None:
+            start = i
+        if start is not None and (lr not in stable or i == len(lrs) - 1):
+            last = i if lr in stable else i - 1
+            runs.append((10 ** edges_lo[start], 10 ** edges_hi[last]))
+            start = None
+    return runs
+
+
+def _stable_strip(ax: Any, members: list[dict], colours: list, grid: Sequence[float]) -> None:
+    """One row per variant under the main panel: its stable lrs (each point's `stable` flag under the rule)
+    as solid spans in the variant's colour, rows apart so ranges never overlap or blend."""
+    for i, (v, c) in enumerate(zip(members, colours, strict=True)):
+        stable = {p["lr"] for p in v["points"] if p.get("stable")}
+        for lo, hi in stable_runs(grid, stable):
+            ax.axvspan(lo, hi, ymin=1 - (i + 0.85) / len(members), ymax=1 - (i + 0.15) / len(members), color=c, lw=0)
+    ax.set_yticks([1 - (i + 0.5) / max(len(members), 1) for i in range(len(members))],
+                  [f"{v['label']} ({v['stable_decades']:.2f} dec)" for v in members], fontsize=7)  # fmt: skip
+    for tick, c in zip(ax.get_yticklabels(), colours, strict=True):
+        tick.set_color(c)
+    ax.set_ylim(0, 1)
+    ax.set_xscale("log")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    ax.set_xlabel("learning rate (bars: the lrs the rule judged stable)")
+
+
+def _draw_judged(ax: Any, d: FigureData, v: dict, colour: Any, nudge: float) -> None:
+    """One variant on the stability axes: each seed's judged values as a line, filled where the trial passes
+    the rule, hollow where it fails; diverged trials as x, nudged sideways by `nudge` so variants stay apart."""
+    rule = d.rule
+    recs = d.recs(v)
+    seeds = _seeds(recs)
+    style = _seed_style(seeds)
+    for s in seeds:
+        # the value the rule judged, per trial (NaN breaks the line: a diverged lr is a gap, not a bridge)
+        by_lr = sorted((_lr_key(r), r) for r in recs if r.get("seed") == s and _lr_key(r))
+        xs = [lr for lr, _ in by_lr]
+        ys = [np.nan if (y := _judged_value(r, rule)) is None else y for _, r in by_lr]
+        ok = [is_stable(r, rule, v.get("variant_best")) for _, r in by_lr]
+        lbl = v["label"] if s == seeds[0] else None
+        ax.plot(xs, ys, ls=style[s], color=colour, lw=1.5 if len(seeds) == 1 else 1.1, label=lbl)
+        ax.plot([x for x, k in zip(xs, ok, strict=True) if k], [y for y, k in zip(ys, ok, strict=True) if k],
+                "o", color=colour, ms=4.5, ls="none")  # fmt: skip
+        ax.plot([x for x, k in zip(xs, ok, strict=True) if not k], [y for y, k in zip(ys, ok, strict=True) if not k],
+                "o", mfc="white", mec=colour, ms=4.5, mew=1.2, ls="none")  # fmt: skip
+    div = [r for r in recs if _as_bool(r.get("diverged", False)) and _lr_key(r)]
+    if div:
+        dx = [_lr_key(r) * nudge for r in div]
+        dy = [_as_float(r.get(rule.metric)) or 0.0 for r in div]
+        ax.plot(dx, dy, "x", color="tab:red", alpha=0.45, ms=10, mew=3.5, ls="none")
+        ax.plot(dx, dy, "x", color=colour, ms=7, mew=1.6, ls="none")
+
+
+def _stability_legend(ax: Any, d: FigureData, members: list[dict], several: bool) -> None:
     from matplotlib.lines import Line2D
 
+    handles, labels = ax.get_legend_handles_labels()
+    extra = [
+        Line2D([], [], marker="o", color="0.3", ls="none", ms=4.5, label="passes the rule"),
+        Line2D([], [], marker="o", mfc="white", mec="0.3", ls="none", ms=4.5, label="fails it"),
+    ]
+    if any(_as_bool(r.get("diverged", False)) for v in members for r in d.recs(v)):
+        extra.append(Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged"))
+    if several:
+        seeds = _seeds([r for v in members for r in d.recs(v)])
+        extra += [Line2D([], [], color="0.3", ls=st, label=f"seed {s}") for s, st in _seed_style(seeds).items()]
+    ax.legend(handles + extra, labels + [h.get_label() for h in extra], fontsize=7, loc="best")
+
+
+def plot_stability(path: Path, d: FigureData) -> None:
+    """The value the rule judged against learning rate per variant (each seed its own line), the lrs the rule
+    judged stable as one bar row per variant underneath, diverged trials as x."""
+    plt = _plt()
     study, variants, trials, rule, variant_keys = d.study, d.variants, d.trials, d.rule, d.variant_keys
     facets = _facets(variants)
     palette = _variant_palette(variants, variant_keys)
-    fig, axes = _grid(len(facets), 6.5, 4.8, sharey=True)
-
+    ncol = min(len(facets), 3)
+    nrow = math.ceil(len(facets) / ncol)
+    n_rows_strip = max(max(sum(1 for v in variants if f is None or v.get("depth") == f) for f in facets), 1)
+    strip_h = 0.22 * n_rows_strip + 0.2
+    fig = plt.figure(figsize=(6.5 * ncol, (4.4 + strip_h + 0.6) * nrow), layout="constrained")
+    outer = fig.add_gridspec(nrow, ncol)
+    grid = sorted({p["lr"] for v in variants for p in v["points"]})
     all_vals = [v for r in trials if (v := _as_float(r.get(rule.metric))) is not None]
     unit_range = all(0.0 <= v <= 1.0 for v in all_vals)
-    for ax, facet in zip(axes.flat, facets, strict=False):  # spare axes are hidden below
+    several = any(len(_seeds(d.recs(v))) > 1 for v in variants)
+    first_ax = None
+    for fi, facet in enumerate(facets):
+        sub = outer[fi // ncol, fi % ncol].subgridspec(2, 1, height_ratios=[4.4, strip_h], hspace=0.02)
+        ax = fig.add_subplot(sub[0], sharey=first_ax)
+        strip = fig.add_subplot(sub[1], sharex=ax)
+        first_ax = first_ax or ax
         members = [v for v in variants if facet is None or v.get("depth") == facet]
-        for vi, v in enumerate(members):
-            colour = palette[_colour_key(v, variant_keys)]
-            pts = v["points"]
-            xs = [p["lr"] for p in pts]
-            ys = [np.nan if p["mean"] is None else p["mean"] for p in pts]
-            ci = v.get("stable_decades_ci")
-            ci_txt = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
-            legend = f"{v['label']}: {v['stable_decades']:.1f} dec{ci_txt}"
-            # NaN breaks the line, so an all-diverged lr is a gap, not a bridge.
-            ax.plot(xs, ys, "-o", color=colour, ms=4, lw=1.5, label=legend)
-            recs = d.recs(v)
-            if any(p["n_seeds"] > 1 for p in pts):
-                ok = [(_lr_key(r), y) for r in recs if (y := _eligible_value(r, rule.metric)) is not None]
-                ax.scatter([x for x, _ in ok], [y for _, y in ok], s=8, color=colour, alpha=0.35, lw=0)
-            div = [r for r in recs if _as_bool(r.get("diverged", False)) and _lr_key(r)]
-            if div:
-                # nudge each variant sideways (+-0.1 decade) so stacked x's at y=0 stay apart
-                nudge = 10 ** (0.2 * (vi / max(len(members) - 1, 1) - 0.5)) if len(members) > 1 else 1.0
-                dx = [_lr_key(r) * nudge for r in div]
-                dy = [_as_float(r.get(rule.metric)) or 0.0 for r in div]
-                # red halo under a variant-coloured x: "diverged" at a glance, whose at a look
-                ax.plot(dx, dy, "x", color="tab:red", alpha=0.45, ms=10, mew=3.5, ls="none")
-                ax.plot(dx, dy, "x", color=colour, ms=7, mew=1.6, ls="none")
-            if v["stable_lr_min"] is not None:
-                lo, hi = v["stable_lr_min"], v["stable_lr_max"]
-                if lo == hi:  # one stable lr: widen so the band is visible on a log axis
-                    lo, hi = lo / 10**0.05, hi * 10**0.05
-                ax.axvspan(lo, hi, color=colour, alpha=max(0.05, 0.3 / len(members)), lw=0)
+        colours = [palette[_colour_key(v, variant_keys)] for v in members]
+        for vi, (v, colour) in enumerate(zip(members, colours, strict=True)):
+            nudge = 10 ** (0.2 * (vi / max(len(members) - 1, 1) - 0.5)) if len(members) > 1 else 1.0
+            _draw_judged(ax, d, v, colour, nudge)
+        _stable_strip(strip, members, colours, grid)
         if rule.mode == "threshold":
             ax.axhline(rule.threshold, ls="--", color="0.3", lw=1)
         ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel(f"final {rule.metric}")
+        ax.set_ylabel(f"{rule.metric} judged by the rule")
         ax.grid(True, which="major", alpha=0.3)
+        ax.tick_params(labelbottom=False)
         if unit_range:
             ax.set_ylim(-0.05, 1.05)
         if facet is not None:
@@ -230,29 +346,17 @@ def plot_stability(path: Path, d: FigureData) -> None:
         if not members or not any(v["points"] for v in members):
             ax.text(0.5, 0.5, "no completed trials", ha="center", transform=ax.transAxes)
             ax.set_xlim(1e-4, 1.0)  # a log axis with no data cannot autoscale
-        handles, labels = ax.get_legend_handles_labels()
-        proxy = (
-            Line2D([], [], marker="x", color="tab:red", alpha=0.45, ms=10, mew=3.5, ls="none"),
-            Line2D([], [], marker="x", color="0.3", ms=7, mew=1.6, ls="none"),
-        )
-        handles.append(proxy)
-        labels.append("diverged trial")
-        ax.legend(
-            handles,
-            labels,
-            fontsize=7,
-            loc="best",
-            handler_map={tuple: HandlerTuple(ndivide=1)},
-            title="stable width (decades) [95% CI], longest run",
-            title_fontsize=7,
-        )
-    for ax in list(axes.flat)[len(facets) :]:
-        ax.set_visible(False)
-    fig.suptitle(
-        f"{study}: final {rule.metric} vs learning rate\nstable = {rule.describe()}; shaded = stable lr range",
-        fontsize=11,
+        elif grid:
+            ax.set_xlim(grid[0] / 10**0.3, grid[-1] * 10**0.3)
+        _stability_legend(ax, d, members, several)
+    import textwrap
+
+    quorum = " (an lr: when enough of its seeds are)" if several else ""
+    title = (
+        f"{study}: {rule.metric} vs learning rate, each trial's value as the rule judged it; "
+        f"bars underneath = the lrs judged stable. Stable = {rule.describe()}{quorum}"
     )
-    fig.tight_layout()
+    fig.suptitle("\n".join(textwrap.wrap(title, 75 * ncol)), fontsize=10)
     _save(fig, path)
 
 
@@ -302,7 +406,10 @@ def plot_curves(path: Path, d: FigureData, variant: dict) -> None:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no validation history recorded", ha="center", transform=ax.transAxes)
     handles = [Line2D([], [], color="0.2", ls=style[s], label=f"seed {s}") for s in seeds] if len(seeds) > 1 else []
-    handles.append(Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged (last finite value)"))
+    if any(_as_bool(r.get("diverged", False)) for r in recs):
+        handles.append(
+            Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged (last finite value)")
+        )
     if rule.mode == "threshold":
         handles.append(Line2D([], [], ls="--", color="0.3", label=f"threshold {rule.threshold:g}"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
@@ -376,14 +483,50 @@ def plot_divergence(path: Path, d: FigureData) -> None:
     _save(fig, path)
 
 
+def _draw_view(ax_r: Any, ax_w: Any, view: dict, stats: str, y: float, c: Any, grid: list, all_lrs: list) -> None:
+    """One variant judged one way (population: solid, batch: hatched): the lrs judged stable (left), the
+    width (right), each seed alone and the bootstrap interval where there are several seeds."""
+    hatch = STATS_HATCH[stats]
+    if not view["n_finite"]:
+        ax_w.text(0.02, y, f"{stats}: not recorded", va="center", fontsize=7, color=c)
+        return
+    runs = stable_runs(grid, set(view.get("stable_lrs") or []))
+    for lo, hi in runs:  # exactly the lrs judged stable: an unstable lr inside the range is a gap
+        ax_r.fill_between([lo, hi], y - 0.15, y + 0.15, facecolor="white" if hatch else c, edgecolor=c,
+                          hatch=hatch, lw=1.2)  # fmt: skip
+    if runs:
+        ax_r.annotate(f"{view['stable_decades']:.2f} dec", (runs[-1][1], y), xytext=(6, 0),
+                      textcoords="offset points", va="center", fontsize=7, color=c)  # fmt: skip
+    else:
+        ax_r.text(min(all_lrs or [1e-3]), y, f"no stable lr ({stats} statistics)", va="center", fontsize=7, color=c)
+    ax_w.barh(y, view["stable_decades"], height=0.3, facecolor="white" if hatch else c, edgecolor=c,
+              hatch=hatch, lw=1.2)  # fmt: skip
+    ci = view.get("stable_decades_ci")
+    if ci:
+        ax_w.plot(ci, [y, y], "-", color="k", lw=1.2)
+        ax_w.plot(ci, [y, y], "|", color="k", ms=9)
+    seeds = view.get("per_seed") or []
+    if len(seeds) > 1:
+        # each seed's own width, top to bottom in seed order; its range's ends as ticks
+        ys = y + np.linspace(-0.12, 0.12, len(seeds))
+        for s, yy in zip(seeds, ys, strict=True):
+            if s["stable_lr_min"] is None:  # no stable lr at all: not the same as one stable lr
+                ax_w.plot([0], [yy], "x", color="k", mew=1.5, ms=6)
+                continue
+            ax_w.plot([s["stable_decades"]], [yy], "o", mfc="white", mec="k", mew=1.2, ms=5)
+            ax_r.plot([s["stable_lr_min"], s["stable_lr_max"]], [yy, yy], "|", color="k", ms=6)
+
+
 def plot_widths(path: Path, d: FigureData) -> None:
-    """Per variant: the stable lr range (left) and its width in decades (right), judged by population and by
-    batch statistics; pooled over seeds, each seed alone, the bootstrap interval."""
+    """Per variant: the stable lrs (left) and the width in decades (right), judged by population statistics
+    (solid) and by batch statistics (hatched), in the variant's colour; each seed alone and the bootstrap
+    interval where there are several seeds."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     plt = _plt()
     study, variants = d.study, d.variants
+    palette = _variant_palette(variants, d.variant_keys)
     n = max(len(variants), 1)
     fig, (ax_r, ax_w) = plt.subplots(
         1, 2, figsize=(13, 2.2 + 0.8 * n), sharey=True, width_ratios=[1.4, 1], layout="constrained"
@@ -392,62 +535,41 @@ def plot_widths(path: Path, d: FigureData) -> None:
     several = any(len(v.get("per_seed") or []) > 1 for v in variants)
     all_lrs = [p["lr"] for v in variants for p in v["points"]]
     for i, v in enumerate(variants):
+        c = palette[_colour_key(v, d.variant_keys)]
+        grid = [p["lr"] for p in v["points"]]
         for stats, view in (v.get("by_statistics") or {}).items():
             if stats not in _PLOTTED:
                 continue
-            y, c = i + offsets[stats], STATS_COLOURS[stats]
-            if not view["n_finite"]:
-                ax_w.text(0.02, y, "not recorded", va="center", fontsize=7, color=c)
-                continue
-            if view["stable_lr_min"] is not None:
-                lo, hi = view["stable_lr_min"], view["stable_lr_max"]
-                ax_r.plot([lo, hi], [y, y], "-", color=c, lw=7, alpha=0.45, solid_capstyle="butt")
-                ax_r.plot([lo, hi], [y, y], "|", color=c, ms=12, mew=2)
-                ax_r.annotate(f"{view['stable_decades']:.2f} dec", (hi, y), xytext=(6, 0),
-                              textcoords="offset points", va="center", fontsize=7, color=c)  # fmt: skip
-            else:
-                ax_r.text(min(all_lrs or [1e-3]), y, "no stable lr", va="center", fontsize=7, color=c)
-            ax_w.barh(y, view["stable_decades"], height=0.34, color=c, alpha=0.45)
-            ci = view.get("stable_decades_ci")
-            if ci:
-                ax_w.plot(ci, [y, y], "-", color="k", lw=1.2)
-                ax_w.plot(ci, [y, y], "|", color="k", ms=9)
-            seeds = view.get("per_seed") or []
-            if len(seeds) > 1:
-                # each seed on its own thin line inside the pooled band, top to bottom in seed order
-                ys = y + np.linspace(-0.12, 0.12, len(seeds))
-                for s, yy in zip(seeds, ys, strict=True):
-                    if s["stable_lr_min"] is None:  # no stable lr at all: not the same as one stable lr
-                        ax_w.plot([0], [yy], "x", color=c, mew=1.5, ms=6)
-                        continue
-                    ax_w.plot([s["stable_decades"]], [yy], "o", mfc="white", mec=c, mew=1.5, ms=5)
-                    ax_r.plot([s["stable_lr_min"], s["stable_lr_max"]], [yy, yy], "-|", color=c, lw=1.2, ms=6)
+            _draw_view(ax_r, ax_w, view, stats, i + offsets[stats], c, grid, all_lrs)
     ax_r.set_xscale("log")
     if not all_lrs:
         ax_r.set_xlim(1e-4, 1.0)
     else:  # room on the right for the decades label
-        ax_r.set_xlim(min(all_lrs) / 10**0.2, max(all_lrs) * 10**0.6)
+        ax_r.set_xlim(min(all_lrs) / 10**0.3, max(all_lrs) * 10**0.7)
     ax_r.set_yticks(range(len(variants)), [v["label"] for v in variants])
     ax_r.set_ylim(max(len(variants), 1) - 0.5, -0.5)
     ax_r.set_xlabel("learning rate")
-    ax_r.set_title("stable lr range", fontsize=9)
-    ax_w.set_xlabel("stable width (decades = log10 max/min stable lr)")
+    ax_r.set_title("the lrs judged stable", fontsize=9)
+    ax_w.set_xlabel("stable width (decades: the unbroken range around the best lr)")
     ax_w.set_title("stable width", fontsize=9)
     ax_w.set_xlim(left=0)
     for ax in (ax_r, ax_w):
         ax.grid(True, axis="x", alpha=0.3)
     if not variants:
         ax_r.text(0.5, 0.5, "no completed trials", ha="center", transform=ax_r.transAxes)
-    handles = [Patch(color=STATS_COLOURS[s], alpha=0.45, label=f"{STATS_NAMES[s]}, seeds pooled") for s in offsets]
+    handles = [
+        Patch(facecolor="0.45", edgecolor="0.45", label=f"solid: {STATS_NAMES['population']}"),
+        Patch(facecolor="white", edgecolor="0.45", hatch="////", label=f"hatched: {STATS_NAMES['batch']}"),
+    ]
     if several:
         handles += [
-            Line2D([], [], color="0.3", lw=1.2, marker="o", mfc="white", ms=5, label="each seed alone"),
-            Line2D([], [], color="0.3", marker="x", ls="none", ms=6, label="a seed with no stable lr"),
+            Line2D([], [], color="k", marker="o", mfc="white", ls="none", ms=5, label="each seed alone"),
+            Line2D([], [], color="k", marker="x", ls="none", ms=6, label="a seed with no stable lr"),
             Line2D([], [], color="k", lw=1.2, marker="|", ms=9, label="bootstrap 95% interval (seeds resampled)"),
         ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=7, frameon=False)
     fig.suptitle(
-        f"{study}: stable learning-rate range judged by population statistics (blue) vs batch statistics (orange)",
+        f"{study}: stable learning rates judged by population statistics (solid) vs batch statistics (hatched)",
         fontsize=10,
     )
     _save(fig, path)
@@ -530,26 +652,39 @@ def plot_heatmap(path: Path, d: FigureData) -> None:
         np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=0 if unit else None, vmax=1 if unit else None
     )
     other = "batch" if rule_stats(rule) == "population" else "population"
+    used = {"diverged": False, "other": False, "stable": False, "missing": bool(np.isnan(grid).any())}
     for i, v in enumerate(variants):
         other_lrs = set(((v.get("by_statistics") or {}).get(other) or {}).get("stable_lrs") or [])
         for p in v["points"]:
             j = col[p["lr"]]
+            val = grid[i, j]
+            if np.isfinite(val):  # each cell's value, dark text on the light end of the colour map
+                light = unit and val > 0.6
+                ax.text(j, i + (0.18 if p["diverged_any"] else 0), f"{val:.2f}", ha="center", va="center",
+                        fontsize=6.5, color="k" if light else "w")  # fmt: skip
             if p["diverged_any"]:
+                used["diverged"] = True
                 txt = "x" if p["n_diverged"] == p["n_seeds"] else f"x{p['n_diverged']}"
-                ax.text(j, i, txt, ha="center", va="center", color="tab:red", fontsize=9, fontweight="bold")
+                ax.text(j, i - (0.22 if np.isfinite(val) else 0), txt, ha="center", va="center", color="tab:red",
+                        fontsize=8, fontweight="bold")  # fmt: skip
             if p.get("stable"):
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=1.5))
+                used["stable"] = True
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="k", lw=1.8))
             elif p["lr"] in other_lrs:
-                ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, ec="tab:orange", lw=1.3, ls="--"))
+                used["other"] = True
+                ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, ec="k", lw=1.1, ls="--"))
     ax.set_xticks(range(len(lrs)), [f"{lr:.2g}" for lr in lrs], rotation=60, fontsize=7)
     ax.set_yticks(range(len(variants)), [v["label"] for v in variants], fontsize=7)
     ax.set_xlabel("learning rate")
     fig.colorbar(im, ax=ax, label=f"mean final {rule.metric}")
-    ax.set_title(
-        f"{study}: mean {rule.metric} per variant and lr\nwhite box = stable lr; dashed orange = stable only by"
-        f" {other} statistics\nx = diverged (xN: N seeds diverged); grey = no finite result",
-        fontsize=9,
-    )
+    keys = {  # only the marks this figure uses
+        "stable": "black box = stable lr",
+        "other": f"dashed box = stable only by {other} statistics",
+        "diverged": "x = diverged (xN: N seeds diverged)",
+        "missing": "grey = no finite result",
+    }
+    key_txt = "; ".join(t for k, t in keys.items() if used[k])
+    ax.set_title(f"{study}: mean {rule.metric} per variant and lr" + (f"\n{key_txt}" if key_txt else ""), fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
@@ -557,8 +692,8 @@ def plot_heatmap(path: Path, d: FigureData) -> None:
 # ------------------------------------------------------------------------------------ all of them
 
 
-def curves_file(label: str) -> str:
-    return f"curves-{names.safe(label)}.png"
+def curves_file(label: str, fmt: str = "png") -> str:
+    return f"curves-{names.safe(label)}.{fmt}"
 
 
 def write_figures(
@@ -568,59 +703,67 @@ def write_figures(
     trials: list[dict],
     rule: StabilityRule,
     variant_keys: Sequence[str],
+    fmt: str = "png",
 ) -> list[tuple[str, str]]:
-    """Draw every figure that fits the study into `out`; (file name, one-line caption) in report order."""
+    """Draw every figure that has something to show into `out`, as `fmt` (png, svg or pdf); returns the ones
+    drawn, (file name, one-line caption) in report order. divergence is drawn only when a trial diverged,
+    heatmap only when depth varies, stats_lag only with a BN variant."""
+    if fmt not in FORMATS:
+        raise ValueError(f"figure format {fmt!r} is not one of {', '.join(FORMATS)}")
     d = FigureData(study, variants, trials, rule, tuple(variant_keys))
     m = rule.metric
     several_seeds = any(len(v.get("per_seed") or []) > 1 for v in variants)
     figs: list[tuple[str, str]] = []
-    plot_stability(out / "stability.png", d)
+    plot_stability(out / f"stability.{fmt}", d)
     figs.append(
         (
-            "stability.png",
-            f"Final {m} against learning rate (line: mean over seeds, dots: single seeds, x: diverged); the shaded"
-            " band is each variant's stable range under the rule: compare the bands' widths and where each ends.",
+            f"stability.{fmt}",
+            f"Each trial's {m} as the rule judged it against learning rate (filled: passes the rule, hollow: fails,"
+            " x: diverged; one line per seed); the bars underneath are exactly the lrs each variant keeps as"
+            " stable: compare their widths, gaps and where each ends.",
         )
     )
-    plot_widths(out / "widths.png", d)
+    plot_widths(out / f"widths.{fmt}", d)
     seeds_txt = " Dots are each seed alone and the whisker is the bootstrap 95% interval." if several_seeds else ""
     figs.append(
         (
-            "widths.png",
-            "Stable lr range and its width, judged by population statistics (blue, what inference uses) and by"
-            " batch statistics (orange): where orange reaches further than blue, BN's running averages, not the"
-            f" weights, end the stable range.{seeds_txt}",
+            f"widths.{fmt}",
+            "The stable lrs and their width, judged by population statistics (solid, what inference uses) and by"
+            " batch statistics (hatched), in each variant's colour: where hatched reaches further than solid,"
+            f" BN's running averages, not the weights, end the stable range.{seeds_txt}",
         )
     )
-    plot_divergence(out / "divergence.png", d)
-    figs.append(
-        (
-            "divergence.png",
-            "Step of the first non-finite loss against learning rate (hollow on the dotted line: trained to the"
-            " end): the lr where divergence sets in, and how much sooner it comes as the lr grows.",
-        )
-    )
-    if any(not _is_off(v) for v in variants):
-        plot_stats_lag(out / "stats_lag.png", d)
+    if any(_as_bool(r.get("diverged", False)) for recs in d.by_variant.values() for r in recs):
+        plot_divergence(out / f"divergence.{fmt}", d)
         figs.append(
             (
-                "stats_lag.png",
+                f"divergence.{fmt}",
+                "Step of the first non-finite loss against learning rate (hollow on the dotted line: trained to"
+                " the end): the lr where divergence sets in, and how much sooner it comes as the lr grows.",
+            )
+        )
+    if any(not _is_off(v) for v in variants):
+        plot_stats_lag(out / f"stats_lag.{fmt}", d)
+        figs.append(
+            (
+                f"stats_lag.{fmt}",
                 "Validation accuracy with population statistics (y) against batch statistics (x) for each BN"
                 " variant, colour = lr: points far below the diagonal are trials whose inference accuracy"
                 " lags what the same weights reach with batch statistics.",
             )
         )
     if len({v.get("depth") for v in variants}) > 1:
-        plot_heatmap(out / "heatmap.png", d)
+        plot_heatmap(out / f"heatmap.{fmt}", d)
         figs.append(
             (
-                "heatmap.png",
-                f"Mean final {m} per variant and lr, white boxes stable: read across a row for the stable band,"
+                f"heatmap.{fmt}",
+                f"Mean final {m} per variant and lr (the value in each cell), black boxes stable: read across"
+                " a row for the stable band,"
                 " down a column for how depth moves it.",
             )
         )
     for v in variants:
-        f = curves_file(v["label"])
+        f = curves_file(v["label"], fmt)
         plot_curves(out / f, d, v)
         figs.append(
             (

@@ -309,12 +309,13 @@ EDGES_CAPTION = (
 )
 
 
-def _edge_colours(variants: list[dict]) -> Any:
-    import matplotlib
+def _edge_colours(variants: list[dict], variant_keys: Sequence[str]) -> Any:
+    """A variant's colour by its label: the one every other figure gives it (plots.variant_palette)."""
+    from bnexp.analysis.plots import _colour_key, _variant_palette
 
-    cmap = matplotlib.colormaps["tab10"]
-    order = {v["label"]: i for i, v in enumerate(variants)}
-    return lambda label: cmap(order.get(label, 0) % 10)
+    palette = _variant_palette(variants, variant_keys)
+    by_label = {v["label"]: palette[_colour_key(v, variant_keys)] for v in variants}
+    return lambda label: by_label[label]
 
 
 def _lr_range(spread: dict) -> str:
@@ -393,6 +394,8 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
     lines += ["", *_edges_section(summary), *_statistics_section(summary), "## BN vs no BN", ""]
     lines += _comparison_lines(summary)
     lines += ["", "## Figures", ""]
+    if not any(v["n_diverged"] for v in summary["variants"]):  # plots.write_figures drew no divergence figure
+        lines += ["No trial diverged.", ""]
     for f, caption in figures:
         lines += [f"![{f.rsplit('.', 1)[0]}]({f})", "", f"*{caption}*", ""]
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
@@ -439,10 +442,14 @@ def write_report(
             (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
         figures = write_figures(out, study, variants, trials, rule, variant_keys, **figure_kw)
-        edge_png = plot_edges(out, study, variants, _edge_colours(variants))
-        if edge_png:
-            figures.append((edge_png, EDGES_CAPTION))
+        edge_fig = plot_edges(out, study, variants, _edge_colours(variants, variant_keys), **figure_kw)
+        if edge_fig:
+            figures.append((edge_fig, EDGES_CAPTION))
         files += [f for f, _ in figures] + ["report.md"]
+        for stem in ("divergence", "stats_lag", "heatmap", "edges"):  # not drawn this time: no stale one stays
+            stale = out / f"{stem}.{figure_kw.get('fmt', 'png')}"
+            if stale.name not in files:
+                stale.unlink(missing_ok=True)
 
         summary = _json_safe(
             {

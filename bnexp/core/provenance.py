@@ -42,21 +42,57 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine() or dev.type
 
 
-def provenance(device: Any, started: float | None = None) -> dict[str, Any]:
-    """bnexp version, git commit, torch / CUDA / cuDNN versions, device, host, threads, start time (UTC)."""
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC 7B13', 'Intel(R) Xeon(R) ...'): /proc/cpuinfo on Linux, else platform's
+    guess. With `cpu_capability` it keys float results: the same seed rounds differently on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to here ('AVX2', 'AVX512', 'DEFAULT'...)."""
     import torch
 
-    import bnexp
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # an older torch
+        return "unknown"
+
+
+def _version() -> str:
+    """bnexp's installed version, read from the package metadata (importing bnexp itself here would make core
+    and the package's face import each other)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bnexp")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def provenance(device: Any, started: float | None = None) -> dict[str, Any]:
+    """bnexp version, git commit, torch / CUDA / cuDNN versions, device (and the GPU's name), CPU model and
+    torch's CPU capability, host, threads, start time (UTC)."""
+    import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
-        "bnexp": bnexp.__version__,
+        "bnexp": _version(),
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": cudnn,
         "device": str(torch.device(device)),
         "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -17,6 +17,7 @@ W&B sweep-summary run when `logger=wandb`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -212,9 +213,57 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
     return counts
 
 
+_DRY_RUN_OUT = "BNEXP_DRY_RUN_OUT"  # --dry-run: the run dir the user asked for (Hydra's goes to a temp dir)
+
+
+def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: str, out_dir: Path) -> None:
+    """--dry-run's header (stderr; stdout keeps the design, one point a line): the study's size, where it
+    would live, and its cost where the storage already holds a finished trial's wall time. Reads, never writes:
+    a storage that does not exist yet is not opened (SQLite and journal files would be created)."""
+    from bnexp.sweep import local
+
+    n_var = len({json.dumps(p["variant"], sort_keys=True) for p in pts})
+    seeds = list(sw.seeds)
+    workers, _, _ = local.plan(sw, base, len(pts))
+    lines = [
+        f"study {name}: {n_var} variant(s) x {len(seeds)} seed(s) {seeds} x {sw.lr.points} lr(s) "
+        f"[{sw.lr.low:g}, {sw.lr.high:g}] = {len(pts)} trials of {base.trainer.max_steps} steps",
+        f"storage: {redact(url)}",
+        f"out dir: {out_dir}",
+        f"workers here: {workers} (sweep.jobs={sw.jobs})",
+    ]
+    done, walls = _prior_walls(url, name)
+    if walls:
+        mean = sum(walls) / len(walls)
+        left = max(len(pts) - done, 0)
+        lines.append(
+            f"estimated cost: {left} trials left x {mean:.0f} s (mean wall time of {len(walls)} finished) = "
+            f"{left * mean / 3600:.2f} trial-hours, about {left * mean / workers / 3600:.2f} h with {workers} worker(s)"
+        )
+    else:
+        lines.append("estimated cost: unknown (no finished trial in this storage yet)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _prior_walls(url: str, name: str) -> tuple[int, list[float]]:
+    """(finished trials, their wall times) of the study in `url`, if the storage and study already exist."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and not Path(url[len(scheme) :]).is_file():
+            return 0, []
+    try:
+        from bnexp.sweep.records import trial_records
+        from bnexp.sweep.storage import load_study
+
+        recs = [r for r in trial_records(load_study(url, name)) if r["state"] == "COMPLETE"]
+    except Exception:  # no such study, an unreachable server: the header says the cost is unknown
+        return 0, []
+    return len(recs), [float(r["wall_s"]) for r in recs if isinstance(r.get("wall_s"), (int, float))]
+
+
 def run_study(cfg: DictConfig) -> dict[str, Any]:
     """One study from a composed study config (inside the Hydra job)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from bnexp.sweep import liveness
     from bnexp.sweep.records import build_report, print_summary
@@ -233,6 +282,10 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         trial_cfg(base, v, sw.lr.low, sw.seeds[0])
     pts = design(sw)
     if sw.action == "plan":
+        shown = os.environ.get(_DRY_RUN_OUT) or sw.out_dir
+        if hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:
+            shown = f"{shown}/{hc.job.override_dirname}"
+        _plan_header(sw, base, name, pts, storage_url(sw, Path(shown)), Path(shown))
         for p in pts:
             print(p["key"])
         return {"design_size": len(pts)}
@@ -280,7 +333,24 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> Any:
         args = translate_flags(list(sys.argv[1:] if argv is None else argv))
+        if "sweep.action=plan" not in args:
+            sys.argv = [sys.argv[0], *name_jobs_by_their_swept_keys(args)]
+            return _hydra_main()
+        # --dry-run writes nothing: Hydra makes its run dir and log file before any job, so they go to a
+        # temp dir, removed after; the header names the dir the study would use.
+        import shutil
+        import tempfile
+
+        asked = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+        tmp = tempfile.mkdtemp(prefix="bnexp-dry-run-")
+        args = [a for a in args if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+        args += [f"hydra.run.dir={tmp}", f"hydra.sweep.dir={tmp}"]
         sys.argv = [sys.argv[0], *name_jobs_by_their_swept_keys(args)]
-        return _hydra_main()
+        os.environ[_DRY_RUN_OUT] = asked[-1] if asked else ""
+        try:
+            return _hydra_main()
+        finally:
+            os.environ.pop(_DRY_RUN_OUT, None)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     guard(go, schema=StudyConfig, prog="python -m bnexp.sweep")

@@ -86,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="where to write the report (default: the sweep dir, or ./report-<study>)")
     ap.add_argument("--trials", help="a trials.csv to rebuild the report from (no storage)")
     ap.add_argument("--variant-keys", help="with --trials: the columns that name a variant (default: bn,bias,depth)")
+    ap.add_argument("--format", choices=("png", "svg", "pdf"), help="the figures' format (default: png)")
     add_rule_args(ap)
     return ap
 

@@ -39,6 +39,9 @@ SUMMARY_TABLE_CHARTS = (
 )
 
 
+DRY_RUN_ENTITY = "<your-entity>"  # what --dry-run shows without --entity / $WANDB_ENTITY
+
+
 def _filters(job_types: list[str], study: str | None) -> list:
     from wandb_workspaces import expr
 
@@ -215,7 +218,11 @@ def _group(study: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """CLI: build the report; save it (needs `wandb login`) or, with --dry-run, print its panels."""
     p = argparse.ArgumentParser(prog="python -m bnexp.dashboard", description=__doc__.splitlines()[0])
-    p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (default: $WANDB_ENTITY)")
+    p.add_argument(
+        "--entity",
+        default=os.environ.get("WANDB_ENTITY"),
+        help="W&B entity (default: $WANDB_ENTITY); needed to save, not for --dry-run",
+    )
     p.add_argument("--project", default=os.environ.get("WANDB_PROJECT") or "bnexp", help="W&B project")
     p.add_argument(
         "--study-name",
@@ -225,14 +232,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print the report's panels; do not save")
     a = p.parse_args(argv)
-    if not a.entity:
-        fail("--entity is required (or set WANDB_ENTITY)")
+    if not a.entity and not a.dry_run:
+        fail("--entity is required to save the report (or set WANDB_ENTITY); --dry-run needs none")
+    entity = a.entity or DRY_RUN_ENTITY  # --dry-run only prints the panels: no entity is looked up
     try:
-        report = build_report(a.entity, a.project, _group(a.study_name))
+        report = build_report(entity, a.project, _group(a.study_name))
     except ImportError as e:
         fail(f"the dashboard needs wandb-workspaces: pip install 'bnexp[dashboard]' ({e})")
     if a.dry_run:
-        print(f"report {report.title!r} for {a.entity}/{a.project}")
+        print(f"report {report.title!r} for {entity}/{a.project}")
         for d in describe(report):
             print(f"  [{d['section']}] {d['type']}: {d['title']} <- {', '.join(d['plots'])}")
         return

@@ -28,17 +28,19 @@ def test_tiny_two_seed_sweep_writes_every_figure_and_captions_it(tmp_path: Path)
 
     figures = [f["file"] for f in summary["figures"]]
     labels = ["off-auto-d2", "pre-auto-d2"]
-    assert figures == ["stability.png", "widths.png", "divergence.png", "stats_lag.png"] + [
+    diverged = any(v["n_diverged"] for v in summary["variants"])  # divergence.png only when a trial diverged
+    assert figures == ["stability.png", "widths.png", *(["divergence.png"] if diverged else []), "stats_lag.png"] + [
         f"curves-{label}.png" for label in labels
     ]  # one depth: no heatmap
+    assert diverged or "No trial diverged." in md
     for f in summary["figures"]:
         assert (out / f["file"]).read_bytes()[:8] == PNG_MAGIC, f["file"]
         assert f"]({f['file']})\n\n*{f['caption']}*\n" in md, f["file"]  # shown, its caption under it
 
     for v in summary["variants"]:
         assert [s["seed"] for s in v["per_seed"]] == [0, 1]
-        assert set(v["by_statistics"]) == {"population", "batch"}
-        assert f"| {v['label']} |" in md.split("## Population vs batch statistics")[1]
+        assert set(v["by_statistics"]) == {"population", "batch", "recal"}
+        assert f"| {v['label']} |" in md.split("## Population, batch and recalibrated statistics")[1]
     assert "| per-seed decades |" in md and "only recombines the seeds that ran" in md
 
     # the learning curves: in curves.csv for every trial, not as JSON in trials.csv

@@ -1,0 +1,251 @@
+"""`python -m bnexp.compare DIR... --out OUT`: several studies (or `-m` jobs) in one table and one figure.
+
+    python -m bnexp.compare docs/results/depth_ablation docs/results/lr_stability_d19 --out outputs/compare
+    python -m bnexp.compare outputs/sweeps/lr_stability --out cmp     # a `bnexp.sweep -m model.init_std=0.02,0.1` dir
+
+Each DIR is a study `bnexp.load` reads (a report dir, a sweep dir, a `bnexp.sweep -m` dir of studies). One row
+per variant of each study: its settings (the overrides shared by all of its trials, e.g. model.depth=4,
+model.init_std=0.1, and its variant keys), the stable width in decades, the bootstrap interval where it has
+several seeds, and the rule it was judged by. The settings that differ between rows, other than the BN
+placement and bias (the series), are the x axis: width against depth, init std, ... per variant, with the
+interval and each seed's width where seeds allow. The key may differ inside one study (a depth ablation) or
+between studies. Writes OUT/compare.csv, OUT/compare.md and OUT/compare.{png,svg,pdf}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from bnexp.cli import UsageError, check_writable_dir, guard
+
+SERIES_KEYS = ("model.bn", "model.bias")  # a variant's placement: one line (and colour) each
+NOT_SETTINGS = ("optim.lr", "seed")  # what a study varies inside a variant, not a setting of it
+VALUE_COLUMNS = ["n_seeds", "stable_decades", "ci_low", "ci_high", "per_seed_decades", "stable_lr_min",
+                 "stable_lr_max", "n_holes", "rule"]  # fmt: skip
+
+
+def _settings(overrides: list[str]) -> dict[str, str]:
+    """The overrides every trial of a variant shares (KEY=VALUE), minus what varies inside it."""
+    common: dict[str, str] | None = None
+    for line in overrides:
+        pairs = dict(o.split("=", 1) for o in str(line).split() if "=" in o)
+        pairs = {k.lstrip("+~"): v for k, v in pairs.items() if k.lstrip("+~") not in NOT_SETTINGS}
+        common = pairs if common is None else {k: v for k, v in common.items() if pairs.get(k) == v}
+    return common or {}
+
+
+def _value(text: Any) -> Any:
+    """'4' -> 4, '0.1' -> 0.1, else the text: so a numeric key sorts and plots as a number."""
+    if isinstance(text, (int, float)):
+        return text
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
+def rows_of(source: str) -> list[dict]:
+    """One row per variant of the study (or studies) at `source`."""
+    from bnexp.names import BASE_AXIS_KEYS
+    from bnexp.results import load
+
+    r = load(source)
+    t = r.trials
+    rows = []
+    for v in r.variants_list():
+        keys = [k for k in (r.summary.get("variant_keys") or ("bn", "bias", "depth")) if k in v]
+        in_variant = t
+        for k in keys:
+            if k in t:
+                in_variant = in_variant[in_variant[k].astype(str) == str(v[k])]
+        if "job" in v and "job" in t:
+            in_variant = in_variant[in_variant["job"] == v["job"]]
+        settings = _settings(list(in_variant["overrides"].dropna())) if "overrides" in t else {}
+        for k in keys:
+            settings[BASE_AXIS_KEYS.get(k, k)] = str(v[k])
+        study = r.summary.get("study") if "job" not in v else r.summary["jobs"][v["job"]].get("study", v["job"])
+        rule = r.summary.get("rule_describe") or (r.summary.get("jobs", {}).get(v.get("job"), {}).get("rule_describe"))
+        seeds = v.get("per_seed") or []
+        ci = v.get("stable_decades_ci") or [None, None]
+        rows.append(
+            {
+                "source": source,
+                "study": study,
+                "variant": v["label"],
+                **{k: _value(x) for k, x in settings.items()},
+                "n_seeds": max(len(seeds), 1),
+                "stable_decades": v.get("stable_decades"),
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "per_seed_decades": " ".join(f"{s['stable_decades']:.2f}" for s in seeds) if len(seeds) > 1 else "",
+                "stable_lr_min": v.get("stable_lr_min"),
+                "stable_lr_max": v.get("stable_lr_max"),
+                "n_holes": v.get("n_holes"),
+                "rule": rule,
+            }
+        )
+    if not rows:
+        raise UsageError(f"{source} holds no study with variants (give a sweep or report dir, or a sweep -m dir)")
+    return rows
+
+
+def compare(sources: list[str]) -> tuple[Any, list[str]]:
+    """(table, x keys): one row per variant of every source; x keys = the settings that differ between rows,
+    other than the series keys (BN placement, bias)."""
+    import pandas as pd
+
+    table = pd.DataFrame([row for s in sources for row in rows_of(s)])
+    settings = [c for c in table.columns if "." in c and c not in ("source",)]
+    _fill_defaults(table, settings)
+    differ = [c for c in settings if c not in SERIES_KEYS and table[c].astype(str).nunique(dropna=False) > 1]
+    series = [c for c in SERIES_KEYS if c in table]
+    order = series + differ + [c for c in settings if c not in series + differ]
+    cols = ["study", "variant", *order, *VALUE_COLUMNS, "source"]
+    table = table[cols].sort_values([*series, *differ, "study"], key=_sort_col, kind="stable")
+    return table.reset_index(drop=True), differ
+
+
+def _fill_defaults(table: Any, settings: list[str]) -> None:
+    """A trial records only the overrides that differ from the defaults: a setting missing from a row is the
+    default (bnexp.run's composed config), e.g. model.init_std=0.05 where another study set 0.1."""
+    missing = [c for c in settings if table[c].isna().any()]
+    if not missing:
+        return
+    from omegaconf import OmegaConf
+
+    from bnexp.conf import compose
+
+    cfg = compose([])
+    for c in missing:
+        default = OmegaConf.select(cfg, c, default=None)
+        if default is not None:
+            table[c] = table[c].astype(object).where(table[c].notna(), _value(default))
+
+
+def _sort_col(col: Any) -> Any:
+    from bnexp.analysis.stability import _CATEGORY_ORDER
+
+    order = _CATEGORY_ORDER.get(col.name.split(".")[-1], ())
+    if order:
+        return col.map(lambda x: order.index(x) if x in order else len(order))
+    return col.map(lambda x: (0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)))
+
+
+def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
+    def cell(x: Any) -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "–"
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    rules = sorted(set(table["rule"].dropna()))
+    head = [
+        "# Studies compared",
+        "",
+        "Sources: " + ", ".join(f"`{s}`" for s in sources) + ".",
+        "",
+        f"Differing setting(s): {', '.join(f'`{d}`' for d in differ) or 'none (one point per study)'}. "
+        "Widths in decades (log10 max/min stable lr); the interval is the bootstrap 95% interval over seeds.",
+        "",
+    ]
+    if len(rules) > 1:
+        head += [f"**The studies were judged by different rules** ({'; '.join(rules)}): compare with care.", ""]
+    cols = [c for c in table.columns if c != "source"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
+    return "\n".join(head + lines) + "\n"
+
+
+def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") -> Path:
+    """Stable width against the differing setting, one line per placement (its fixed colour), the bootstrap
+    interval as a whisker and each seed's width as a dot where there are several seeds."""
+    from bnexp.analysis.plots import _plt, save_figure, variant_palette
+
+    plt = _plt()
+    series = [c for c in SERIES_KEYS if c in table]
+    x_key = differ[0] if differ else "study"
+    rest = differ[1:]
+    xs_all = list(dict.fromkeys(table[x_key]))
+    numeric = all(isinstance(x, (int, float)) for x in xs_all)
+    pos = {x: x if numeric else i for i, x in enumerate(xs_all)}
+    groups = table.groupby([*series, *rest], sort=False, dropna=False) if series or rest else [((), table)]
+    keys = [g if isinstance(g, tuple) else (g,) for g, _ in groups]
+    palette = variant_palette(
+        list(dict.fromkeys(tuple((c.split(".")[-1], k[i]) for i, c in enumerate(series)) for k in keys))
+    )
+    markers = "osD^v<>"
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    n = max(len(keys), 1)
+    span = (max(pos.values()) - min(pos.values())) if numeric and len(pos) > 1 else 1.0
+    for gi, (key, g) in enumerate(groups):
+        key = key if isinstance(key, tuple) else (key,)
+        ck = tuple((c.split(".")[-1], key[i]) for i, c in enumerate(series))
+        colour = palette.get(ck, "0.3")
+        rest_key = key[len(series) :]
+        label = " ".join(str(k) for k in key[: len(series)])
+        label += "".join(f", {c}={v}" for c, v in zip(rest, rest_key, strict=True))
+        dx = (gi - (n - 1) / 2) * 0.012 * span  # a small sideways nudge so whiskers at one x stay apart
+        g = g.sort_values(x_key, key=_sort_col)
+        x = [pos[v] + dx for v in g[x_key]]
+        marker = markers[gi % len(markers)] if rest_key else "o"  # a second differing setting: its own marker
+        ax.plot(x, g["stable_decades"], "-", marker=marker, color=colour, label=label, ms=6, lw=1.6)
+        lo, hi = g["ci_low"], g["ci_high"]
+        has = lo.notna() & hi.notna()
+        if has.any():
+            xc = [xx for xx, h in zip(x, has, strict=True) if h]
+            ax.vlines(xc, lo[has], hi[has], color=colour, lw=1.2)
+        for xx, per in zip(x, g["per_seed_decades"], strict=True):
+            vals = [float(s) for s in str(per).split()] if isinstance(per, str) and per else []
+            ax.plot([xx] * len(vals), vals, "o", mfc="white", mec=colour, ms=4, ls="none")
+    if not numeric:
+        ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all], rotation=20 if len(xs_all) > 3 else 0)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("stable width (decades of lr)")
+    ax.set_ylim(bottom=-0.1)  # a zero width stays visible on the axis
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, title=" / ".join(series) or None, title_fontsize=8)
+    ax.set_title(f"stable learning-rate width against {x_key}\n(whisker: bootstrap 95% interval; dots: each seed)",
+                 fontsize=10)  # fmt: skip
+    out = path.with_suffix(f".{fmt}")
+    save_figure(fig, out, fmt)
+    return out
+
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: compare studies; OUT/compare.csv, compare.md and the figure."""
+    p = argparse.ArgumentParser(
+        prog="python -m bnexp.compare",
+        description="Join several studies (report dirs, sweep dirs, `bnexp.sweep -m` dirs) into one table and"
+        " one figure: stable width against the setting that differs between them, per variant.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="report, sweep or `bnexp.sweep -m` dirs")
+    p.add_argument("--out", required=True, help="directory for compare.csv, compare.md and the figure")
+    p.add_argument("--format", default="png", choices=FORMATS, help="the figure's file format (default png)")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        check_writable_dir(a.out, "--out")
+        table, differ = compare(a.dirs)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        from bnexp.files import write_text_atomic
+
+        write_text_atomic(out / "compare.csv", table.to_csv(index=False))
+        write_text_atomic(out / "compare.md", _markdown(table, differ, a.dirs))
+        fig = plot_compare(out / "compare", table, differ, a.format)
+        print(f"{len(table)} variants from {len(a.dirs)} source(s); x = {differ[0] if differ else 'study'}")
+        print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {fig}")
+
+    guard(go, prog="python -m bnexp.compare", out_key="--out")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,45 @@
+"""`python -m bnexp.sweep ... --dry-run`: a header (size, storage masked, out dir, cost when known), the design
+on stdout, and nothing written anywhere."""
+
+import os
+
+from helpers.env import bnexp
+from helpers.sweeps import sweep_args
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_dry_run_prints_a_header_and_writes_nothing(tmp_path):
+    r = bnexp("sweep", "sweep=lr_stability", "sweep.lr.points=3", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.splitlines()) == 27  # stdout: the design, one point a line (3 variants x 3 seeds x 3)
+    assert "3 variant(s) x 3 seed(s) [0, 1, 2] x 3 lr(s) [1e-05, 1] = 27 trials of 800 steps" in r.stderr
+    assert f"storage: sqlite:///{tmp_path}/outputs/sweeps/lr_stability/study.db" in r.stderr
+    assert "out dir: outputs/sweeps/lr_stability" in r.stderr and "estimated cost: unknown" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no out dir, no sweep.log, no study.db
+
+
+def test_dry_run_of_a_started_study_estimates_its_cost_and_leaves_it_alone(tmp_path):
+    out = tmp_path / "sw"
+    args = sweep_args(out, name="dr", points=2)
+    r = bnexp("sweep", *args, "--max-trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = _tree(out)
+    r = bnexp("sweep", *args, "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "= 4 trials" in r.stderr and f"out dir: {out}" in r.stderr
+    assert "estimated cost: 3 trials left x" in r.stderr and "mean wall time of 1 finished" in r.stderr
+    assert _tree(out) == before
+
+
+def test_dry_run_masks_the_storage_password_and_honours_hydra_run_dir(tmp_path):
+    url = "postgresql://bnexp:s3cret@127.0.0.1:1/db"  # nothing listens on port 1: the cost stays unknown
+    where = tmp_path / "elsewhere"
+    env = {**os.environ, "BNEXP_STORAGE": url, "BNEXP_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    r = bnexp("sweep", "sweep.lr.points=2", f"hydra.run.dir={where}", "--dry-run", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "storage: postgresql://bnexp:***@127.0.0.1:1/db" in r.stderr and "s3cret" not in r.stdout + r.stderr
+    assert f"out dir: {where}" in r.stderr and "estimated cost: unknown" in r.stderr
+    assert not where.exists() and list(tmp_path.iterdir()) == []

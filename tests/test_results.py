@@ -1,0 +1,86 @@
+"""`bnexp.load`: every kind of result as pandas tables, through the real files, storage and commands."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+from helpers.env import REPO, bnexp, child_env, replace
+from helpers.sweeps import TRAIN, sweep_args
+
+import bnexp as bnexp_pkg
+from bnexp.cli import ConfigError
+
+# The population-statistics accuracy as curves.csv and metrics.json name it; the one name the tests use.
+VAL_ACC = "val/acc"
+REFERENCE = REPO / "docs" / "results"
+
+
+def test_import_bnexp_stays_light():
+    code = (
+        "import sys, bnexp; assert callable(bnexp.load); print(sorted({'pandas', 'torch', 'optuna'} & {*sys.modules}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("study", ["depth_ablation", "lr_stability_d19"])
+def test_load_committed_reference_study(study):
+    d = REFERENCE / study
+    r = bnexp_pkg.load(d)
+    header = (d / "trials.csv").read_text().splitlines()
+    assert r.trials.shape == (len(header) - 1, len(header[0].split(",")))
+    assert list(r.trials.columns) == header[0].split(",")  # the file's own names, untranslated
+    assert list(r.curves.columns[:5]) == ["number", "variant", "lr", "seed", "step"] and VAL_ACC in r.curves
+    assert len(r.curves) == len((d / "curves.csv").read_text().splitlines()) - 1
+    assert [v["label"] for v in r.summary["variants"]] == list(r.variants["label"])
+    assert set(r.curves["variant"]) == set(r.variants["label"])
+    assert r.trials["bias"].map(type).eq(str).all()  # the typed reader: 'auto' / 'true' stay text
+
+
+def test_load_fresh_sweep_dir_storage_and_optuna_dataframe(tmp_path):
+    out = tmp_path / "sw"
+    args = sweep_args(out, name="ld", points=2, extra=["--no-report"])
+    r = bnexp("sweep", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "trials.csv").exists()  # --no-report: load reads the study from its storage
+
+    from_dir = bnexp_pkg.load(out)
+    assert from_dir.trials.shape[0] == 4 and set(from_dir.trials["bn"]) == {"off", "pre"}
+    assert VAL_ACC in from_dir.curves and len(from_dir.curves) == 4 * 2  # 12 steps, a validation every 6
+    assert from_dir.summary["study"] == "ld" and len(from_dir.summary["variants"]) == 2
+    assert from_dir.trials["stable"].dtype == bool
+
+    url = f"sqlite:///{out / 'study.db'}"
+    from_url = bnexp_pkg.load(url, "ld")
+    assert from_url.trials.equals(from_dir.trials) and from_url.curves.equals(from_dir.curves)
+
+    df = optuna.load_study(study_name="ld", storage=url).trials_dataframe()  # needs pandas
+    assert len(df) >= 4 and "params_optim.lr" in df
+
+    # after the report, the same dir still reads (from storage) and agrees with the report's trials.csv
+    assert bnexp("sweep", *[a for a in args if a != "--no-report"], "--report-only").returncode == 0
+    from bnexp.results import _from_report_dir
+
+    rep = _from_report_dir(out)
+    assert list(rep.trials["number"]) == list(from_dir.trials["number"])
+    assert rep.summary["variants"][0]["stable_decades"] == from_dir.summary["variants"][0]["stable_decades"]
+
+
+def test_load_run_multirun_dir(tmp_path):
+    args = replace(TRAIN, "trainer.max_steps=6", "trainer.val_every=3")
+    r = bnexp("run", "-m", "model.bn=off,pre", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (mdir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    res = bnexp_pkg.load(mdir)
+    assert res.kind == "multirun" and list(res.trials["bn"]) == ["off", "pre"] and VAL_ACC in res.trials
+    assert len(res.curves) == 4 and set(res.curves["variant"]) == {"off-auto-d3", "pre-auto-d3"}
+
+
+def test_load_bad_input_names_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="not a directory"):
+        bnexp_pkg.load(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="no sweep.json, trials.csv or summary.csv"):
+        bnexp_pkg.load(tmp_path)
+    with pytest.raises(ConfigError, match="needs a study name"):
+        bnexp_pkg.load(f"sqlite:///{tmp_path}/x.db")
