@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import re
 import signal
@@ -40,13 +41,97 @@ class ConfigError(UsageError, ValueError):
     """A bad setting; the message names the allowed values or the fix."""
 
 
-# scheme://user:password@host -> scheme://user:***@host (also inside longer text: command lines, errors)
-_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*):[^\s/'\"]*@")
+# scheme://user:password@host -> scheme://user:***@host, also inside longer text (command lines, errors) and in
+# the escaped form Hydra writes (`postgresql\://u\:pw@host`). A password runs to the first `@`, as SQLAlchemy
+# reads it (`/`, `:`, `#`, `%` included); one with a space is masked where it was registered (`remember_secret`).
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*\\?://[^\s:/@'\"\\]*)(\\?:)[^\s@'\"]*@")
+_SECRETS: set[str] = set()  # every password this process has met, in each form it may be written in
+_HYDRA_ESCAPED = re.compile(r"([\\()\[\]{}:=, \t])")  # what Hydra escapes in an override value it writes back
+
+
+def _password_of(url: str) -> tuple[str, str] | None:
+    """(password as typed in the URL, as SQLAlchemy decodes it), or None when `url` carries none."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+    if not u.password:
+        return None
+    typed = url.partition("://")[2].partition(":")[2].split("@", 1)[0]  # user:PASSWORD@host, as make_url splits it
+    return typed, str(u.password)
+
+
+def remember_secret(url: str | None) -> None:
+    """Register the password of storage URL `url`: `redact` masks it in every form bnexp, Hydra or a log
+    may write it (as typed, decoded, percent-encoded, Hydra-escaped), whatever characters it holds."""
+    from urllib.parse import quote, quote_plus
+
+    pw = _password_of(url) if url else None
+    if pw is None:
+        return
+    for form in {*pw, quote(pw[1], safe=""), quote_plus(pw[1]), quote(pw[1])}:
+        if len(form) >= 3:  # a one- or two-letter password would mask every "ab" in the text; the regex covers it
+            _SECRETS.update({form, _HYDRA_ESCAPED.sub(r"\\\1", form)})
+
+
+def mask_url(url: str) -> str:
+    """A storage URL with its password as ***: `postgresql://bnexp:***@host/db` (SQLAlchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+
+    remember_secret(url)
+    if _password_of(url) is None:
+        return redact(url)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def redact(text: str) -> str:
     """Any URL's password in `text` as ***: `postgresql://bnexp:***@host/db`."""
-    return _CREDENTIALS.sub(r"\1:***@", str(text))
+    text = str(text)
+    for s in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return _CREDENTIALS.sub(r"\1\2***@", text)
+
+
+def hide_storage_password(argv: list[str], env_var: str = "BNEXP_STORAGE") -> list[str]:
+    """`sweep.storage=<URL with a password>` on a command line -> the URL masked, the real one in `$env_var`.
+
+    Hydra writes the command line back (multirun.yaml, its `#0 : ...` job lines, each job's overrides) and W&B
+    records it: none of them ever holds the password. The storage opens from `$env_var` (bnexp.sweep.storage)."""
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+~") == "sweep.storage":
+            url = value.strip("'\"")
+            if _password_of(url) is not None:
+                remember_secret(url)
+                os.environ[env_var] = url
+                a = f"{key}={mask_url(url)}"
+        out.append(a)
+    return out
+
+
+def redact_logs() -> None:
+    """Every log record (Hydra's job lines, Optuna's, bnexp's) passes `redact` before any handler sees it."""
+    old = logging.getLogRecordFactory()
+    if getattr(old, "_bnexp_redacts", False):
+        return
+
+    def factory(*args: Any, **kw: Any) -> logging.LogRecord:
+        record = old(*args, **kw)
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return record
+        masked = redact(msg)
+        if masked != msg:
+            record.msg, record.args = masked, ()
+        return record
+
+    factory._bnexp_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def one_line(e: BaseException | str) -> str:
@@ -154,6 +239,8 @@ def guard(
 
     ignore_sigxfsz()
     absolute_env_paths()
+    redact_logs()
+    remember_secret(os.environ.get("BNEXP_STORAGE"))
     # where the command's files go: Hydra makes this directory (and its log file) before the job starts
     if out_key is None:
         fields = _schema_fields(schema) if schema is not None else None

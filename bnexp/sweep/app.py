@@ -27,7 +27,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp import names
-from bnexp.cli import ConfigError, UsageError, fail, guard, one_line, redact
+from bnexp.cli import ConfigError, UsageError, fail, guard, hide_storage_password, mask_url, one_line, redact
 from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
@@ -206,9 +206,9 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     ]
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
-        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts)})
+        write_json_atomic(meta, {"study": name, "storage": mask_url(url), "design_size": len(pts)})
     if sw.action == "create":
-        print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
+        print(f"study {name!r} ready in {mask_url(url)}: {len(pts)} points")
         return {"design_size": len(pts)}
 
     rule, _ = rule_of(sw)
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
     def go() -> Any:
-        args = translate_flags(list(sys.argv[1:] if argv is None else argv))
+        args = hide_storage_password(translate_flags(list(sys.argv[1:] if argv is None else argv)))
         sys.argv = [sys.argv[0], *name_jobs_by_their_swept_keys(args)]
         return _hydra_main()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.cli import ConfigError, one_line, redact
+from bnexp.cli import ConfigError, mask_url, one_line, redact, remember_secret
 from bnexp.sweep import liveness
 from bnexp.sweep.spec import design
 
@@ -31,7 +31,14 @@ _RACE = ("already exists", "unique constraint", "duplicate key", "database is lo
 
 
 def storage_url(sw: DictConfig, out_dir: Path) -> str:
-    return sw.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+    """sweep.storage, else $BNEXP_STORAGE, else the out dir's study.db. A `sweep.storage` whose password was
+    masked on the command line (bnexp.cli.hide_storage_password) opens with the real one, kept in the env."""
+    env = os.environ.get(STORAGE_ENV)
+    url = sw.storage or env or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+    if env and url != env and ":***@" in url and mask_url(env) == url:
+        url = env
+    remember_secret(url)
+    return url
 
 
 def _quiet_optuna() -> None:
@@ -107,6 +114,7 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
     masked)."""
     import optuna
 
+    remember_secret(url)
     _quiet_optuna()
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
@@ -144,7 +152,7 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
     why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
     raise ConfigError(
         redact(
-            f"cannot open storage {url!r}: {why}; check the URL (e.g. sqlite:///study.db or "
+            f"cannot open storage '{mask_url(url)}': {why}; check the URL (e.g. sqlite:///study.db or "
             f"postgresql://user:pw@host/db) and that the server is reachable"
         )
     ) from None
