@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bnexp.cli import one_line
+from bnexp.sweep import faults
 
 log = logging.getLogger("bnexp.sweep")
 
@@ -195,7 +196,13 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     for key, ts in by_key.items():
         if any(t.state in live for t in ts):
             continue
-        failed = [t for t in ts if t.state == TrialState.FAIL and not t.user_attrs.get("returned")]
+        failed = [
+            t
+            for t in ts
+            if t.state == TrialState.FAIL
+            and not t.user_attrs.get("returned")
+            and not faults.spent_on_environment(t.user_attrs.get("fail_reason"))  # no retry spent on those
+        ]
         if len(failed) > retries:
             continue
         last = max(ts, key=lambda t: t.number)

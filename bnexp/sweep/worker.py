@@ -30,7 +30,7 @@ from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError, one_line
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
-from bnexp.sweep import liveness
+from bnexp.sweep import faults, liveness
 from bnexp.sweep.records import trial_attrs
 from bnexp.sweep.spec import grid_axes, rerun_overrides, trial_cfg
 
@@ -331,7 +331,8 @@ class Worker:
                 return self._fail([trial], INTERRUPTED)[0]
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
-            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
+            faults.stop_if_environment(self, [trial], e)  # data, logger, permissions...: exit 2, point waiting
+            reason = fail_reason(e)  # one broken trial (OOM, a bug in training) never stops the sweep
         if reason is not None:  # out of the except block: its traceback no longer pins the trial's tensors
             log.error("trial %d failed: %s", trial.number, reason)
             return self._fail([trial], reason)[0]
@@ -375,6 +376,7 @@ class Worker:
                 return self._fail(trials, INTERRUPTED)
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
+            faults.stop_if_environment(self, trials, e)
             reason = fail_reason(e)
         if reason is not None:
             return self._fail(trials, reason)
