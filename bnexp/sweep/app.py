@@ -174,15 +174,23 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
 
     from bnexp.sweep.records import build_report, rule_of
     from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
-    from bnexp.sweep.storage import load_study, open_study, spec_record, storage_url
+    from bnexp.sweep.storage import (
+        check_study_name,
+        load_study,
+        open_study,
+        recorded_storage,
+        spec_record,
+        storage_url,
+    )
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     task = list(hc.overrides.task)
     sw, notes = resolve(cfg, task)
+    check_study_name(sw.study or sw.name, "sweep.study" if sw.study else "sweep.name")  # before any dir is used
     name = sw.study or sw.name
-    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
-        name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
+    if hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job, sweep.study given or not
+        name = f"{name}-{names.safe(hc.job.override_dirname)}"
     for n in notes:
         log.info(n)
     base = training_cfg(cfg)
@@ -206,7 +214,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     ]
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
-        write_json_atomic(meta, {"study": name, "storage": mask_url(url), "design_size": len(pts)})
+        write_json_atomic(meta, {"study": name, "storage": recorded_storage(url, out_dir), "design_size": len(pts)})
     if sw.action == "create":
         print(f"study {name!r} ready in {mask_url(url)}: {len(pts)} points")
         return {"design_size": len(pts)}

@@ -27,6 +27,7 @@ from bnexp.sweep.spec import design
 
 log = logging.getLogger("bnexp.sweep")
 STORAGE_ENV = "BNEXP_STORAGE"
+CREATING = "creating_spec_hash"  # set right after the study is created, before any point: what it is made for
 _RACE = ("already exists", "unique constraint", "duplicate key", "database is locked", "is locked")
 
 
@@ -39,6 +40,18 @@ def storage_url(sw: DictConfig, out_dir: Path) -> str:
         url = env
     remember_secret(url)
     return url
+
+
+def check_study_name(name: Any, key: str) -> None:
+    """A study name is also a directory name (outputs/sweeps/<sweep.name>, trials/<study>): one plain path
+    component, so that it never puts a study's files outside its own dir."""
+    from bnexp.names import safe
+
+    if not isinstance(name, str) or name in ("", ".", "..") or safe(name) != name:
+        raise ConfigError(
+            f"{key}={name!r} is not a usable study name: use letters, digits and . _ - + = only, not '.' or '..' "
+            f"(e.g. {key}={safe(str(name)).strip('.') or 'my_study'})"
+        )
 
 
 def _quiet_optuna() -> None:
@@ -85,22 +98,63 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def is_sqlite_in_memory(url: str) -> bool:
+    """`sqlite://`, `sqlite:///:memory:`: a database each process makes for itself and loses at exit."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return False
+    return u.drivername.startswith("sqlite") and (u.database in (None, "", ":memory:") or "mode=memory" in url)
+
+
+def recorded_storage(url: str, out_dir: Path) -> str:
+    """The storage as sweep.json records it: the password masked; a SQLite file inside the out dir relative to
+    it (`sqlite:///study.db`), so that a copied or moved sweep dir reads its own study, not the original's."""
+    path = sqlite_path(url)
+    if path is not None and path.is_absolute() and path.resolve().is_relative_to(Path(out_dir).resolve()):
+        return f"sqlite:///{path.resolve().relative_to(Path(out_dir).resolve())}"
+    return mask_url(url)
+
+
+def storage_from_record(recorded: str, sweep_dir: Path) -> str:
+    """sweep.json's storage as a URL to open: a relative SQLite path is inside the sweep dir (recorded_storage)."""
+    path = sqlite_path(recorded)
+    if path is not None and not path.is_absolute():
+        return f"sqlite:///{(Path(sweep_dir) / path).resolve()}"
+    return recorded
+
+
 def check_sqlite(url: str) -> None:
     """A SQLite study file must pass `PRAGMA integrity_check` before Optuna reads it: a damaged file would give
     a traceback, or worse a report built from the rows that still read. Opened read-only; a new file passes."""
     import sqlite3
     from contextlib import closing
 
+    if is_sqlite_in_memory(url):
+        raise ConfigError(
+            f"storage {url!r} is an in-memory database: each worker would get its own study, gone at exit; "
+            "use a file (sqlite:///study.db), or leave sweep.storage unset for <sweep.out_dir>/study.db"
+        )
     path = sqlite_path(url)
     if path is None or not path.is_file():
         return
+    tables: list[str] = []
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=120)) as db:
             found = [row[0] for row in db.execute("PRAGMA integrity_check(3)")]
+            tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
     except sqlite3.OperationalError:  # locked, unreadable: not damage; opening it through Optuna says why
         return
     except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         found = [str(e)]
+    if found == ["ok"] and tables and "studies" not in tables:  # another program's database: never add to it
+        raise ConfigError(
+            f"{path} is not an Optuna study file (a SQLite database with tables {', '.join(tables[:5])}); nothing "
+            "was written to it. Give a new file or a study's own: sqlite:///<path>/study.db"
+        )
     if found != ["ok"]:
         raise ConfigError(
             f"{path} is damaged (SQLite: {'; '.join(found)[:100]}); nothing was read from it. Restore it from a "
@@ -174,6 +228,10 @@ def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
     """An existing study, or a ConfigError naming the studies that are there."""
     import optuna
 
+    # reading never writes: opening a SQLite file or a journal that is not there would create it (and its dirs)
+    path = sqlite_path(url) or (Path(url[len("journal://") :]) if url.startswith("journal://") else None)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"no study storage at {path}; give the sweep's dir or its --storage URL")
     storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0)
     kw = dict(zip(("sampler", "pruner"), _sampler_and_pruner(sw), strict=True)) if sw is not None else {}
     try:
@@ -205,11 +263,14 @@ def open_study(
             study = optuna.create_study(
                 study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
             )
+            # first: a half-made study names the spec it was being made for, and by whom (host:pid)
+            study.set_user_attr(CREATING, {"spec_hash": h, "by": _this_process()})
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
             study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     old = study.user_attrs.get("spec_hash")
     if old is None and not created:
+        _refuse_half_made(study, h)
         old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
     if old is None:  # we created it (or its creator died before finishing): plan the design
         pts = design(sw)
@@ -233,12 +294,57 @@ def open_study(
     return study, created
 
 
+def _refuse_half_made(study: Any, h: str) -> None:
+    """A study whose creation was cut off (Ctrl-C, kill) holds part of one spec's design: it is finished only
+    under that same spec, never adopted by another (one spec per study)."""
+    making = (liveness.study_user_attrs(study).get(CREATING) or {}).get("spec_hash")
+    n = len(study.get_trials(deepcopy=False))
+    if (making is not None and making != h) or (making is None and n > 0):
+        raise ConfigError(
+            f"study {study.study_name!r} was left half-made ({n} points enqueued, no recorded spec) by a "
+            "command with a different spec; rerun that command to finish it, or use sweep.name=<new name> "
+            "(or delete it: optuna delete-study --study-name NAME --storage URL)"
+        )
+
+
+def _this_process() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _creator_is_gone(study: Any) -> bool:
+    """The study's creator ran on this host and its process is gone: nothing will finish the design but us."""
+    import socket
+
+    by = str((liveness.study_user_attrs(study).get(CREATING) or {}).get("by", ""))
+    host, _, pid = by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process, or an older bnexp: wait for it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _wait_for_spec(study: Any, wait_s: float) -> str | None:
+    if _creator_is_gone(study):
+        log.warning("study %s was left half-made by a stopped command; planning its missing points", study.study_name)
+        return None
+    log.warning(
+        "study %s is being created by another worker (or its creation was cut off); waiting up to %.0f s for "
+        "its design, then planning the missing points here", study.study_name, wait_s
+    )  # fmt: skip
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         old = liveness.study_user_attrs(study).get("spec_hash")
         if old is not None:
             return old
+        if _creator_is_gone(study):  # it stopped while we waited
+            return None
         time.sleep(0.5)
     log.warning(
         "study %s has no recorded spec after %.0f s; planning its missing points here", study.study_name, wait_s
