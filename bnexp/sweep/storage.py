@@ -270,7 +270,7 @@ def open_study(
             study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     old = study.user_attrs.get("spec_hash")
     if old is None and not created:
-        _refuse_half_made(study, h)
+        _refuse_half_made(study, sw, h)
         old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
     if old is None:  # we created it (or its creator died before finishing): plan the design
         pts = design(sw)
@@ -294,12 +294,14 @@ def open_study(
     return study, created
 
 
-def _refuse_half_made(study: Any, h: str) -> None:
+def _refuse_half_made(study: Any, sw: DictConfig, h: str) -> None:
     """A study whose creation was cut off (Ctrl-C, kill) holds part of one spec's design: it is finished only
     under that same spec, never adopted by another (one spec per study)."""
     making = (liveness.study_user_attrs(study).get(CREATING) or {}).get("spec_hash")
-    n = len(study.get_trials(deepcopy=False))
-    if (making is not None and making != h) or (making is None and n > 0):
+    have = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
+    n = len(have)
+    # no mark (an older bnexp made it): adopted only if every point it holds is one of this spec's
+    if (making is not None and making != h) or (making is None and not have <= {p["key"] for p in design(sw)}):
         raise ConfigError(
             f"study {study.study_name!r} was left half-made ({n} points enqueued, no recorded spec) by a "
             "command with a different spec; rerun that command to finish it, or use sweep.name=<new name> "
