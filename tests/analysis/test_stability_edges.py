@@ -19,3 +19,10 @@ def test_a_value_exactly_at_best_minus_epsilon_is_stable():
     v = only(analyse(sweep([0.5, 0.75, 0.5, 0.25, None]), rule, n_boot=0))  # best 0.75: the bar is 0.5 exactly
     assert [p["frac_stable"] for p in v["points"]] == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert is_stable(trial(1e-3, 0.5), rule, variant_best=0.75)
+
+
+def test_two_equally_long_stable_runs_report_the_lower_one():
+    # stable, stable, unstable, stable, stable: a tie goes to the lowest lrs, as the docs say
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    v = only(analyse(sweep([0.95, 0.95, 0.1, 0.95, 0.95], lrs), StabilityRule(threshold=0.9), n_boot=0))
+    assert v["longest_run"] == 2 and (v["longest_run_lr_min"], v["longest_run_lr_max"]) == (1e-4, 1e-3)
