@@ -179,11 +179,32 @@ def _fail_stale_by_attr(study: Any, grace: float) -> int:
     return failed
 
 
+def _give_stale_trials_a_reason(study: Any) -> None:
+    """Optuna's own stale check (SQLite, PostgreSQL) fails a trial without saying why: name it first."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    try:
+        if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+            return
+        stale = storage._get_stale_trial_ids(study._study_id)
+    except Exception as e:  # Optuna's private heartbeat API changed: the trials still fail, without a reason
+        log.debug("cannot list stale trials: %s", one_line(e))
+        return
+    why = "no heartbeat within sweep.grace: its worker was killed, preempted or lost; the point is retried"
+    for tid in stale:
+        try:
+            storage.set_trial_user_attr(tid, "fail_reason", why)
+        except Exception:  # finished meanwhile
+            pass
+
+
 def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     """Fail stale trials (dead workers) and enqueue again each point that has no live or finished trial."""
     import optuna
     from optuna.trial import TrialState
 
+    _give_stale_trials_a_reason(study)
     optuna.storages.fail_stale_trials(study)
     if heartbeat > 0:
         _fail_stale_by_attr(study, max(grace, 2 * heartbeat))
