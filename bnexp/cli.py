@@ -95,11 +95,15 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\1\2***@", text)
 
 
-def hide_storage_password(argv: list[str], env_var: str = "BNEXP_STORAGE") -> list[str]:
-    """`sweep.storage=<URL with a password>` on a command line -> the URL masked, the real one in `$env_var`.
+_HIDDEN: dict[str, str] = {}  # masked storage URL -> the URL the user gave (this process only)
+
+
+def hide_storage_password(argv: list[str]) -> list[str]:
+    """`sweep.storage=<URL with a password>` on a command line -> the URL masked; `unmask_url` gives it back.
 
     Hydra writes the command line back (multirun.yaml, its `#0 : ...` job lines, each job's overrides) and W&B
-    records it: none of them ever holds the password. The storage opens from `$env_var` (bnexp.sweep.storage)."""
+    records it: none of them ever holds the password. The storage opens with the real URL (bnexp.sweep.storage),
+    and local workers get it in $BNEXP_STORAGE (bnexp.sweep.local), never on a command line."""
     out = []
     for a in argv:
         key, sep, value = a.partition("=")
@@ -107,10 +111,15 @@ def hide_storage_password(argv: list[str], env_var: str = "BNEXP_STORAGE") -> li
             url = value.strip("'\"")
             if _password_of(url) is not None:
                 remember_secret(url)
-                os.environ[env_var] = url
+                _HIDDEN[mask_url(url)] = url
                 a = f"{key}={mask_url(url)}"
         out.append(a)
     return out
+
+
+def unmask_url(url: str) -> str:
+    """The URL `hide_storage_password` masked as `url` (else `url` itself)."""
+    return _HIDDEN.get(url, url)
 
 
 def redact_logs() -> None:
@@ -162,6 +171,20 @@ def ignore_sigxfsz() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+_PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "securityfs", "debugfs", "tracefs", "configfs", "bpf"}
+
+
+def _pseudo_fs(path: Path) -> str | None:
+    """The type of the kernel's virtual file system `path` is on (proc, sysfs...: root may "write" there by
+    permission bits, yet no file can be made), else None."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    best = max((m for m in mounts if len(m) == 2 and path.is_relative_to(m[0])), key=lambda m: len(m[0]), default=None)
+    return best[1] if best is not None and best[1] in _PSEUDO_FS else None
+
+
 def dir_problem(path: str | os.PathLike) -> str | None:
     """Why bnexp could not make and write into directory `path` (None: it can): the nearest existing part of
     the path is a regular file, or a directory this user cannot write."""
@@ -171,6 +194,9 @@ def dir_problem(path: str | os.PathLike) -> str | None:
             continue
         if not part.is_dir():
             return f"{part} is a regular file" if part.is_file() else f"{part} is not a directory"
+        fs = _pseudo_fs(part)
+        if fs is not None:
+            return f"{part} is on a {fs} file system, which takes no new files"
         if not os.access(part, os.W_OK | os.X_OK):
             return f"{part} is not writable by this user"
         return None
@@ -187,12 +213,38 @@ def check_writable_dir(path: str | os.PathLike, key: str) -> None:
 def explain_os_error(e: BaseException, key: str) -> str | None:
     """One line for an OSError on a path (also a logging handler's ValueError around one), else None."""
     oe = e if isinstance(e, OSError) else e.__cause__
+    if isinstance(oe, OSError) and oe.errno == errno.ENOENT and oe.filename:  # mkdir -p under /proc, /sys
+        why = dir_problem(oe.filename)
+        return f"cannot write {oe.filename}: {why}; set {key} to a directory you can write" if why else None
     if not isinstance(oe, OSError) or oe.errno not in _PATH_ERRNOS or not oe.filename:
         return None
     why = dir_problem(oe.filename if oe.errno in (errno.ENOTDIR, errno.EEXIST) else Path(oe.filename).parent)
     if why is not None:
         return f"cannot write {oe.filename}: {why}; set {key} to a directory you can write"
     return f"cannot write {oe.filename} ({oe.strerror}); free disk space or fix the path's permissions ({key})"
+
+
+_LIBRARIES = ("lightning", "wandb", "torch_xla", "deepspeed")  # whose refusal of a setting is the user's to fix
+
+
+def library_refusal(e: BaseException) -> str | None:
+    """One line for a setting a library refuses here (a Lightning strategy or accelerator this machine cannot
+    run, a W&B project or run id it does not take), else None (a crash keeps its traceback). Recognised by
+    where it was raised: a ValueError/ImportError/library error from inside Lightning or W&B."""
+    x: BaseException | None = e
+    for _ in range(5):
+        if x is None:
+            break
+        module = type(x).__module__ or ""
+        tb, origin = x.__traceback__, ""
+        while tb is not None:  # the innermost frame: where it was raised
+            origin, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+        lib = next((m for m in _LIBRARIES if module.startswith(m) or f"/{m}/" in origin), None)
+        if lib and (isinstance(x, (ValueError, ImportError, TypeError)) or module.startswith(lib)):
+            if "Exception" in type(x).__name__ or "Error" in type(x).__name__:
+                return f"{lib} refuses this config here: {one_line(x)[:400]} (change that setting and rerun)"
+        x = x.__cause__ or x.__context__
+    return None
 
 
 def _schema_fields(node: Any) -> dict[str, dataclasses.Field] | None:
@@ -220,6 +272,9 @@ def explain_hydra_error(e: BaseException, schema: Any, prog: str) -> str:
         if fields is not None:
             where = ".".join(parts[:-1]) or "the top level"
             return f"unknown config key '{key}'; valid keys under {where}: {', '.join(fields)}"
+    m = re.search(r"Could not override '(sweep\.grid\.[\w.]+)'", msg)
+    if m and "not in struct" in f"{msg} {e.__cause__}":  # a grid axis the spec does not have yet
+        return f"{m.group(1)} is not an axis of this spec's grid; add a new axis with a leading +: +{m.group(1)}=[...]"
     msg = msg.split(" Config search path:")[0]
     msg = re.sub(r"\. To append to your config use [^\s:]+", "", msg)  # a typo wants fixing, not appending
     if e.__cause__ is not None:  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
@@ -254,12 +309,17 @@ def guard(
         # a UsageError raised inside a Hydra job arrives wrapped by some launchers
         inner = e.__cause__ if isinstance(e.__cause__, UsageError) else None
         fail(one_line(inner) if inner else explain_hydra_error(e, schema, prog))
-    except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
-        msg = explain_os_error(e, out_key)
-        if msg is None:
-            raise
-        fail(msg)
     except yaml.YAMLError as e:  # a config file of the user's (a spec in --config-dir) that does not parse
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
         fail(f"{where} is not valid YAML ({getattr(e, 'problem', None) or one_line(e)}); fix the file")
+    except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
+        msg = explain_os_error(e, out_key) or library_refusal(e)
+        if msg is None:
+            raise
+        fail(msg)
+    except Exception as e:  # Lightning or W&B refusing a setting (MisconfigurationException, UsageError); else a crash
+        msg = library_refusal(e)
+        if msg is None:
+            raise
+        fail(msg)

@@ -13,6 +13,7 @@ flags. The storage URL may come from `$BNEXP_STORAGE` (a password need not be on
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -74,11 +75,21 @@ def _from_csv(a: argparse.Namespace) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found; give a trials.csv written by a sweep's report")
     check_rule(a.threshold, a.mode, a.epsilon, a.seed_quorum, lambda k, v: f"--{k.replace('_', '-')} {v}")
-    trials = load_trials_csv(path)
+    keys = tuple(a.variant_keys.split(","))
+    try:
+        trials = load_trials_csv(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path} is not a trials.csv ({one_line(e)[:100]}); give one a report wrote") from None
+    have = set(trials[0]) if trials else set()
+    missing = [k for k in ("lr", "state", "val_acc", *keys) if k not in have]
+    if missing:  # a foreign CSV, or --variant-keys naming no column: never a report of "None-None-dNone"
+        raise ConfigError(
+            f"{path} has no column {', '.join(missing)} (it has: {', '.join(sorted(have))[:200] or 'no rows'}); "
+            "give a trials.csv a sweep's report wrote, and --variant-keys from its columns (default bn,bias,depth)"
+        )
     for t in trials:
         t.pop("stable", None)  # recomputed under the (possibly new) rule
     rule = StabilityRule(a.threshold, a.mode, a.epsilon)
-    keys = tuple(a.variant_keys.split(","))
     cmd = (
         f"python -m bnexp.report --trials {a.trials} --out {a.out} --study-name {a.study_name or 'study'}"
         f" --threshold {a.threshold} --mode {a.mode} --epsilon {a.epsilon} --seed-quorum {a.seed_quorum}"

@@ -1,14 +1,13 @@
 """A storage password is never written or printed, whatever characters it holds: masking as a unit (no server),
 and a real `-m` sweep whose storage is unreachable (Hydra's multirun.yaml, its job lines, the error line)."""
 
-import os
 from urllib.parse import quote
 
 import pytest
 from helpers.env import bnexp, child_env
 from sqlalchemy.engine import make_url
 
-from bnexp.cli import hide_storage_password, mask_url, redact, remember_secret
+from bnexp.cli import hide_storage_password, mask_url, redact, remember_secret, unmask_url
 
 # every character the issue names, and the password as a URL must carry it (`@` and `%` percent-encoded)
 PASSWORDS = ["Zq1/slash9", "at@sign7", "co:lon:3", "pct%41x", "hash#tag5", "spa ce 4", "all/@:%# of7them"]
@@ -53,13 +52,12 @@ def test_an_unregistered_password_is_masked_by_its_shape(pw):
         assert "***@" in out and "db.example" in out and "unseen" not in out, out
 
 
-def test_a_storage_password_on_the_command_line_goes_to_the_environment(monkeypatch):
-    monkeypatch.delenv("BNEXP_STORAGE", raising=False)
+def test_a_storage_password_on_the_command_line_is_masked_before_hydra_sees_it():
     url = url_of("all/@:%# of7them")
     argv = ["-m", "model.depth=2,3", f"sweep.storage={url}", "sweep.name=x"]
     out = hide_storage_password(argv)
     assert out == ["-m", "model.depth=2,3", "sweep.storage=postgresql://bnexp:***@127.0.0.1:1/db", "sweep.name=x"]
-    assert os.environ["BNEXP_STORAGE"] == url  # the storage opens with the real URL (bnexp.sweep.storage)
+    assert unmask_url(out[2].split("=", 1)[1]) == url  # the storage opens with the real URL (bnexp.sweep.storage)
     assert hide_storage_password(["sweep.storage=sqlite:///a.db"]) == ["sweep.storage=sqlite:///a.db"]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnexp.cli import UsageError, one_line
+from bnexp.cli import UsageError, library_refusal, one_line
 
 ENV_REASON = "environment: "  # fail_reason prefix of a trial given back because its environment failed
 # exception types (by name, as fail_reason records them: "DataError: ...") that are the environment's fault
@@ -37,6 +37,9 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 def environment_problem(e: BaseException) -> str | None:
     """The one line for an exception that is the environment's fault, else None (the trial's own failure)."""
+    refused = library_refusal(e)  # a Lightning strategy/accelerator this machine cannot run, a W&B setting
+    if refused is not None:
+        return refused
     for x in _chain(e):
         name, module = type(x).__name__, type(x).__module__ or ""
         if isinstance(x, (UsageError, ImportError)) or (isinstance(x, OSError) and x.errno is not None):

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.cli import ConfigError, mask_url, one_line, redact, remember_secret
+from bnexp.cli import ConfigError, mask_url, one_line, redact, remember_secret, unmask_url
 from bnexp.sweep import liveness
 from bnexp.sweep.spec import design
 
@@ -34,10 +34,8 @@ _RACE = ("already exists", "unique constraint", "duplicate key", "database is lo
 def storage_url(sw: DictConfig, out_dir: Path) -> str:
     """sweep.storage, else $BNEXP_STORAGE, else the out dir's study.db. A `sweep.storage` whose password was
     masked on the command line (bnexp.cli.hide_storage_password) opens with the real one, kept in the env."""
-    env = os.environ.get(STORAGE_ENV)
-    url = sw.storage or env or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
-    if env and url != env and ":***@" in url and mask_url(env) == url:
-        url = env
+    url = unmask_url(sw.storage) if sw.storage else None
+    url = url or os.environ.get(STORAGE_ENV) or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
     remember_secret(url)
     return url
 
@@ -179,12 +177,16 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
             return optuna.storages.JournalStorage(JournalFileBackend(path))
         except OSError as e:
             raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
-        except ValueError as e:  # a line of the journal is not JSON (Optuna forgives only a cut-off last line)
+        except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:
+            # a line that is not JSON (Optuna forgives only a cut-off last line), or JSON that is not an operation
             raise ConfigError(
                 f"{path} is damaged ({one_line(e)[:120]}); nothing was read from it. Restore it from a backup, "
                 "or cut the file before its first damaged line (every line is one JSON operation)"
             ) from None
     check_sqlite(url)
+    path = sqlite_path(url)
+    if path is not None and path.is_dir():  # SQLite says only "unable to open database file"
+        raise ConfigError(f"{path} is a directory, not a study file; give sqlite:///{path}/study.db or another file")
     kw: dict[str, Any] = {}
     full = _with_installed_driver(url)
     if full.startswith("sqlite"):
@@ -204,6 +206,11 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
             err = e
             break
     why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
+    if full.startswith("sqlite"):  # a local file: no server to reach
+        raise ConfigError(
+            f"cannot open storage '{mask_url(url)}': {why}; check that the path is a file you can write "
+            "(e.g. sqlite:///study.db) and that its directory exists"
+        ) from None
     raise ConfigError(
         redact(
             f"cannot open storage '{mask_url(url)}': {why}; check the URL (e.g. sqlite:///study.db or "
