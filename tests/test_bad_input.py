@@ -162,6 +162,14 @@ def garbled_sweep_json(tmp, mnist, finished, **_):
     return _damaged(tmp, finished, "sweep.json", lambda f: f.write_bytes(b"\x00\xff\xfe" * 30))
 
 
+SECRET = "Zq1%40s:l#a sh9"  # a storage password (`@` percent-encoded): it must never be printed
+
+
+def secret_env(tmp, mnist, monkeypatch, **_):
+    monkeypatch.setenv("BNEXP_STORAGE", f"postgresql://u:{SECRET}/x@127.0.0.1:1/x")
+    return tmp
+
+
 def foreign_db(tmp, mnist, **_):
     """{tmp}/damaged/app.db: another program's SQLite database (checked byte for byte afterwards)."""
     d = tmp / "damaged"
@@ -477,6 +485,49 @@ CASES = {
         no_study_db,
         ["no study storage at {data}/study.db"],
     ),
+    "sweep-journal-not-a-journal": (
+        "sweep",
+        ["sweep.storage=journal://{data}/j.log"],
+        True,
+        _file_in_damaged("j.log", b"hello, not a journal\n"),
+        ["{data}/j.log is damaged", "every line is one JSON operation"],
+    ),
+    "report-in-memory": ("report", ["--storage", "sqlite://", "--study-name", "t"], True, None, ["in-memory"]),
+    "status-in-memory": ("status", ["--storage", "sqlite://", "--study-name", "t"], True, None, ["in-memory"]),
+    "storage-dir-missing": (
+        "sweep",
+        ["sweep.storage=sqlite:///{tmp}/no/such/study.db"],
+        True,
+        None,
+        ["unable to open database file", "that its directory exists"],
+    ),
+    "jobs-0-before-the-study": ("sweep", ["sweep.out_dir={tmp}/fresh", "sweep.jobs=0"], True, None, ["sweep.jobs=2"]),
+    "report-out-under-proc": (
+        "report",
+        ["--trials", "{tmp}/sw/trials.csv", "--out", "/proc/bnexp/rep"],
+        True,
+        None,
+        ["/proc is on a proc file system", "set --out"],
+    ),
+    "report-trials-a-directory": ("report", ["--trials", "{tmp}", "--out", "{tmp}/rep"], True, None, ["not found"]),
+    # ---- a storage password is never printed, whatever it holds and wherever it comes from --------------
+    "password-with-slash-unreachable": (
+        "sweep",
+        [f"sweep.storage='postgresql://u:{SECRET}/x@127.0.0.1:1/x'"],
+        True,
+        None,
+        ["cannot open storage 'postgresql://u:***@127.0.0.1:1/x'", "server is reachable"],
+    ),
+    "password-in-env-unreachable": ("sweep", [], True, secret_env, ["'postgresql://u:***@127.0.0.1:1/x'"]),
+    "password-driver-missing": (
+        "sweep",
+        [f"sweep.storage='mysql://u:{SECRET}/p@127.0.0.1:1/db'"],
+        True,
+        None,
+        ["cannot open storage 'mysql://u:***@127.0.0.1:1/db'", "install"],
+    ),
+    "wandb-project-question-mark": ("run", [*FRESH, *WANDB, "logger.project=a?b"], True, None, ["wandb refuses"]),
+    "wandb-run-id-colon": ("run", [*FRESH, *WANDB, "logger.run_id=a:b"], True, None, ["wandb refuses", "Run ID"]),
     "status-no-study": ("status", ["--storage", "SQLITE", "--study-name", "nope"], True, None, ["no study 'nope'"]),
 }
 
@@ -532,6 +583,8 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     print(f"\n[{case}] exit {code}: {errors[0]}")  # pytest -s lists every message
     for n in needles:
         assert n in errors[0], (n, errors[0])
+    assert "Zq1" not in err and "s:l#a" not in err  # no storage password, in any form
+    assert not (tmp_path / "fresh" / "study.db").exists()  # a refused sweep created no study
     # nothing finished lost: the earlier run's files and the finished sweep are byte for byte the same
     # (Hydra may add its own bookkeeping, .hydra/ and run.log, to the run dir it was pointed at)
     after = _digest(run_dir)

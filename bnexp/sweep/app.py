@@ -203,6 +203,9 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
             print(p["key"])
         return {"design_size": len(pts)}
 
+    from bnexp.sweep.local import check_jobs
+
+    check_jobs(sw)  # a bad sweep.jobs is refused before the study is created, not after
     url = storage_url(sw, out_dir)
     if sw.action == "report":
         study, created = load_study(url, name, sw), False  # a report never creates a study

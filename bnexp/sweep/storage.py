@@ -161,6 +161,24 @@ def check_sqlite(url: str) -> None:
         )
 
 
+def _check_journal_lines(path: Path) -> None:
+    """Every whole line of a journal file is one JSON operation (an object with an op_code): Optuna forgives a
+    last line that is not, as a write cut off, and then fails on the next append. Only a cut-off last line
+    (no newline) is left to Optuna."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                op = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"line {n}: {one_line(e)}") from None
+            if not isinstance(op, dict) or "op_code" not in op:
+                raise ValueError(f"line {n} is not a journal operation")
+
+
 def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
     """An Optuna storage for `url`; a URL that does not open, or a damaged study file, is a ConfigError (password
     masked)."""
@@ -174,7 +192,10 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
         path = url[len("journal://") :]
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
+            _check_journal_lines(Path(path))
+            journal = optuna.storages.JournalStorage(JournalFileBackend(path))
+            journal.get_all_studies()  # replay the file now: a damaged one is refused here, not mid-command
+            return journal
         except OSError as e:
             raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
         except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:
