@@ -179,6 +179,39 @@ def _fail_stale_by_attr(study: Any, grace: float) -> int:
     return failed
 
 
+def _fail_trials_of_dead_local_workers(study: Any) -> int:
+    """Fail RUNNING trials whose worker ran on this host and whose process is gone (kill -9): known at once,
+    heartbeat or not. With sweep.heartbeat=0 this is the only check, so a rerun on the same host never waits
+    forever on a dead worker's trial."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        h, _, rest = worker.partition(":")
+        pid = rest.split(" ", 1)[0]
+        if h != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"its worker {worker} is gone (killed)")
+        except Exception:  # finished meanwhile
+            continue
+        failed += set_state(study, t._trial_id, TrialState.FAIL)
+    if failed:
+        log.warning("failed %d trial(s) whose worker on this host is gone", failed)
+    return failed
+
+
 def _give_stale_trials_a_reason(study: Any) -> None:
     """Optuna's own stale check (SQLite, PostgreSQL) fails a trial without saying why: name it first."""
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
@@ -204,6 +237,7 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     import optuna
     from optuna.trial import TrialState
 
+    _fail_trials_of_dead_local_workers(study)
     _give_stale_trials_a_reason(study)
     optuna.storages.fail_stale_trials(study)
     if heartbeat > 0:
