@@ -237,11 +237,11 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    _fail_trials_of_dead_local_workers(study)
     _give_stale_trials_a_reason(study)
     optuna.storages.fail_stale_trials(study)
     if heartbeat > 0:
         _fail_stale_by_attr(study, max(grace, 2 * heartbeat))
+    _fail_trials_of_dead_local_workers(study)  # the rest: gone before the grace ran out, or no heartbeat at all
     by_key: dict[str, list] = {}
     for t in study.get_trials(deepcopy=False):
         if "key" in t.user_attrs:
