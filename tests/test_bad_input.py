@@ -647,3 +647,16 @@ def test_a_bad_value_is_refused_before_torch_is_imported(args):
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "omegaconf" in imported  # the import log was read
     assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
+
+
+def test_a_refused_multirun_rerun_names_the_sweep_dir(tmp_path):
+    # -m jobs live under hydra.sweep.dir: the line names that setting, not hydra.run.dir
+    args = ["-m", *TRAIN, "model.depth=2", f"hydra.sweep.dir={tmp_path}/multi"]
+    first = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = {p: p.read_bytes() for p in (tmp_path / "multi").rglob("metrics.json")}
+    again = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+    line = again.stderr.strip().splitlines()[-1]
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert "already holds a finished run" in line and "hydra.sweep.dir=" in line and "hydra.run.dir" not in line
+    assert done and all(p.read_bytes() == b for p, b in done.items())
