@@ -649,6 +649,7 @@ def test_a_bad_value_is_refused_before_torch_is_imported(args):
     assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
 
 
+@pytest.mark.slow  # two real -m runs for one message
 def test_a_refused_multirun_rerun_names_the_sweep_dir(tmp_path):
     # -m jobs live under hydra.sweep.dir: the line names that setting, not hydra.run.dir
     args = ["-m", *TRAIN, "model.depth=2", f"hydra.sweep.dir={tmp_path}/multi"]

@@ -5,6 +5,7 @@ trains every point. A study whose retries an older bnexp spent on such failures 
 import collections
 
 import optuna
+import pytest
 from helpers.env import REPO, bnexp
 from helpers.sweeps import sweep_args
 
@@ -59,6 +60,7 @@ def test_a_logger_setting_wandb_refuses_stops_the_worker_and_leaves_the_points_w
     assert _states(out)[1]["WAITING"] == 2
 
 
+@pytest.mark.slow  # a study left by an older bnexp; the default suite checks the rule on today's studies
 def test_retries_an_older_bnexp_spent_on_the_environment_are_given_back(tmp_path, mnist_dir):
     """An older bnexp recorded a damaged-data failure as the trial's own, `sweep.retries` + 1 times per point,
     and the study then trained nothing, ever. Those failures are recognised by their reason and spend nothing."""

@@ -13,6 +13,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from helpers.env import REPO, bnexp, child_env
 from helpers.sweeps import sweep_args
 
@@ -66,6 +67,7 @@ def test_creation_cut_off_at_random_moments_never_mixes_two_specs(tmp_path):
         print(f"\nkill at {when}: edited spec {'refused' if edited.returncode == 2 else 'created the study'}")
 
 
+@pytest.mark.slow  # the same refusals run in-process by default (test_bad_input: storage-in-memory, ...-foreign-sqlite)
 def test_in_memory_and_foreign_sqlite_storages_are_refused_untouched(tmp_path):
     foreign = tmp_path / "app.db"
     with sqlite3.connect(foreign) as c:
