@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import re
 import signal
@@ -40,13 +41,106 @@ class ConfigError(UsageError, ValueError):
     """A bad setting; the message names the allowed values or the fix."""
 
 
-# scheme://user:password@host -> scheme://user:***@host (also inside longer text: command lines, errors)
-_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*):[^\s/'\"]*@")
+# scheme://user:password@host -> scheme://user:***@host, also inside longer text (command lines, errors) and in
+# the escaped form Hydra writes (`postgresql\://u\:pw@host`). A password runs to the first `@`, as SQLAlchemy
+# reads it (`/`, `:`, `#`, `%` included); one with a space is masked where it was registered (`remember_secret`).
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*\\?://[^\s:/@'\"\\]*)(\\?:)[^\s@'\"]*@")
+_SECRETS: set[str] = set()  # every password this process has met, in each form it may be written in
+_HYDRA_ESCAPED = re.compile(r"([\\()\[\]{}:=, \t])")  # what Hydra escapes in an override value it writes back
+
+
+def _password_of(url: str) -> tuple[str, str] | None:
+    """(password as typed in the URL, as SQLAlchemy decodes it), or None when `url` carries none."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+    if not u.password:
+        return None
+    typed = url.partition("://")[2].partition(":")[2].split("@", 1)[0]  # user:PASSWORD@host, as make_url splits it
+    return typed, str(u.password)
+
+
+def remember_secret(url: str | None) -> None:
+    """Register the password of storage URL `url`: `redact` masks it in every form bnexp, Hydra or a log
+    may write it (as typed, decoded, percent-encoded, Hydra-escaped), whatever characters it holds."""
+    from urllib.parse import quote, quote_plus
+
+    pw = _password_of(url) if url else None
+    if pw is None:
+        return
+    for form in {*pw, quote(pw[1], safe=""), quote_plus(pw[1]), quote(pw[1])}:
+        if len(form) >= 3:  # a one- or two-letter password would mask every "ab" in the text; the regex covers it
+            _SECRETS.update({form, _HYDRA_ESCAPED.sub(r"\\\1", form)})
+
+
+def mask_url(url: str) -> str:
+    """A storage URL with its password as ***: `postgresql://bnexp:***@host/db` (SQLAlchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+
+    remember_secret(url)
+    if _password_of(url) is None:
+        return redact(url)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def redact(text: str) -> str:
     """Any URL's password in `text` as ***: `postgresql://bnexp:***@host/db`."""
-    return _CREDENTIALS.sub(r"\1:***@", str(text))
+    text = str(text)
+    for s in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return _CREDENTIALS.sub(r"\1\2***@", text)
+
+
+_HIDDEN: dict[str, str] = {}  # masked storage URL -> the URL the user gave (this process only)
+
+
+def hide_storage_password(argv: list[str]) -> list[str]:
+    """`sweep.storage=<URL with a password>` on a command line -> the URL masked; `unmask_url` gives it back.
+
+    Hydra writes the command line back (multirun.yaml, its `#0 : ...` job lines, each job's overrides) and W&B
+    records it: none of them ever holds the password. The storage opens with the real URL (bnexp.sweep.storage),
+    and local workers get it in $BNEXP_STORAGE (bnexp.sweep.local), never on a command line."""
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+~") == "sweep.storage":
+            url = value.strip("'\"")
+            if _password_of(url) is not None:
+                remember_secret(url)
+                _HIDDEN[mask_url(url)] = url
+                a = f"{key}={mask_url(url)}"
+        out.append(a)
+    return out
+
+
+def unmask_url(url: str) -> str:
+    """The URL `hide_storage_password` masked as `url` (else `url` itself)."""
+    return _HIDDEN.get(url, url)
+
+
+def redact_logs() -> None:
+    """Every log record (Hydra's job lines, Optuna's, bnexp's) passes `redact` before any handler sees it."""
+    old = logging.getLogRecordFactory()
+    if getattr(old, "_bnexp_redacts", False):
+        return
+
+    def factory(*args: Any, **kw: Any) -> logging.LogRecord:
+        record = old(*args, **kw)
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return record
+        masked = redact(msg)
+        if masked != msg:
+            record.msg, record.args = masked, ()
+        return record
+
+    factory._bnexp_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def one_line(e: BaseException | str) -> str:
@@ -77,6 +171,20 @@ def ignore_sigxfsz() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+_PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "securityfs", "debugfs", "tracefs", "configfs", "bpf"}
+
+
+def _pseudo_fs(path: Path) -> str | None:
+    """The type of the kernel's virtual file system `path` is on (proc, sysfs...: root may "write" there by
+    permission bits, yet no file can be made), else None."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    best = max((m for m in mounts if len(m) == 2 and path.is_relative_to(m[0])), key=lambda m: len(m[0]), default=None)
+    return best[1] if best is not None and best[1] in _PSEUDO_FS else None
+
+
 def dir_problem(path: str | os.PathLike) -> str | None:
     """Why bnexp could not make and write into directory `path` (None: it can): the nearest existing part of
     the path is a regular file, or a directory this user cannot write."""
@@ -86,6 +194,9 @@ def dir_problem(path: str | os.PathLike) -> str | None:
             continue
         if not part.is_dir():
             return f"{part} is a regular file" if part.is_file() else f"{part} is not a directory"
+        fs = _pseudo_fs(part)
+        if fs is not None:
+            return f"{part} is on a {fs} file system, which takes no new files"
         if not os.access(part, os.W_OK | os.X_OK):
             return f"{part} is not writable by this user"
         return None
@@ -102,12 +213,38 @@ def check_writable_dir(path: str | os.PathLike, key: str) -> None:
 def explain_os_error(e: BaseException, key: str) -> str | None:
     """One line for an OSError on a path (also a logging handler's ValueError around one), else None."""
     oe = e if isinstance(e, OSError) else e.__cause__
+    if isinstance(oe, OSError) and oe.errno == errno.ENOENT and oe.filename:  # mkdir -p under /proc, /sys
+        why = dir_problem(oe.filename)
+        return f"cannot write {oe.filename}: {why}; set {key} to a directory you can write" if why else None
     if not isinstance(oe, OSError) or oe.errno not in _PATH_ERRNOS or not oe.filename:
         return None
     why = dir_problem(oe.filename if oe.errno in (errno.ENOTDIR, errno.EEXIST) else Path(oe.filename).parent)
     if why is not None:
         return f"cannot write {oe.filename}: {why}; set {key} to a directory you can write"
     return f"cannot write {oe.filename} ({oe.strerror}); free disk space or fix the path's permissions ({key})"
+
+
+_LIBRARIES = ("lightning", "wandb", "torch_xla", "deepspeed")  # whose refusal of a setting is the user's to fix
+
+
+def library_refusal(e: BaseException) -> str | None:
+    """One line for a setting a library refuses here (a Lightning strategy or accelerator this machine cannot
+    run, a W&B project or run id it does not take), else None (a crash keeps its traceback). Recognised by
+    where it was raised: a ValueError/ImportError/library error from inside Lightning or W&B."""
+    x: BaseException | None = e
+    for _ in range(5):
+        if x is None:
+            break
+        module = type(x).__module__ or ""
+        tb, origin = x.__traceback__, ""
+        while tb is not None:  # the innermost frame: where it was raised
+            origin, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+        lib = next((m for m in _LIBRARIES if module.startswith(m) or f"/{m}/" in origin), None)
+        if lib and (isinstance(x, (ValueError, ImportError, TypeError)) or module.startswith(lib)):
+            if "Exception" in type(x).__name__ or "Error" in type(x).__name__:
+                return f"{lib} refuses this config here: {one_line(x)[:400]} (change that setting and rerun)"
+        x = x.__cause__ or x.__context__
+    return None
 
 
 def _schema_fields(node: Any) -> dict[str, dataclasses.Field] | None:
@@ -135,6 +272,9 @@ def explain_hydra_error(e: BaseException, schema: Any, prog: str) -> str:
         if fields is not None:
             where = ".".join(parts[:-1]) or "the top level"
             return f"unknown config key '{key}'; valid keys under {where}: {', '.join(fields)}"
+    m = re.search(r"Could not override '(sweep\.grid\.[\w.]+)'", msg)
+    if m and "not in struct" in f"{msg} {e.__cause__}":  # a grid axis the spec does not have yet
+        return f"{m.group(1)} is not an axis of this spec's grid; add a new axis with a leading +: +{m.group(1)}=[...]"
     msg = msg.split(" Config search path:")[0]
     msg = re.sub(r"\. To append to your config use [^\s:]+", "", msg)  # a typo wants fixing, not appending
     if e.__cause__ is not None:  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
@@ -154,6 +294,8 @@ def guard(
 
     ignore_sigxfsz()
     absolute_env_paths()
+    redact_logs()
+    remember_secret(os.environ.get("BNEXP_STORAGE"))
     # where the command's files go: Hydra makes this directory (and its log file) before the job starts
     if out_key is None:
         fields = _schema_fields(schema) if schema is not None else None
@@ -167,12 +309,17 @@ def guard(
         # a UsageError raised inside a Hydra job arrives wrapped by some launchers
         inner = e.__cause__ if isinstance(e.__cause__, UsageError) else None
         fail(one_line(inner) if inner else explain_hydra_error(e, schema, prog))
-    except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
-        msg = explain_os_error(e, out_key)
-        if msg is None:
-            raise
-        fail(msg)
     except yaml.YAMLError as e:  # a config file of the user's (a spec in --config-dir) that does not parse
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
         fail(f"{where} is not valid YAML ({getattr(e, 'problem', None) or one_line(e)}); fix the file")
+    except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
+        msg = explain_os_error(e, out_key) or library_refusal(e)
+        if msg is None:
+            raise
+        fail(msg)
+    except Exception as e:  # Lightning or W&B refusing a setting (MisconfigurationException, UsageError); else a crash
+        msg = library_refusal(e)
+        if msg is None:
+            raise
+        fail(msg)

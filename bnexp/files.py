@@ -3,7 +3,8 @@ flushed and fsynced, then renamed over the target (`os.replace` is atomic on POS
 `python -m bnexp.report` beside a sweep, a second worker) sees the old file or the new one, never a cut-off
 one, whatever happens meanwhile (a full disk, kill -9, a concurrent writer). A write that fails raises
 `FileWriteError` (a UsageError and an OSError: one line naming the file, exit 2) and leaves the previous file
-as it was.
+as it was. The temp file of a write that was killed (kill -9, a power cut) is removed by the next write of the
+same file.
 
 A set of files that belong together (a report: summary.json, trials.csv, the figures, report.md) is written
 inside `staged()`: every file goes to its temp file first and only when all are written are they renamed, so a
@@ -56,12 +57,47 @@ def staged() -> Iterator[None]:
                 pass
 
 
+def _writer_tag() -> str:
+    import socket
+
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _clean_stale_temps(path: Path) -> None:
+    """Remove the temp files of earlier writes of `path` whose writer is gone (kill -9 mid-write): a writer on
+    this host whose process no longer exists, or any writer's temp untouched for a day (another host's)."""
+    import socket
+    import time
+
+    host = socket.gethostname().replace(".", "_")
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tag = tmp.name[len(path.name) + 2 :].split(".", 1)[0]  # .<name>.<host>-<pid>.<random>.tmp
+        who, _, pid = tag.rpartition("-")
+        try:
+            if who == host and pid.isdigit():
+                if int(pid) == os.getpid():
+                    continue
+                try:
+                    os.kill(int(pid), 0)
+                    continue  # a live writer of this host: its temp is in use
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    continue
+            elif time.time() - tmp.stat().st_mtime < 86400:
+                continue
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _clean_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

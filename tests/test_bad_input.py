@@ -16,7 +16,7 @@ from helpers.env import REPO, TINY
 from helpers.sweeps import run_sweep
 
 import bnexp.core.data
-from bnexp import report, run
+from bnexp import report, run, status
 from bnexp.sweep import app as sweep
 
 TRAIN = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every"))]
@@ -162,7 +162,53 @@ def garbled_sweep_json(tmp, mnist, finished, **_):
     return _damaged(tmp, finished, "sweep.json", lambda f: f.write_bytes(b"\x00\xff\xfe" * 30))
 
 
+SECRET = "Zq1%40s:l#a sh9"  # a storage password (`@` percent-encoded): it must never be printed
+
+
+def secret_env(tmp, mnist, monkeypatch, **_):
+    monkeypatch.setenv("BNEXP_STORAGE", f"postgresql://u:{SECRET}/x@127.0.0.1:1/x")
+    return tmp
+
+
+def foreign_db(tmp, mnist, **_):
+    """{tmp}/damaged/app.db: another program's SQLite database (checked byte for byte afterwards)."""
+    d = tmp / "damaged"
+    d.mkdir()
+    with sqlite3.connect(d / "app.db") as c:
+        c.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        c.execute("INSERT INTO customers (name) VALUES ('ada')")
+    return d
+
+
+def _file_in_damaged(name: str, data: bytes):
+    def setup(tmp, mnist, **_):
+        d = tmp / "damaged"
+        d.mkdir(exist_ok=True)
+        (d / name).write_bytes(data)
+        return d
+
+    return setup
+
+
+def dir_at_study_db(tmp, mnist, **_):
+    (tmp / "damaged" / "dbdir" / "study.db").mkdir(parents=True)
+    return tmp / "damaged"
+
+
+def no_study_db(tmp, mnist, finished, **_):
+    """A finished sweep dir whose study.db is gone (a read-only command must not create an empty one)."""
+    d = _damaged(tmp, finished, "study.db", lambda db: db.unlink())
+    return d
+
+
+def empty_damaged(tmp, mnist, **_):
+    (tmp / "damaged").mkdir()
+    return tmp / "damaged"
+
+
 RUN_DIR = ["hydra.run.dir={tmp}/run"]  # an earlier, finished run lives there (seeded below)
+FRESH = ["hydra.run.dir={tmp}/fresh"]  # a new run dir: the check under test is met before any earlier run's
+WANDB = ["logger=wandb", "logger.mode=offline"]
 DATA = ["data.dir={data}", "data.download=false"]
 
 # id: (cli, args, in-process?, setup, [what the line must say: the problem, then the fix])
@@ -334,6 +380,169 @@ CASES = {
         ["{data}/sweep.json is damaged", "--storage sqlite:///{data}/study.db"],
     ),
     "report-garbled-sweep-json": ("report", ["{data}"], True, garbled_sweep_json, ["{data}/sweep.json is damaged"]),
+    # ---- second round (#18): settings Lightning or W&B refuse here, one line from the error layer -------------
+    "strategy-deepspeed": ("run", [*FRESH, "trainer.strategy=deepspeed"], True, None, ["refuses", "deepspeed"]),
+    "strategy-fsdp-on-cpu": ("run", [*FRESH, "trainer.strategy=fsdp"], True, None, ["refuses", "requires a GPU"]),
+    "accelerator-tpu": ("run", [*FRESH, "trainer.accelerator=tpu"], True, None, ["refuses this config", "torch_xla"]),
+    "wandb-project-slash": ("run", [*FRESH, *WANDB, "logger.project=a/b"], True, None, ["wandb refuses", "'a/b'"]),
+    "wandb-project-colon": ("run", [*FRESH, *WANDB, "logger.project=a:b"], True, None, ["wandb refuses", "project"]),
+    "wandb-run-id-slash": ("run", [*FRESH, *WANDB, "logger.run_id=a/b"], True, None, ["wandb refuses", "Run ID"]),
+    "data-dir-empty": ("run", ["data.dir="], True, None, ["data.dir='' names no directory", "data.dir=null"]),
+    "landscape-scales-empty": (
+        "run",
+        [*FRESH, "logger=csv", "logger.landscape_every=1", "logger.landscape_scales=[]"],
+        True,
+        None,
+        ["logger.landscape_scales=[] gives the landscape probe nothing", "logger.landscape_every=0"],
+    ),
+    "run-dir-under-proc": ("run", ["hydra.run.dir=/proc/bnexp/run"], True, None, ["/proc is on a proc file system"]),
+    "out-dir-under-proc": ("sweep", ["sweep.out_dir=/proc/bnexp/sw"], True, None, ["/proc is on a proc", "out_dir"]),
+    # ---- storages that would poison a study or another program's data ----------------------------------------
+    "storage-in-memory": ("sweep", ["sweep.storage=sqlite://"], True, None, ["in-memory database", "sqlite:///"]),
+    "storage-memory-file": ("sweep", ["sweep.storage=sqlite:///:memory:"], True, None, ["in-memory database"]),
+    "storage-foreign-sqlite": (
+        "sweep",
+        ["sweep.storage=sqlite:///{data}/app.db"],
+        True,
+        foreign_db,
+        ["{data}/app.db is not an Optuna study file", "nothing was written to it"],
+    ),
+    "report-foreign-sqlite": (
+        "report",
+        ["--storage", "sqlite:///{data}/app.db", "--study-name", "t", "--out", "{tmp}/rep"],
+        True,
+        foreign_db,
+        ["{data}/app.db is not an Optuna study file"],
+    ),
+    "storage-dir-at-study-db": (
+        "sweep",
+        ["sweep.storage=sqlite:///{data}/dbdir/study.db"],
+        True,
+        dir_at_study_db,
+        ["{data}/dbdir/study.db is a directory", "sqlite:///{data}/dbdir/study.db/study.db"],
+    ),
+    "report-journal-op-999": (
+        "report",
+        ["--storage", "journal://{data}/j.log", "--study-name", "t", "--out", "{tmp}/rep"],
+        True,
+        _file_in_damaged("j.log", b'{"op_code": 999}\n'),
+        ["{data}/j.log is damaged", "cut the file"],
+    ),
+    "report-journal-a-list": (
+        "report",
+        ["--storage", "journal://{data}/j.log", "--study-name", "t", "--out", "{tmp}/rep"],
+        True,
+        _file_in_damaged("j.log", b"[1,2,3]\n"),
+        ["{data}/j.log is damaged"],
+    ),
+    # ---- names that would escape outputs/sweeps/, a grid axis without + ---------------------------------
+    "name-dotdot": ("sweep", ["sweep.name=.."], True, None, ["sweep.name='..' is not a usable study name"]),
+    "name-with-slash": ("sweep", ["sweep.name=a/b"], True, None, ["sweep.name='a/b'", "use letters, digits"]),
+    "study-escapes": ("sweep", ["sweep.study=../x"], True, None, ["sweep.study='../x' is not a usable study name"]),
+    "grid-axis-without-plus": (
+        "sweep",
+        ["sweep.grid.data.batch_size=[32,64]"],
+        True,
+        None,
+        ["sweep.grid.data.batch_size is not an axis", "+sweep.grid.data.batch_size=[...]"],
+    ),
+    # ---- report --trials input that is not a sweep's trials.csv ------------------------------------------
+    "report-trials-not-utf8": (
+        "report",
+        ["--trials", "{data}/t.csv", "--out", "{tmp}/rep"],
+        True,
+        _file_in_damaged("t.csv", b"lr,state\n\xff\xfe,1\n"),
+        ["{data}/t.csv is not a trials.csv", "utf-8"],
+    ),
+    "report-trials-foreign-csv": (
+        "report",
+        ["--trials", "{data}/t.csv", "--out", "{tmp}/rep"],
+        True,
+        _file_in_damaged("t.csv", b"x,y\n1,2\n"),
+        ["{data}/t.csv has no column lr, state, val/acc", "--variant-keys"],
+    ),
+    "report-trials-empty-csv": (
+        "report",
+        ["--trials", "{data}/t.csv", "--out", "{tmp}/rep"],
+        True,
+        _file_in_damaged("t.csv", b""),
+        ["has no column lr", "no rows"],
+    ),
+    "report-unknown-variant-keys": (
+        "report",
+        ["--trials", "{tmp}/sw/trials.csv", "--out", "{tmp}/rep", "--variant-keys", "bn,width"],
+        True,
+        None,
+        ["trials.csv has no column width", "--variant-keys from its columns"],
+    ),
+    # ---- read-only commands on a dir without its storage: refused, nothing created ------------------------
+    "report-study-db-missing": ("report", ["{data}"], True, no_study_db, ["no study storage at {data}/study.db"]),
+    "status-study-db-missing": ("status", ["{data}"], True, no_study_db, ["no study storage at {data}/study.db"]),
+    "status-journal-missing": (
+        "status",
+        ["--storage", "journal://{data}/new/study.log", "--study-name", "t"],
+        True,
+        empty_damaged,
+        ["no study storage at {data}/new/study.log"],
+    ),
+    "report-journal-missing": (
+        "report",
+        ["--storage", "journal://{data}/new/study.log", "--study-name", "t", "--out", "{tmp}/rep"],
+        True,
+        empty_damaged,
+        ["no study storage at {data}/new/study.log"],
+    ),
+    "report-only-study-db-missing": (
+        "sweep",
+        ["sweep.out_dir={data}", "--report-only"],
+        True,
+        no_study_db,
+        ["no study storage at {data}/study.db"],
+    ),
+    "sweep-journal-not-a-journal": (
+        "sweep",
+        ["sweep.storage=journal://{data}/j.log"],
+        True,
+        _file_in_damaged("j.log", b"hello, not a journal\n"),
+        ["{data}/j.log is damaged", "every line is one JSON operation"],
+    ),
+    "report-in-memory": ("report", ["--storage", "sqlite://", "--study-name", "t"], True, None, ["in-memory"]),
+    "status-in-memory": ("status", ["--storage", "sqlite://", "--study-name", "t"], True, None, ["in-memory"]),
+    "storage-dir-missing": (
+        "sweep",
+        ["sweep.storage=sqlite:///{tmp}/no/such/study.db"],
+        True,
+        None,
+        ["unable to open database file", "that its directory exists"],
+    ),
+    "jobs-0-before-the-study": ("sweep", ["sweep.out_dir={tmp}/fresh", "sweep.jobs=0"], True, None, ["sweep.jobs=2"]),
+    "report-out-under-proc": (
+        "report",
+        ["--trials", "{tmp}/sw/trials.csv", "--out", "/proc/bnexp/rep"],
+        True,
+        None,
+        ["/proc is on a proc file system", "set --out"],
+    ),
+    "report-trials-a-directory": ("report", ["--trials", "{tmp}", "--out", "{tmp}/rep"], True, None, ["not found"]),
+    # ---- a storage password is never printed, whatever it holds and wherever it comes from --------------
+    "password-with-slash-unreachable": (
+        "sweep",
+        [f"sweep.storage='postgresql://u:{SECRET}/x@127.0.0.1:1/x'"],
+        True,
+        None,
+        ["cannot open storage 'postgresql://u:***@127.0.0.1:1/x'", "server is reachable"],
+    ),
+    "password-in-env-unreachable": ("sweep", [], True, secret_env, ["'postgresql://u:***@127.0.0.1:1/x'"]),
+    "password-driver-missing": (
+        "sweep",
+        [f"sweep.storage='mysql://u:{SECRET}/p@127.0.0.1:1/db'"],
+        True,
+        None,
+        ["cannot open storage 'mysql://u:***@127.0.0.1:1/db'", "install"],
+    ),
+    "wandb-project-question-mark": ("run", [*FRESH, *WANDB, "logger.project=a?b"], True, None, ["wandb refuses"]),
+    "wandb-run-id-colon": ("run", [*FRESH, *WANDB, "logger.run_id=a:b"], True, None, ["wandb refuses", "Run ID"]),
+    "status-no-study": ("status", ["--storage", "SQLITE", "--study-name", "nope"], True, None, ["no study 'nope'"]),
 }
 
 
@@ -356,6 +565,7 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     (run_dir / "config.yaml").write_text("model: {bn: pre}\n")
     damaged = tmp_path / "damaged"  # a damaged sweep is refused, not rebuilt from what is left of it
     before = {"sw": _digest(sw), "run": _digest(run_dir), "damaged": _digest(damaged)}
+    paths = sorted(str(p) for p in damaged.rglob("*"))  # a read-only command makes no file and no directory
     sqlite = f"sqlite:///{sw}/study.db"
     args = [a.format(tmp=tmp_path, data=data).replace("SQLITE", sqlite) for a in args]
     needles = [n.format(tmp=tmp_path, data=data) for n in needles]
@@ -367,7 +577,7 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
         args = sweep_args(sw, *args)
 
     if inproc:
-        main = {"run": run.main, "sweep": sweep.main, "report": report.main}[cli]
+        main = {"run": run.main, "sweep": sweep.main, "report": report.main, "status": status.main}[cli]
         monkeypatch.setattr(sys, "argv", [f"bnexp.{cli}", *args])
         with pytest.raises(SystemExit) as e:
             main() if cli == "run" else main(args)
@@ -387,6 +597,8 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     print(f"\n[{case}] exit {code}: {errors[0]}")  # pytest -s lists every message
     for n in needles:
         assert n in errors[0], (n, errors[0])
+    assert "Zq1" not in err and "s:l#a" not in err  # no storage password, in any form
+    assert not (tmp_path / "fresh" / "study.db").exists()  # a refused sweep created no study
     # nothing finished lost: the earlier run's files and the finished sweep are byte for byte the same
     # (Hydra may add its own bookkeeping, .hydra/ and run.log, to the run dir it was pointed at)
     after = _digest(run_dir)
@@ -394,6 +606,8 @@ def test_bad_input(case, tmp_path, finished_sweep, mnist_dir, monkeypatch, capsy
     assert all(k.startswith(".hydra/") or k == "run.log" for k in set(after) - set(before["run"])), after
     assert _digest(sw) == before["sw"]
     assert _digest(damaged) == before["damaged"]
+    if cli in ("report", "status") or "--report-only" in args:
+        assert sorted(str(p) for p in damaged.rglob("*")) == paths
 
 
 def test_bad_value_leaves_no_empty_run_dir(tmp_path, capsys, monkeypatch):
@@ -447,3 +661,17 @@ def test_a_bad_value_is_refused_before_torch_is_imported(args):
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "omegaconf" in imported  # the import log was read
     assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
+
+
+@pytest.mark.slow  # two real -m runs for one message
+def test_a_refused_multirun_rerun_names_the_sweep_dir(tmp_path):
+    # -m jobs live under hydra.sweep.dir: the line names that setting, not hydra.run.dir
+    args = ["-m", *TRAIN, "model.depth=2", f"hydra.sweep.dir={tmp_path}/multi"]
+    first = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = {p: p.read_bytes() for p in (tmp_path / "multi").rglob("metrics.json")}
+    again = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+    line = again.stderr.strip().splitlines()[-1]
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert "already holds a finished run" in line and "hydra.sweep.dir=" in line and "hydra.run.dir" not in line
+    assert done and all(p.read_bytes() == b for p, b in done.items())

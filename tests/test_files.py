@@ -62,3 +62,36 @@ def test_a_staged_set_lands_together_or_not_at_all(tmp_path: Path, monkeypatch: 
         write_text_atomic(tmp_path / "b.txt", "b2")
     assert [(tmp_path / f).read_text() for f in ("a.txt", "b.txt")] == ["a1", "b1"]  # neither half landed
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temp files left
+
+
+def test_the_temp_of_a_write_killed_mid_way_is_cleaned_by_the_next_write(tmp_path: Path) -> None:
+    """kill -9 of a real process while it writes a big file: its temp stays; the next write of the same file
+    removes it (and leaves the temp of a live writer alone)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "summary.json"
+    write_text_atomic(target, "old")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from bnexp.files import write_bytes_atomic as w; "
+         "w(sys.argv[1], b'x' * 400_000_000)", str(target)]
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".summary.json.*.tmp")) and time.time() < deadline and child.poll() is None:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = list(tmp_path.glob(".summary.json.*.tmp"))
+    assert left and target.read_text() == "old"  # killed mid-write: the temp is there, the file whole
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a temp named for a live process on this host is another writer's, in use
+        in_use = tmp_path / left[0].name.replace(f"-{child.pid}.", f"-{live.pid}.")
+        in_use.write_text("busy")
+        write_text_atomic(target, "new")
+        assert target.read_text() == "new"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([in_use.name, "summary.json"])
+    finally:
+        live.kill()
+        live.wait()

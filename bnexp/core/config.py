@@ -328,6 +328,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     if isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed={cfg.seed} must be a whole number in [0, {MAX_SEED}] (e.g. seed=0)")
     d = cfg.data
+    if d.dir is not None and not str(d.dir).strip():  # '' would silently mean the current directory
+        raise ConfigError("data.dir='' names no directory; give a path (data.dir=/path/to/mnist) or data.dir=null")
     for key, example in (("batch_size", 64), ("eval_batch_size", 1000), ("single_n", 100)):
         _at_least(d[key], f"data.{key}", 1, example)
     for key in ("limit_train", "limit_val", "limit_test"):

@@ -67,6 +67,19 @@ def _checkpoint_on_stop(path: Path) -> Any:
     return CheckpointOnStop()
 
 
+def _run_dir_key() -> str:
+    """The setting that moves a run's dir: hydra.run.dir, or with -m hydra.sweep.dir (its jobs are subdirs)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return "hydra.sweep.dir"
+    except ImportError:
+        pass
+    return "hydra.run.dir"
+
+
 def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
     """The checkpoint to resume in `out`, if any. A dir that holds a finished run, or a checkpoint of another
     configuration, is refused: results are never silently mixed."""
@@ -74,7 +87,7 @@ def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
 
     if (out / "metrics.json").is_file():
         raise ConfigError(
-            f"{out} already holds a finished run (metrics.json); choose another run dir (hydra.run.dir=...) "
+            f"{out} already holds a finished run (metrics.json); choose another run dir ({_run_dir_key()}=...) "
             "or remove it to train again"
         )
     ckpt = out / CHECKPOINT
@@ -86,7 +99,7 @@ def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
         if differ:
             raise ConfigError(
                 f"{out} holds a checkpoint of another configuration ({', '.join(differ[:4])} differ); "
-                "choose another run dir (hydra.run.dir=...), or rerun with the settings it was started with"
+                f"choose another run dir ({_run_dir_key()}=...), or rerun with the settings it was started with"
             )
     return ckpt
 

@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp import names
-from bnexp.cli import ConfigError, UsageError, fail, guard, one_line, redact
+from bnexp.cli import ConfigError, UsageError, fail, guard, hide_storage_password, mask_url, one_line, redact
 from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
@@ -167,8 +167,8 @@ def _study_name(sw: DictConfig, hc: Any) -> str:
     from hydra.types import RunMode
 
     name = sw.study or sw.name
-    if not sw.study and hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job
-        name = f"{sw.name}-{names.safe(hc.job.override_dirname)}"
+    if hc.mode == RunMode.MULTIRUN and hc.job.override_dirname:  # -m: one study per job, sweep.study given or not
+        name = f"{name}-{names.safe(hc.job.override_dirname)}"
     return name
 
 
@@ -268,11 +268,19 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     from bnexp.sweep import liveness
     from bnexp.sweep.records import build_report, print_summary
     from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
-    from bnexp.sweep.storage import load_study, open_study, spec_record, storage_url
+    from bnexp.sweep.storage import (
+        check_study_name,
+        load_study,
+        open_study,
+        recorded_storage,
+        spec_record,
+        storage_url,
+    )
 
     hc = HydraConfig.get()
     out_dir, task = Path(hc.runtime.output_dir), list(hc.overrides.task)
     sw, notes = resolve(cfg, task)
+    check_study_name(sw.study or sw.name, "sweep.study" if sw.study else "sweep.name")  # before any dir is used
     name = _study_name(sw, hc)
     for n in notes:
         log.info(n)
@@ -290,6 +298,9 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
             print(p["key"])
         return {"design_size": len(pts)}
 
+    from bnexp.sweep.local import check_jobs
+
+    check_jobs(sw)  # a bad sweep.jobs is refused before the study is created, not after
     url = storage_url(sw, out_dir)
     if sw.action == "report":
         study, created = load_study(url, name, sw), False  # a report never creates a study
@@ -298,9 +309,10 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     meta = out_dir / "sweep.json"
     if created or not meta.exists():  # one writer; the same content whoever writes it
         group = names.study_group(name, liveness.study_user_attrs(study).get("spec_hash", ""))
-        write_json_atomic(meta, {"study": name, "storage": redact(url), "design_size": len(pts), "wandb_group": group})
+        rec = {"study": name, "storage": recorded_storage(url, out_dir), "design_size": len(pts), "wandb_group": group}
+        write_json_atomic(meta, rec)
     if sw.action == "create":
-        print(f"study {name!r} ready in {redact(url)}: {len(pts)} points")
+        print(f"study {name!r} ready in {mask_url(url)}: {len(pts)} points")
         return {"design_size": len(pts)}
 
     rule = _judged_by(study, sw)
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
     def go() -> Any:
-        args = translate_flags(list(sys.argv[1:] if argv is None else argv))
+        args = hide_storage_password(translate_flags(list(sys.argv[1:] if argv is None else argv)))
         if "sweep.action=plan" not in args:
             sys.argv = [sys.argv[0], *name_jobs_by_their_swept_keys(args)]
             return _hydra_main()

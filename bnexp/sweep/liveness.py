@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bnexp.cli import one_line
+from bnexp.sweep import faults
 
 log = logging.getLogger("bnexp.sweep")
 
@@ -174,14 +175,69 @@ def _fail_stale_by_attr(study: Any, grace: float) -> int:
     return failed
 
 
+def _fail_trials_of_dead_local_workers(study: Any) -> int:
+    """Fail RUNNING trials whose worker ran on this host and whose process is gone (kill -9): known at once,
+    heartbeat or not. With sweep.heartbeat=0 this is the only check, so a rerun on the same host never waits
+    forever on a dead worker's trial."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        h, _, rest = worker.partition(":")
+        pid = rest.split(" ", 1)[0]
+        if h != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"its worker {worker} is gone (killed)")
+        except Exception:  # finished meanwhile
+            continue
+        failed += set_state(study, t._trial_id, TrialState.FAIL)
+    if failed:
+        log.warning("failed %d trial(s) whose worker on this host is gone", failed)
+    return failed
+
+
+def _give_stale_trials_a_reason(study: Any) -> None:
+    """Optuna's own stale check (SQLite, PostgreSQL) fails a trial without saying why: name it first."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    try:
+        if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+            return
+        stale = storage._get_stale_trial_ids(study._study_id)
+    except Exception as e:  # Optuna's private heartbeat API changed: the trials still fail, without a reason
+        log.debug("cannot list stale trials: %s", one_line(e))
+        return
+    why = "no heartbeat within sweep.grace: its worker was killed, preempted or lost; the point is retried"
+    for tid in stale:
+        try:
+            storage.set_trial_user_attr(tid, "fail_reason", why)
+        except Exception:  # finished meanwhile
+            pass
+
+
 def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     """Fail stale trials (dead workers) and enqueue again each point that has no live or finished trial."""
     import optuna
     from optuna.trial import TrialState
 
+    _give_stale_trials_a_reason(study)
     optuna.storages.fail_stale_trials(study)
     if heartbeat > 0:
         _fail_stale_by_attr(study, max(grace, 2 * heartbeat))
+    _fail_trials_of_dead_local_workers(study)  # the rest: gone before the grace ran out, or no heartbeat at all
     by_key: dict[str, list] = {}
     for t in study.get_trials(deepcopy=False):
         if "key" in t.user_attrs:
@@ -191,7 +247,13 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     for key, ts in by_key.items():
         if any(t.state in live for t in ts):
             continue
-        failed = [t for t in ts if t.state == TrialState.FAIL and not t.user_attrs.get("returned")]
+        failed = [
+            t
+            for t in ts
+            if t.state == TrialState.FAIL
+            and not t.user_attrs.get("returned")
+            and not faults.spent_on_environment(t.user_attrs.get("fail_reason"))  # no retry spent on those
+        ]
         if len(failed) > retries:
             continue
         last = max(ts, key=lambda t: t.number)

@@ -58,6 +58,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_jobs(sw: DictConfig) -> None:
+    """`sweep.jobs` is auto or a whole number >= 1 (checked before the study is created, and again in plan)."""
+    jobs = str(sw.jobs).strip().lower()
+    if jobs != "auto" and (not jobs.isdigit() or int(jobs) < 1):
+        raise ConfigError(f"sweep.jobs={sw.jobs}: give auto or a whole number >= 1 (e.g. sweep.jobs=2)")
+
+
 def plan(
     sw: DictConfig,
     base: DictConfig,
@@ -79,8 +86,7 @@ def plan(
         else:
             n = max(1, min(n_cores, design_size, int(mem // GIB_PER_WORKER) or 1))
     else:
-        if not jobs.isdigit() or int(jobs) < 1:
-            raise ConfigError(f"sweep.jobs={sw.jobs}: give auto or a whole number >= 1 (e.g. sweep.jobs=2)")
+        check_jobs(sw)
         n = int(jobs)
     n = max(1, min(n, design_size))
     return n, max(1, n_cores // n), min(gpus, n)

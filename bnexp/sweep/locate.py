@@ -66,7 +66,9 @@ def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
         storage = os.environ.get("BNEXP_STORAGE")
         if not storage:
             raise ConfigError(f"the study's storage needs its password: set BNEXP_STORAGE or --storage ({recorded})")
-    return storage or recorded, study
+    from bnexp.sweep.storage import storage_from_record  # a relative SQLite path is inside the sweep dir
+
+    return storage or storage_from_record(recorded, sweep_dir), study
 
 
 def storage_and_study(sweep_dir: str | None, storage: str | None, study_name: str | None) -> tuple[str, str]:

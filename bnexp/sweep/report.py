@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.cli import ConfigError, check_writable_dir, guard
+from bnexp.names import BASE_AXES
 from bnexp.sweep.locate import add_rule_args, add_study_args, flag, rule_flags, storage_and_study
 
 
@@ -55,7 +56,7 @@ def _saved(path: Path) -> dict:
 
 
 def _from_csv(path: Path, out: Path, a: argparse.Namespace) -> dict:
-    from bnexp.analysis.report import load_trials_csv, write_report
+    from bnexp.analysis.report import write_report
     from bnexp.analysis.stability import StabilityRule
 
     if not path.is_file():
@@ -63,17 +64,35 @@ def _from_csv(path: Path, out: Path, a: argparse.Namespace) -> dict:
     saved = _saved(path)
     recorded = StabilityRule.of(saved.get("rule"), flag) if saved.get("rule") else StabilityRule()
     rule = _rejudged(recorded, a)
-    trials = load_trials_csv(path)
+    keys = tuple(a.variant_keys.split(",")) if a.variant_keys else tuple(saved.get("variant_keys") or BASE_AXES)
+    trials = _read_trials(path, keys, rule.metric)
     for t in trials:
         t.pop("stable", None)  # recomputed under the (possibly new) rule
     study = a.study_name or saved.get("study") or path.parent.name or "study"
-    keys = (
-        tuple(a.variant_keys.split(","))
-        if a.variant_keys
-        else tuple(saved.get("variant_keys") or ("bn", "bias", "depth"))
-    )
     cmd = f"python -m bnexp.report --trials {path} --out {out}{_flags_txt(a)}"
     return write_report(out, study, trials, rule, [cmd], keys, recorded_rule=recorded, **_figure_kw(a))
+
+
+def _read_trials(path: Path, keys: tuple[str, ...], metric: str) -> list[dict]:
+    """A trials.csv a report wrote, typed; a non-UTF-8 file, a foreign CSV or --variant-keys naming no column
+    is one line naming the fix, never a report of variants called "None-None-dNone"."""
+    import csv
+
+    from bnexp.analysis.report import load_trials_csv
+    from bnexp.cli import one_line
+
+    try:
+        trials = load_trials_csv(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path} is not a trials.csv ({one_line(e)[:100]}); give one a report wrote") from None
+    have = set(trials[0]) if trials else set()
+    missing = [k for k in ("lr", "state", metric, *keys) if k not in have]
+    if missing:
+        raise ConfigError(
+            f"{path} has no column {', '.join(missing)} (it has: {', '.join(sorted(have))[:200] or 'no rows'}); "
+            "give a trials.csv a sweep's report wrote, and --variant-keys from its columns (default bn,bias,depth)"
+        )
+    return trials
 
 
 def _figure_kw(a: argparse.Namespace) -> dict:

@@ -21,18 +21,36 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.cli import ConfigError, one_line, redact
+from bnexp.cli import ConfigError, mask_url, one_line, redact, remember_secret, unmask_url
 from bnexp.record import VAL_ACC
 from bnexp.sweep import liveness
 from bnexp.sweep.spec import LR_PARAM, design
 
 log = logging.getLogger("bnexp.sweep")
 STORAGE_ENV = "BNEXP_STORAGE"
+CREATING = "creating_spec_hash"  # set right after the study is created, before any point: what it is made for
 _RACE = ("already exists", "unique constraint", "duplicate key", "database is locked", "is locked")
 
 
 def storage_url(sw: DictConfig, out_dir: Path) -> str:
-    return sw.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+    """sweep.storage, else $BNEXP_STORAGE, else the out dir's study.db. A `sweep.storage` whose password was
+    masked on the command line (bnexp.cli.hide_storage_password) opens with the real one, kept in the env."""
+    url = unmask_url(sw.storage) if sw.storage else None
+    url = url or os.environ.get(STORAGE_ENV) or f"sqlite:///{(Path(out_dir) / 'study.db').resolve()}"
+    remember_secret(url)
+    return url
+
+
+def check_study_name(name: Any, key: str) -> None:
+    """A study name is also a directory name (outputs/sweeps/<sweep.name>, trials/<study>): one plain path
+    component, so that it never puts a study's files outside its own dir."""
+    from bnexp.names import safe
+
+    if not isinstance(name, str) or name in ("", ".", "..") or safe(name) != name:
+        raise ConfigError(
+            f"{key}={name!r} is not a usable study name: use letters, digits and . _ - + = only, not '.' or '..' "
+            f"(e.g. {key}={safe(str(name)).strip('.') or 'my_study'})"
+        )
 
 
 def _quiet_optuna() -> None:
@@ -79,22 +97,63 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def is_sqlite_in_memory(url: str) -> bool:
+    """`sqlite://`, `sqlite:///:memory:`: a database each process makes for itself and loses at exit."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return False
+    return u.drivername.startswith("sqlite") and (u.database in (None, "", ":memory:") or "mode=memory" in url)
+
+
+def recorded_storage(url: str, out_dir: Path) -> str:
+    """The storage as sweep.json records it: the password masked; a SQLite file inside the out dir relative to
+    it (`sqlite:///study.db`), so that a copied or moved sweep dir reads its own study, not the original's."""
+    path = sqlite_path(url)
+    if path is not None and path.is_absolute() and path.resolve().is_relative_to(Path(out_dir).resolve()):
+        return f"sqlite:///{path.resolve().relative_to(Path(out_dir).resolve())}"
+    return mask_url(url)
+
+
+def storage_from_record(recorded: str, sweep_dir: Path) -> str:
+    """sweep.json's storage as a URL to open: a relative SQLite path is inside the sweep dir (recorded_storage)."""
+    path = sqlite_path(recorded)
+    if path is not None and not path.is_absolute():
+        return f"sqlite:///{(Path(sweep_dir) / path).resolve()}"
+    return recorded
+
+
 def check_sqlite(url: str) -> None:
     """A SQLite study file must pass `PRAGMA integrity_check` before Optuna reads it: a damaged file would give
     a traceback, or worse a report built from the rows that still read. Opened read-only; a new file passes."""
     import sqlite3
     from contextlib import closing
 
+    if is_sqlite_in_memory(url):
+        raise ConfigError(
+            f"storage {url!r} is an in-memory database: each worker would get its own study, gone at exit; "
+            "use a file (sqlite:///study.db), or leave sweep.storage unset for <sweep.out_dir>/study.db"
+        )
     path = sqlite_path(url)
     if path is None or not path.is_file():
         return
+    tables: list[str] = []
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=120)) as db:
             found = [row[0] for row in db.execute("PRAGMA integrity_check(3)")]
+            tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
     except sqlite3.OperationalError:  # locked, unreadable: not damage; opening it through Optuna says why
         return
     except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         found = [str(e)]
+    if found == ["ok"] and tables and "studies" not in tables:  # another program's database: never add to it
+        raise ConfigError(
+            f"{path} is not an Optuna study file (a SQLite database with tables {', '.join(tables[:5])}); nothing "
+            "was written to it. Give a new file or a study's own: sqlite:///<path>/study.db"
+        )
     if found != ["ok"]:
         raise ConfigError(
             f"{path} is damaged (SQLite: {'; '.join(found)[:100]}); nothing was read from it. Restore it from a "
@@ -103,11 +162,30 @@ def check_sqlite(url: str) -> None:
         )
 
 
+def _check_journal_lines(path: Path) -> None:
+    """Every whole line of a journal file is one JSON operation (an object with an op_code): Optuna forgives a
+    last line that is not, as a write cut off, and then fails on the next append. Only a cut-off last line
+    (no newline) is left to Optuna."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                op = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"line {n}: {one_line(e)}") from None
+            if not isinstance(op, dict) or "op_code" not in op:
+                raise ValueError(f"line {n} is not a journal operation")
+
+
 def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
     """An Optuna storage for `url`; a URL that does not open, or a damaged study file, is a ConfigError (password
     masked)."""
     import optuna
 
+    remember_secret(url)
     _quiet_optuna()
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
@@ -115,15 +193,22 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
         path = url[len("journal://") :]
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
+            _check_journal_lines(Path(path))
+            journal = optuna.storages.JournalStorage(JournalFileBackend(path))
+            journal.get_all_studies()  # replay the file now: a damaged one is refused here, not mid-command
+            return journal
         except OSError as e:
             raise ConfigError(f"cannot open storage {url!r}: {e}; use journal:///<writable path>") from None
-        except ValueError as e:  # a line of the journal is not JSON (Optuna forgives only a cut-off last line)
+        except (ValueError, TypeError, KeyError, AssertionError, AttributeError) as e:
+            # a line that is not JSON (Optuna forgives only a cut-off last line), or JSON that is not an operation
             raise ConfigError(
                 f"{path} is damaged ({one_line(e)[:120]}); nothing was read from it. Restore it from a backup, "
                 "or cut the file before its first damaged line (every line is one JSON operation)"
             ) from None
     check_sqlite(url)
+    path = sqlite_path(url)
+    if path is not None and path.is_dir():  # SQLite says only "unable to open database file"
+        raise ConfigError(f"{path} is a directory, not a study file; give sqlite:///{path}/study.db or another file")
     kw: dict[str, Any] = {}
     full = _with_installed_driver(url)
     if full.startswith("sqlite"):
@@ -143,9 +228,14 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
             err = e
             break
     why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
+    if full.startswith("sqlite"):  # a local file: no server to reach
+        raise ConfigError(
+            f"cannot open storage '{mask_url(url)}': {why}; check that the path is a file you can write "
+            "(e.g. sqlite:///study.db) and that its directory exists"
+        ) from None
     raise ConfigError(
         redact(
-            f"cannot open storage {url!r}: {why}; check the URL (e.g. sqlite:///study.db or "
+            f"cannot open storage '{mask_url(url)}': {why}; check the URL (e.g. sqlite:///study.db or "
             f"postgresql://user:pw@host/db) and that the server is reachable"
         )
     ) from None
@@ -164,6 +254,10 @@ def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
     """An existing study, or a ConfigError naming the studies that are there."""
     import optuna
 
+    # reading never writes: opening a SQLite file or a journal that is not there would create it (and its dirs)
+    path = sqlite_path(url) or (Path(url[len("journal://") :]) if url.startswith("journal://") else None)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"no study storage at {path}; give the sweep's dir or its --storage URL")
     storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=_sampler())
@@ -193,11 +287,14 @@ def open_study(
             study = optuna.create_study(
                 study_name=study_name, storage=storage, sampler=_sampler(), direction="maximize"
             )
+            # first: a half-made study names the spec it was being made for, and by whom (host:pid)
+            study.set_user_attr(CREATING, {"spec_hash": h, "by": _this_process()})
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
             study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler())
     old = study.user_attrs.get("spec_hash")
     if old is None and not created:
+        _refuse_half_made(study, sw, h)
         old = _wait_for_spec(study, wait_s)  # its creator is still enqueueing the design
     if old is None:  # we created it (or its creator died before finishing): plan the design
         pts = design(sw)
@@ -223,12 +320,59 @@ def open_study(
     return study, created
 
 
+def _refuse_half_made(study: Any, sw: DictConfig, h: str) -> None:
+    """A study whose creation was cut off (Ctrl-C, kill) holds part of one spec's design: it is finished only
+    under that same spec, never adopted by another (one spec per study)."""
+    making = (liveness.study_user_attrs(study).get(CREATING) or {}).get("spec_hash")
+    have = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
+    n = len(have)
+    # no mark (an older bnexp made it): adopted only if every point it holds is one of this spec's
+    if (making is not None and making != h) or (making is None and not have <= {p["key"] for p in design(sw)}):
+        raise ConfigError(
+            f"study {study.study_name!r} was left half-made ({n} points enqueued, no recorded spec) by a "
+            "command with a different spec; rerun that command to finish it, or use sweep.name=<new name> "
+            "(or delete it: optuna delete-study --study-name NAME --storage URL)"
+        )
+
+
+def _this_process() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _creator_is_gone(study: Any) -> bool:
+    """The study's creator ran on this host and its process is gone: nothing will finish the design but us."""
+    import socket
+
+    by = str((liveness.study_user_attrs(study).get(CREATING) or {}).get("by", ""))
+    host, _, pid = by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process, or an older bnexp: wait for it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _wait_for_spec(study: Any, wait_s: float) -> str | None:
+    if _creator_is_gone(study):
+        log.warning("study %s was left half-made by a stopped command; planning its missing points", study.study_name)
+        return None
+    log.warning(
+        "study %s is being created by another worker (or its creation was cut off); waiting up to %.0f s for "
+        "its design, then planning the missing points here", study.study_name, wait_s
+    )  # fmt: skip
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         old = liveness.study_user_attrs(study).get("spec_hash")
         if old is not None:
             return old
+        if _creator_is_gone(study):  # it stopped while we waited
+            return None
         time.sleep(0.5)
     log.warning(
         "study %s has no recorded spec after %.0f s; planning its missing points here", study.study_name, wait_s

@@ -31,7 +31,7 @@ from bnexp.cli import ConfigError, one_line
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
 from bnexp.record import VAL_ACC
-from bnexp.sweep import liveness
+from bnexp.sweep import faults, liveness
 from bnexp.sweep.records import trial_attrs, trial_records
 from bnexp.sweep.spec import LR_PARAM, grid_axes, point_key, rerun_overrides, trial_cfg
 
@@ -313,7 +313,8 @@ class Worker:
                 return self._fail(trials, INTERRUPTED)
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
-            reason = fail_reason(e)  # one broken trial (OOM, bug, bad data) never stops the sweep
+            faults.stop_if_environment(self, trials, e)  # data, logger, permissions...: exit 2, points waiting
+            reason = fail_reason(e)  # one broken trial (OOM, a bug in training) never stops the sweep
         if reason is not None:  # out of the except block: its traceback no longer pins the trials' tensors
             log.error("trial %s failed: %s", ",".join(str(t.number) for t in trials), reason)
             return self._fail(trials, reason)

@@ -46,7 +46,12 @@ def build_callbacks(cfg: DictConfig) -> list:
     if every["diagnostics_every"]:
         cbs.append(LayerStats(every["diagnostics_every"], histograms=bool(lc.get("log_histograms", True))))
     if every["landscape_every"]:
-        scales = list(lc.get("landscape_scales") or [0.5, 1.0, 2.0, 4.0])
+        scales = list(lc.get("landscape_scales") if lc.get("landscape_scales") is not None else [0.5, 1.0, 2.0, 4.0])
+        if not scales:  # an empty list is a choice the user made: say so, never swap in the defaults
+            raise ConfigError(
+                "logger.landscape_scales=[] gives the landscape probe nothing to measure; give step sizes "
+                "(e.g. logger.landscape_scales=[0.5,1.0,2.0,4.0]) or turn it off with logger.landscape_every=0"
+            )
         try:
             cbs.append(LandscapeProbe(every["landscape_every"], scales))
         except ValueError as e:

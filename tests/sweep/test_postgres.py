@@ -176,20 +176,26 @@ def test_worker_dead_before_its_first_heartbeat_is_failed(pg_url, study_name, tm
 
 
 def test_a_password_in_the_storage_url_is_written_and_printed_nowhere(pg_url, study_name, tmp_path):
-    """A PostgreSQL URL with a password, on the command line and in $BNEXP_STORAGE, through every command that
-    touches the study (create, two local workers logging to W&B, report, status, errors): the password is in no
-    file of the output tree (W&B's offline run files and logs included), no study attr, no printed line."""
+    """A PostgreSQL URL whose password holds `/ @ : % #` and a space (percent-encoded where a URL needs it), on the
+    command line, with -m, and in $BNEXP_STORAGE, through every command that touches the study (create, two local
+    workers logging to W&B, a -m multirun with its W&B sweep-summary runs, report, status, errors): the password
+    is in no file of the output tree (Hydra's multirun.yaml, W&B's offline run files, staging area and logs
+    included), no study attr, no printed line, in any form it may be written in."""
     import json
+    from urllib.parse import quote
 
-    secret = "S3cr3t-" + uuid.uuid4().hex[:8]
+    secret = "S3/cr@t:%x#y z-" + uuid.uuid4().hex[:8]
+    typed = quote(secret, safe="/: ")  # as a URL carries it: `@`, `%`, `#` encoded, `/`, `:`, space as they are
+    forms = {secret, typed, quote(secret, safe=""), "".join("\\" + c if c in ":= " else c for c in typed)}
     scheme, rest = pg_url.split("://", 1)
     user, host = rest.split("@", 1)
-    url = f"{scheme}://{user.split(':')[0]}:{secret}@{host}"  # the test server trusts loopback: any password works
+    url = f"{scheme}://{user.split(':')[0]}:{typed}@{host}"  # the test server trusts loopback: any password works
     out = tmp_path / "sw"
     args = worker_cmd(url, study_name, out)[3:]
     args = [a for a in args if not a.startswith(("sweep.lr.points", "sweep.grid", "logger=", "sweep.jobs"))]
     args += ["sweep.lr.points=2", "sweep.grid.model.bn=[pre]"]
-    env = child_env(WANDB_MODE="offline")
+    no_storage = [a for a in args if not a.startswith("sweep.storage")]
+    env = child_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-staging"), BNEXP_LOG="INFO")
     said = []
 
     def run(*cmd, **kw):
@@ -201,21 +207,42 @@ def test_a_password_in_the_storage_url_is_written_and_printed_nowhere(pg_url, st
     assert r.returncode == 0 and f"postgresql://{user.split(':')[0]}:***@" in r.stdout, r.stderr[-2000:]
     r = run("sweep", *args, "logger=wandb", "sweep.jobs=2", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # $BNEXP_STORAGE as the source: the report rebuilt by the sweep command itself
+    r = run("sweep", *no_storage, "logger=wandb", "--report-only", env={**env, "BNEXP_STORAGE": url})
+    assert r.returncode == 0, r.stderr[-3000:]
+    # -m on the command line: Hydra's sweeper writes multirun.yaml and prints a `#0 : ...` line per job
+    multi = [a.replace(f"sweep.out_dir={out}", f"sweep.out_dir={tmp_path}/multi") for a in args]
+    multi = [a for a in multi if not a.startswith("model.depth")] + ["sweep.lr.points=1", "logger=wandb"]
+    r = run("sweep", "-m", "model.depth=2,3", *multi, env=env)
+    assert r.returncode == 0 and "#0 : " in r.stdout + r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "multi" / "multirun.yaml").is_file()
     assert (
         run("report", "--storage", url, "--study-name", study_name, "--out", str(tmp_path / "rep"), env=env).returncode
         == 0
     )
-    assert run("report", str(out), env=child_env(BNEXP_STORAGE=url)).returncode == 0  # sweep.json holds no password
+    assert run("report", str(out), env={**env, "BNEXP_STORAGE": url}).returncode == 0  # sweep.json holds no password
     assert run("status", "--storage", url, "--study-name", study_name, env=env).returncode == 0
     assert run("report", "--storage", url, "--study-name", "nope", env=env).returncode == 2
     bad = url.replace(host.split("/")[0], "127.0.0.1:1")
-    unreachable = [*(a for a in args if not a.startswith("sweep.storage")), f"sweep.storage={bad}"]
-    assert run("sweep", *unreachable, env=env).returncode == 2
+    assert run("sweep", *no_storage, f"sweep.storage={bad}", env=env).returncode == 2
+    assert run("sweep", *no_storage, env={**env, "BNEXP_STORAGE": bad}).returncode == 2
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
-    study = optuna.load_study(study_name=study_name, storage=make_storage(pg_url))
-    attrs = json.dumps([study.user_attrs, [(t.user_attrs, t.system_attrs) for t in study.get_trials()]])
-    print(f"\ngrepped {len(files)} files (W&B runs: {len(list(out.rglob('*.wandb')))}), {len(said)} commands' "
-          f"stdout+stderr, the study's attrs: {len(leaks)} leaks")  # fmt: skip
-    assert len(list(out.rglob("*.wandb"))) == 3  # 2 trials + the summary run: W&B's records were checked too
-    assert not leaks and secret not in attrs and not [s for s in said if secret in s]
+    leaks = [(str(p), f) for p in files for f in forms if f.encode() in p.read_bytes()]
+    storage = make_storage(pg_url)
+    studies = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(study_name)]
+    attrs = json.dumps(
+        [[study.user_attrs, [(t.user_attrs, t.system_attrs) for t in study.get_trials()]]
+         for study in (optuna.load_study(study_name=n, storage=storage) for n in studies)]
+    )  # fmt: skip
+    for n in studies:
+        if n != study_name:  # the -m jobs' studies; the fixture deletes the first
+            optuna.delete_study(study_name=n, storage=storage)
+    n_runs = len(list(tmp_path.rglob("*.wandb")))
+    print(f"\ngrepped {len(files)} files (W&B runs: {n_runs}), {len(said)} commands' stdout+stderr, {len(studies)} "
+          f"studies' attrs, for {len(forms)} forms of the password: {len(leaks)} leaks")  # fmt: skip
+    assert len(studies) == 3  # the study and the two -m jobs' own studies
+    assert len(list(out.rglob("*.wandb"))) >= 3  # 2 trials + the summary run: W&B's records were checked too
+    assert len(list((tmp_path / "multi").rglob("*.wandb"))) >= 4  # -m: a trial and a summary run per job
+    leaks += [("printed", f) for s in said for f in forms if f in s]
+    leaks += [("study attrs", f) for f in forms if f in attrs]
+    assert not leaks, leaks
