@@ -158,6 +158,8 @@ def train_population(
         compile_model,
         finish_run,
         fit_evaluate,
+        graphs_compiled,
+        log_compiled,
         model_kwargs,
     )
     from bnexp.files import write_text_atomic
@@ -184,7 +186,8 @@ def train_population(
     o, t = cfg.optim, cfg.trainer
     hp = dict(loss=cfg.loss, optim=o.name, momentum=o.momentum, weight_decay=o.weight_decay, log_every=t.log_every)
     module = PopulationModule(model_kwargs(cfg), seeds, lrs, **hp)
-    compile_model(module, t.compile)
+    compile_model(module, t.compile, cfg)
+    g0 = graphs_compiled(module.compile_mode)
     loggers = _member_loggers(cfgs, outs)
     ckpt = outs[0] / POP_CHECKPOINT
     resume = ckpt if ckpt.is_file() else None
@@ -204,6 +207,7 @@ def train_population(
         train_s = fit_evaluate(trainer, module, dm, resume)
     finally:
         torch.backends.cudnn.benchmark = bench
+    new_graphs = log_compiled(module.compile_mode, g0)
     done, wall_s, prov = int(trainer.global_step), time.perf_counter() - t0, provenance(device, t_wall)
     results = []
     for k, (c, out, step) in enumerate(zip(cfgs, outs, module.steps(), strict=True)):
@@ -217,6 +221,8 @@ def train_population(
             provenance=prov,
             resumed_from_step=module.resumed_from_step,
             population=K,
+            compile=module.compile_mode,
+            compile_new_graphs=new_graphs,
         )
         finish_run(out, met, loggers[k] if loggers else False, rule)
         results.append(met)

@@ -219,6 +219,15 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
 
         check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
         n, threads, gpus = local.plan(sw, base, len(pts))
+        if base.trainer.compile == "auto":  # decided once for all the workers: each compiles once, then reuses
+            from optuna.trial import TrialState
+
+            from bnexp.core.compiled import cluster_workers, sweep_mode
+
+            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            mode = sweep_mode(base.trainer, waiting, n * cluster_workers(), gpus, sw.population, sw.max_trials)
+            base.trainer.compile = mode
+            task = [*(o for o in task if o.split("=", 1)[0] != "trainer.compile"), f"trainer.compile={mode}"]
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
         install_signal_handlers(worker)
         others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []

@@ -1,0 +1,152 @@
+"""Compile once, train many: the same sweep through the real command, eager against `trainer.compile=auto`.
+
+    python bench/bench_compile.py                       # CPU: depth 19 bn=pre, 10 lrs x 300 steps, one worker
+    python bench/bench_compile.py --points 12 --warm    # + `auto` again on inductor's now warm on-disk cache
+    python bench/bench_compile.py --device cuda         # on a GPU (auto = reduce-overhead: CUDA graphs)
+
+Each arm runs `python -m bnexp.sweep sweep=lr_stability sweep.grid.model.bn=[pre] sweep.seeds=[0]
+sweep.lr.points=P trainer.max_steps=S sweep.jobs=1 logger=none trainer.compile=MODE` in a subprocess (lrs in
+[1e-4, 3e-2]: every trial trains its S steps, none diverges early), with inductor's cache in a fresh dir (cold).
+Per arm: the whole command's wall time and each trial's wall time (metrics.json `wall_s`: build, fit, the
+validations both ways, the test and the batch-of-1 test). Reported: the steady-state trial (median of trials
+2..P) compiled / eager, the first trial's compile cost (first - steady, compiled), the break-even number of
+trials per worker ((first_c - steady_c) / (steady_e - steady_c)), and the same trial as a plain PyTorch loop in
+this process (bench/bench_step.py's plain_trial: eager, then compiled twice: the second reuses the graphs).
+The arms run in turn (plain eager, sweep eager, sweep auto, plain compiled): on a shared machine, read ratios.
+Writes JSON (--out, default bench/results/compile-<device>.json) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep_arm(mode: str, a: argparse.Namespace, cache: Path, tmp: Path, tag: str) -> dict:
+    out = tmp / tag
+    cmd = [
+        sys.executable, "-m", "bnexp.sweep", "sweep=lr_stability", "sweep.grid.model.bn=[pre]", "sweep.seeds=[0]",
+        f"sweep.lr.points={a.points}", "sweep.lr.low=1e-4", "sweep.lr.high=3e-2", f"trainer.max_steps={a.steps}",
+        f"model.depth={a.depth}", "sweep.jobs=1", "logger=none", f"trainer.compile={mode}", "sweep.progress=false",
+        f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", f"sweep.out_dir={out}",
+    ]  # fmt: skip
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "BNEXP_LOG": "INFO"}
+    env.pop("BNEXP_COMPILE_BACKEND", None)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=a.timeout_s)
+    whole = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{tag}: exit {r.returncode}\n{r.stderr[-3000:]}")
+    trials = sorted((out / "trials").glob("*/*/metrics.json"), key=lambda p: p.parent.name)
+    ms = [json.loads(p.read_text()) for p in trials]
+    walls = [m["wall_s"] for m in ms]
+    decided = [ln.split("] ", 1)[-1] for ln in r.stderr.splitlines() if "trainer.compile=auto ->" in ln]
+    return {
+        "command": " ".join(cmd[1:-1]),
+        "whole_s": whole,
+        "trial_wall_s": walls,
+        "first_s": walls[0],
+        "steady_s": statistics.median(walls[1:]),
+        "compile": sorted({m.get("compile") for m in ms}),
+        "new_graphs": [m.get("compile_new_graphs") for m in ms],
+        "val_acc": [m["val/acc"] for m in ms],
+        "diverged": sum(bool(m["diverged"]) for m in ms),
+        "auto_decision": decided[0] if decided else None,
+    }
+
+
+def plain_arm(mode: str, a: argparse.Namespace, times: int) -> list[float]:
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_step import plain_trial
+
+    from bnexp.core.data import load_mnist, make_splits
+
+    splits = make_splits(load_mnist())
+    return [plain_trial(splits, "pre", a.depth, a.device, mode, steps=a.steps) for _ in range(times)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--points", type=int, default=10, help="lrs in the study (trials of the one worker)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--depth", type=int, default=19)
+    ap.add_argument("--warm", action="store_true", help="run `auto` again on the warm inductor cache")
+    ap.add_argument("--no-plain", action="store_true", help="leave out the plain-loop arms")
+    ap.add_argument("--timeout-s", type=float, default=1800)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_compile_"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "cache-plain")  # the plain arm's compile: cold as well
+    compiled = "reduce-overhead" if a.device == "cuda" else "default"
+    res: dict = {"device": a.device, "points": a.points, "steps": a.steps, "depth": a.depth, "cores": os.cpu_count()}
+    if not a.no_plain:
+        res["plain_eager_s"] = plain_arm("none", a, 1)[0]
+    res["eager"] = sweep_arm("none", a, tmp / "cache-eager", tmp, "eager")
+    res["auto"] = sweep_arm("auto", a, tmp / "cache-auto", tmp, "auto")
+    if a.warm:
+        res["auto_warm"] = sweep_arm("auto", a, tmp / "cache-auto", tmp, "auto-warm")
+    if not a.no_plain:
+        first, second = plain_arm(compiled, a, 2)
+        res.update(plain_compiled_first_s=first, plain_compiled_s=second)
+    e, c = res["eager"], res["auto"]
+    gain = e["steady_s"] - c["steady_s"]
+    res["steady_ratio"] = c["steady_s"] / e["steady_s"]
+    res["compile_cost_s"] = c["first_s"] - c["steady_s"]
+    res["break_even_trials"] = res["compile_cost_s"] / gain + 1 if gain > 0 else None
+    res["break_even_steps"] = res["compile_cost_s"] / gain * a.steps if gain > 0 else None
+    res["whole_ratio"] = c["whole_s"] / e["whole_s"]
+    out = Path(a.out or REPO / "bench" / "results" / f"compile-{a.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(table(res))
+    print(f"wrote {out}")
+
+
+def table(r: dict) -> str:
+    e, c = r["eager"], r["auto"]
+    rows = [
+        "| arm | first trial | trials 2.. (median) | whole command | vs eager (steady) |",
+        "|---|---:|---:|---:|---:|",
+        f"| sweep, `trainer.compile=none` | {e['first_s']:.1f} s | {e['steady_s']:.1f} s | {e['whole_s']:.0f} s "
+        "| 1.00 |",
+        f"| sweep, `trainer.compile=auto` ({', '.join(map(str, c['compile']))}) | {c['first_s']:.1f} s | "
+        f"{c['steady_s']:.1f} s | {c['whole_s']:.0f} s | {r['steady_ratio']:.2f} |",
+    ]
+    if "auto_warm" in r:
+        w = r["auto_warm"]
+        rows.append(
+            f"| sweep, `auto`, inductor cache warm | {w['first_s']:.1f} s | {w['steady_s']:.1f} s | "
+            f"{w['whole_s']:.0f} s | {w['steady_s'] / e['steady_s']:.2f} |"
+        )
+    if "plain_eager_s" in r:
+        pe = r["plain_eager_s"]
+        rows.append(f"| plain loop, eager | {pe:.1f} s | | | {pe / e['steady_s']:.2f} |")
+        if "plain_compiled_s" in r:
+            rows.append(
+                f"| plain loop, compiled | {r['plain_compiled_first_s']:.1f} s | {r['plain_compiled_s']:.1f} s | | "
+                f"{r['plain_compiled_s'] / e['steady_s']:.2f} |"
+            )
+    be = r["break_even_trials"]
+    rows += [
+        "",
+        f"compile cost (first - steady, compiled): {r['compile_cost_s']:.1f} s; break-even: "
+        + (f"{be:.1f} trials of {r['steps']} steps per worker ({r['break_even_steps']:.0f} steps)" if be else "never")
+        + f"; whole command auto / eager: {r['whole_ratio']:.2f}; auto decided: {c['auto_decision']}",
+        f"graphs compiled per trial (auto): {c['new_graphs']}; "
+        f"diverged trials: {e['diverged']} eager, {c['diverged']} auto",
+    ]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
