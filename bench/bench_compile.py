@@ -31,16 +31,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def sweep_arm(mode: str, a: argparse.Namespace, cache: Path, tmp: Path, tag: str) -> dict:
+def sweep_arm(
+    mode: str, a: argparse.Namespace, cache: Path, tmp: Path, tag: str, extra: tuple = (), backend: bool = False
+) -> dict:
+    """One arm: the sweep command in a subprocess (`extra`: more overrides; `backend`: keep
+    $BNEXP_COMPILE_BACKEND, else inductor); its whole time, each trial's wall time, what it compiled."""
     out = tmp / tag
     cmd = [
         sys.executable, "-m", "bnexp.sweep", "sweep=lr_stability", "sweep.grid.model.bn=[pre]", "sweep.seeds=[0]",
         f"sweep.lr.points={a.points}", "sweep.lr.low=1e-4", "sweep.lr.high=3e-2", f"trainer.max_steps={a.steps}",
         f"model.depth={a.depth}", "sweep.jobs=1", "logger=none", f"trainer.compile={mode}", "sweep.progress=false",
-        f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", f"sweep.out_dir={out}",
+        f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", *extra, f"sweep.out_dir={out}",
     ]  # fmt: skip
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "BNEXP_LOG": "INFO"}
-    env.pop("BNEXP_COMPILE_BACKEND", None)
+    if not backend:
+        env.pop("BNEXP_COMPILE_BACKEND", None)
     t = time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=a.timeout_s)
     whole = time.perf_counter() - t
@@ -74,6 +79,20 @@ def plain_arm(mode: str, a: argparse.Namespace, times: int) -> list[float]:
     return [plain_trial(splits, "pre", a.depth, a.device, mode, steps=a.steps) for _ in range(times)]
 
 
+def compare(e: dict, c: dict, steps: int) -> dict:
+    """Eager arm `e` against compiled arm `c`: the steady-state ratio, the compile cost, the break-even (trials
+    of `steps` steps per worker, and steps), the whole command's ratio."""
+    gain = e["steady_s"] - c["steady_s"]
+    cost = c["first_s"] - c["steady_s"]
+    return {
+        "steady_ratio": c["steady_s"] / e["steady_s"],
+        "compile_cost_s": cost,
+        "break_even_trials": cost / gain + 1 if gain > 0 else None,
+        "break_even_steps": cost / gain * steps if gain > 0 else None,
+        "whole_ratio": c["whole_s"] / e["whole_s"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -98,13 +117,7 @@ def main() -> None:
     if not a.no_plain:
         first, second = plain_arm(compiled, a, 2)
         res.update(plain_compiled_first_s=first, plain_compiled_s=second)
-    e, c = res["eager"], res["auto"]
-    gain = e["steady_s"] - c["steady_s"]
-    res["steady_ratio"] = c["steady_s"] / e["steady_s"]
-    res["compile_cost_s"] = c["first_s"] - c["steady_s"]
-    res["break_even_trials"] = res["compile_cost_s"] / gain + 1 if gain > 0 else None
-    res["break_even_steps"] = res["compile_cost_s"] / gain * a.steps if gain > 0 else None
-    res["whole_ratio"] = c["whole_s"] / e["whole_s"]
+    res.update(compare(res["eager"], res["auto"], a.steps))
     out = Path(a.out or REPO / "bench" / "results" / f"compile-{a.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -305,6 +305,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
         enable_model_summary=False,
         enable_progress_bar=t.progress_bar,
         num_sanity_val_steps=0,
+        # the test passes under no_grad as the validations during fit are (Lightning runs those so): under
+        # inference_mode a compiled net would need its evaluation graph a second time (another grad-mode guard)
+        inference_mode=False,
         default_root_dir=str(out_dir),
     )
 
