@@ -6,12 +6,13 @@
 
 Each arm runs `python -m bnexp.sweep sweep=lr_stability sweep.grid.model.bn=[pre] sweep.seeds=[0]
 sweep.lr.points=P trainer.max_steps=S sweep.jobs=1 logger=none trainer.compile=MODE` in a subprocess (lrs in
-[1e-4, 3e-2]: every trial trains its S steps, none diverges early), with inductor's cache in a fresh dir (cold).
+[1e-4, 3e-2]: every trial trains its S steps, none diverges early), with inductor's cache in a fresh dir (cold);
+--threads N gives each arm N OpenMP/torch threads, --break-even N lowers auto's threshold to a smaller design.
 Per arm: the whole command's wall time and each trial's wall time (metrics.json `wall_s`: build, fit, the
 validations both ways, the test and the batch-of-1 test). Reported: the steady-state trial (median of trials
 2..P) compiled / eager, the first trial's compile cost (first - steady, compiled), the break-even number of
 trials per worker ((first_c - steady_c) / (steady_e - steady_c)), and the same trial as a plain PyTorch loop in
-this process (bench/bench_step.py's plain_trial: eager, then compiled twice: the second reuses the graphs).
+this process (bench/bench_step.py's plain_trial: eager, then compiled twice, on the auto arm's inductor cache).
 The arms run in turn (plain eager, sweep eager, sweep auto, plain compiled): on a shared machine, read ratios.
 Writes JSON (--out, default bench/results/compile-<device>.json) and prints a Markdown table.
 """
@@ -44,6 +45,10 @@ def sweep_arm(
         f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", *extra, f"sweep.out_dir={out}",
     ]  # fmt: skip
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "BNEXP_LOG": "INFO"}
+    if getattr(a, "threads", 0):  # a shared machine: OpenMP threads that wait on busy cores cost far more than 1
+        env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    if getattr(a, "break_even", None) is not None and mode == "auto":
+        extra = (*extra, f"trainer.compile_break_even_steps={a.break_even}")
     if not backend:
         env.pop("BNEXP_COMPILE_BACKEND", None)
     t = time.perf_counter()
@@ -101,13 +106,27 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=19)
     ap.add_argument("--warm", action="store_true", help="run `auto` again on the warm inductor cache")
     ap.add_argument("--no-plain", action="store_true", help="leave out the plain-loop arms")
-    ap.add_argument("--timeout-s", type=float, default=1800)
+    ap.add_argument("--threads", type=int, default=0, help="OMP/torch threads per arm (0: torch's default)")
+    ap.add_argument(
+        "--break-even",
+        type=int,
+        default=None,
+        help="trainer.compile_break_even_steps for the auto arm (a design smaller than the break-even: what a "
+        "longer sweep would decide, measured on fewer trials)",
+    )
+    ap.add_argument("--timeout-s", type=float, default=3600)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_compile_"))
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "cache-plain")  # the plain arm's compile: cold as well
+    # the plain loop compiles the same graphs as the auto arm: it runs after it on its (then warm) inductor cache
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "cache-auto")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     compiled = "reduce-overhead" if a.device == "cuda" else "default"
     res: dict = {"device": a.device, "points": a.points, "steps": a.steps, "depth": a.depth, "cores": os.cpu_count()}
+    res.update(threads=a.threads or None, break_even_override=a.break_even)
     if not a.no_plain:
         res["plain_eager_s"] = plain_arm("none", a, 1)[0]
     res["eager"] = sweep_arm("none", a, tmp / "cache-eager", tmp, "eager")

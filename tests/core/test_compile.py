@@ -128,8 +128,9 @@ def test_a_sweep_mixing_variants_compiles_once_per_variant_and_judges_as_eager(t
     for m in ms:
         firsts.setdefault(m["bn"], []).append(m["compile_new_graphs"])
     assert set(firsts) == {"off", "pre"}
-    for bn, news in firsts.items():
-        assert len(news) == 3 and news[0] == 4 and news[1:] == [0, 0], (bn, news)
+    # the first trial of each variant compiles its training step and evaluation passes (no batch-statistics
+    # pass without BN); the others compile nothing
+    assert firsts == {"off": [3, 0, 0], "pre": [4, 0, 0]}, firsts
     eager_summary, eager_ms = res["none"]
     verdict = lambda s: [(v["label"], v["n_stable"], v["stable_lr_min"], v["stable_lr_max"]) for v in s["variants"]]  # noqa: E731
     assert verdict(summary) == verdict(eager_summary)
