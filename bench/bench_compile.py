@@ -59,6 +59,7 @@ def sweep_arm(
     trials = sorted((out / "trials").glob("*/*/metrics.json"), key=lambda p: p.parent.name)
     ms = [json.loads(p.read_text()) for p in trials]
     walls = [m["wall_s"] for m in ms]
+    cpus = [m["cpu_s"] for m in ms]
     decided = [ln.split("] ", 1)[-1] for ln in r.stderr.splitlines() if "trainer.compile=auto ->" in ln]
     return {
         "command": " ".join(cmd[1:-1]),
@@ -66,6 +67,9 @@ def sweep_arm(
         "trial_wall_s": walls,
         "first_s": walls[0],
         "steady_s": statistics.median(walls[1:]),
+        "trial_cpu_s": cpus,
+        "first_cpu_s": cpus[0],
+        "steady_cpu_s": statistics.median(cpus[1:]),
         "compile": sorted({m.get("compile") for m in ms}),
         "new_graphs": [m.get("compile_new_graphs") for m in ms],
         "val_acc": [m["val/acc"] for m in ms],
@@ -81,7 +85,12 @@ def plain_arm(mode: str, a: argparse.Namespace, times: int) -> list[float]:
     from bnexp.core.data import load_mnist, make_splits
 
     splits = make_splits(load_mnist())
-    return [plain_trial(splits, "pre", a.depth, a.device, mode, steps=a.steps) for _ in range(times)]
+    out = []
+    for _ in range(times):
+        c = time.process_time()
+        wall = plain_trial(splits, "pre", a.depth, a.device, mode, steps=a.steps)
+        out.append((wall, time.process_time() - c))
+    return out
 
 
 def compare(e: dict, c: dict, steps: int) -> dict:
@@ -91,6 +100,7 @@ def compare(e: dict, c: dict, steps: int) -> dict:
     cost = c["first_s"] - c["steady_s"]
     return {
         "steady_ratio": c["steady_s"] / e["steady_s"],
+        "steady_cpu_ratio": c["steady_cpu_s"] / e["steady_cpu_s"],
         "compile_cost_s": cost,
         "break_even_trials": cost / gain + 1 if gain > 0 else None,
         "break_even_steps": cost / gain * steps if gain > 0 else None,
@@ -128,14 +138,14 @@ def main() -> None:
     res: dict = {"device": a.device, "points": a.points, "steps": a.steps, "depth": a.depth, "cores": os.cpu_count()}
     res.update(threads=a.threads or None, break_even_override=a.break_even)
     if not a.no_plain:
-        res["plain_eager_s"] = plain_arm("none", a, 1)[0]
+        res["plain_eager_s"], res["plain_eager_cpu_s"] = plain_arm("none", a, 1)[0]
     res["eager"] = sweep_arm("none", a, tmp / "cache-eager", tmp, "eager")
     res["auto"] = sweep_arm("auto", a, tmp / "cache-auto", tmp, "auto")
     if a.warm:
         res["auto_warm"] = sweep_arm("auto", a, tmp / "cache-auto", tmp, "auto-warm")
     if not a.no_plain:
-        first, second = plain_arm(compiled, a, 2)
-        res.update(plain_compiled_first_s=first, plain_compiled_s=second)
+        (first, _), (second, second_cpu) = plain_arm(compiled, a, 2)
+        res.update(plain_compiled_first_s=first, plain_compiled_s=second, plain_compiled_cpu_s=second_cpu)
     res.update(compare(res["eager"], res["auto"], a.steps))
     out = Path(a.out or REPO / "bench" / "results" / f"compile-{a.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,28 +156,29 @@ def main() -> None:
 
 def table(r: dict) -> str:
     e, c = r["eager"], r["auto"]
+    ew, ec = e["steady_s"], e["steady_cpu_s"]
+
+    def row(name: str, first: float | None, wall: float, cpu: float, whole: float | None) -> str:
+        f = "" if first is None else f"{first:.1f} s"
+        w = "" if whole is None else f"{whole:.0f} s"
+        return f"| {name} | {f} | {wall:.1f} s | {cpu:.1f} s | {w} | {wall / ew:.2f} | {cpu / ec:.2f} |"
+
     rows = [
-        "| arm | first trial | trials 2.. (median) | whole command | vs eager (steady) |",
-        "|---|---:|---:|---:|---:|",
-        f"| sweep, `trainer.compile=none` | {e['first_s']:.1f} s | {e['steady_s']:.1f} s | {e['whole_s']:.0f} s "
-        "| 1.00 |",
-        f"| sweep, `trainer.compile=auto` ({', '.join(map(str, c['compile']))}) | {c['first_s']:.1f} s | "
-        f"{c['steady_s']:.1f} s | {c['whole_s']:.0f} s | {r['steady_ratio']:.2f} |",
-    ]
+        "| arm | first trial | later trials (median) | their CPU time | whole command | wall vs eager | CPU vs eager |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        row("sweep, `trainer.compile=none`", e["first_s"], ew, ec, e["whole_s"]),
+        row(f"sweep, `trainer.compile=auto` ({', '.join(map(str, c['compile']))})", c["first_s"], c["steady_s"],
+            c["steady_cpu_s"], c["whole_s"]),
+    ]  # fmt: skip
     if "auto_warm" in r:
         w = r["auto_warm"]
         rows.append(
-            f"| sweep, `auto`, inductor cache warm | {w['first_s']:.1f} s | {w['steady_s']:.1f} s | "
-            f"{w['whole_s']:.0f} s | {w['steady_s'] / e['steady_s']:.2f} |"
+            row("sweep, `auto`, inductor cache warm", w["first_s"], w["steady_s"], w["steady_cpu_s"], w["whole_s"])
         )
     if "plain_eager_s" in r:
-        pe = r["plain_eager_s"]
-        rows.append(f"| plain loop, eager | {pe:.1f} s | | | {pe / e['steady_s']:.2f} |")
+        rows.append(row("plain loop, eager", None, r["plain_eager_s"], r["plain_eager_cpu_s"], None))
         if "plain_compiled_s" in r:
-            rows.append(
-                f"| plain loop, compiled | {r['plain_compiled_first_s']:.1f} s | {r['plain_compiled_s']:.1f} s | | "
-                f"{r['plain_compiled_s'] / e['steady_s']:.2f} |"
-            )
+            rows.append(row("plain loop, compiled", None, r["plain_compiled_s"], r["plain_compiled_cpu_s"], None))
     be = r["break_even_trials"]
     rows += [
         "",

@@ -355,7 +355,7 @@ def train(
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    t0, t_wall = time.perf_counter(), time.time()
+    t0, t_wall, cpu0 = time.perf_counter(), time.time(), time.process_time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
     resume = _resume_point(cfg, out)  # a finished run there is refused; a stopped one is resumed
@@ -403,6 +403,7 @@ def train(
         resumed_from_step=module.resumed_from_step,
         compile=module.compile_mode,
         compile_new_graphs=new_graphs,
+        cpu_s=time.process_time() - cpu0,  # this process's CPU time (all its threads): wall_s on a shared machine
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, rule)
