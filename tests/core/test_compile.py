@@ -112,6 +112,26 @@ def test_a_diverging_compiled_trial_stops_cleanly_and_the_next_starts_fresh(tmp_
     assert good["val/loss"] == pytest.approx(eager["val/loss"], rel=1e-5)
 
 
+def test_a_run_stopped_compiled_resumes_eager(tmp_path, aot_eager):
+    """`auto` may decide otherwise when a stopped sweep is rerun with fewer points left: a checkpoint taken
+    compiled (keys under torch.compile's `_orig_mod.`) resumes eagerly and ends as the uninterrupted run."""
+    from lightning.pytorch.callbacks import Callback
+
+    from bnexp.core.train import StopRequested
+
+    class StopAt(Callback):
+        def on_train_batch_start(self, trainer, *a):
+            if trainer.global_step == 7:
+                raise StopRequested("preempted")
+
+    whole = train(compose_cfg([*SHORT, "trainer.compile=none"]), output_dir=tmp_path / "whole")
+    with pytest.raises(StopRequested):
+        train(compose_cfg([*SHORT, "trainer.compile=default"]), output_dir=tmp_path / "cut", callbacks=[StopAt()])
+    resumed = train(compose_cfg([*SHORT, "trainer.compile=none"]), output_dir=tmp_path / "cut")
+    assert resumed["resumed_from_step"] == 7 and resumed["step"] == 12
+    assert resumed["val/loss"] == pytest.approx(whole["val/loss"], rel=1e-5)
+
+
 def test_a_sweep_mixing_variants_compiles_once_per_variant_and_judges_as_eager(tmp_path, aot_eager):
     """Two variants x 3 lrs in one worker: each variant's first trial compiles, its others reuse; the stability
     verdicts equal the eager sweep's."""
