@@ -38,6 +38,8 @@ def sweep_arm(
     """One arm: the sweep command in a subprocess (`extra`: more overrides; `backend`: keep
     $BNEXP_COMPILE_BACKEND, else inductor); its whole time, each trial's wall time, what it compiled."""
     out = tmp / tag
+    if getattr(a, "break_even", None) is not None and mode == "auto":
+        extra = (*extra, f"trainer.compile_break_even_steps={a.break_even}")
     cmd = [
         sys.executable, "-m", "bnexp.sweep", "sweep=lr_stability", "sweep.grid.model.bn=[pre]", "sweep.seeds=[0]",
         f"sweep.lr.points={a.points}", "sweep.lr.low=1e-4", "sweep.lr.high=3e-2", f"trainer.max_steps={a.steps}",
@@ -47,8 +49,6 @@ def sweep_arm(
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "BNEXP_LOG": "INFO"}
     if getattr(a, "threads", 0):  # a shared machine: OpenMP threads that wait on busy cores cost far more than 1
         env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
-    if getattr(a, "break_even", None) is not None and mode == "auto":
-        extra = (*extra, f"trainer.compile_break_even_steps={a.break_even}")
     if not backend:
         env.pop("BNEXP_COMPILE_BACKEND", None)
     t = time.perf_counter()
