@@ -31,10 +31,12 @@ from typing import Any
 log = logging.getLogger("bnexp")
 
 # The break-even of `auto`, in training steps per process: what compiling one variant costs (its training step
-# and evaluation passes, inductor's cache cold) over what it saves per step. CPU: measured by bench/bench_compile.py
-# on 2 shared cores, depth 19 bn=pre (README, "Compile"): about 55 s of compilation against about 17 ms saved per
-# step (evaluation passes included). CUDA: an estimate until bench/gpu_check.py's compile section has run on a GPU
-# (reduce-overhead saves ~9.4 ms per step on an H100, 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
+# and evaluation passes, inductor's cache cold) over what it saves per step. CPU: a 2-thread process, depth 19
+# bn=pre, 300-step trials on this project's 2-core machine: ~57 s of compilation (trial 1 68.7 s) against ~5.6 s
+# saved per trial (11.4 s vs 17.0 s), ~19 ms per step, evaluation passes included. A 1-thread process saved
+# nothing measurable (bench/bench_compile.py --threads 1, README "Compile"): choose() keeps it eager. CUDA: an
+# estimate until bench/gpu_check.py's compile section has run on a GPU (reduce-overhead saves ~9.4 ms per step on
+# an H100, 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
 BREAK_EVEN_STEPS = {"cpu": 3000, "cuda": 6000}
 COMPILED_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
 # graphs per code object before dynamo gives up and runs eagerly: every variant in a process adds its training
@@ -52,14 +54,18 @@ def device_type(accelerator: str, cuda_available: bool) -> str:
     return "cpu"
 
 
-def choose(mode: str, device: str, runs: int, steps: int, break_even_steps: int | None = None) -> str:
+def choose(mode: str, device: str, runs: int, steps: int, break_even_steps: int | None = None, threads: int = 0) -> str:
     """The compile mode to use: `mode` itself unless it is "auto". `auto` compiles when the `runs` trainings of
     `steps` steps one process is expected to run (a sweep worker's share of the waiting points; 1 for a single
     run) reach the break-even (`break_even_steps`, else BREAK_EVEN_STEPS for the device), with reduce-overhead
-    (CUDA graphs) on a GPU and inductor's default on a CPU; below it, eager ("none")."""
+    (CUDA graphs) on a GPU and inductor's default on a CPU; below it, eager ("none"). A single-threaded CPU
+    process (`threads` == 1: sweep.jobs=auto's CPU workers) stays eager unless `break_even_steps` is given:
+    measured, its compiled trials are no faster (README, "Compile")."""
     if mode != "auto":
         return mode
     dev = "cuda" if device == "cuda" else "cpu"
+    if dev == "cpu" and threads == 1 and break_even_steps is None:
+        return "none"
     need = BREAK_EVEN_STEPS[dev] if break_even_steps is None else int(break_even_steps)
     return COMPILED_MODE[dev] if runs * steps >= need else "none"
 
@@ -191,16 +197,23 @@ def match_state_keys(state: dict[str, Any], own: dict[str, Any]) -> dict[str, An
     return out
 
 
-def sweep_mode(trainer: Any, waiting: int, workers: int, gpus: int, population: int, max_trials: int | None) -> str:
+def sweep_mode(
+    trainer: Any, waiting: int, workers: int, gpus: int, population: int, max_trials: int | None, threads: int = 0
+) -> str:
     """`auto` decided once for a sweep's workers (the same answer for each: each compiles once, then reuses):
-    `waiting` points shared by `workers` processes, on GPUs if `gpus`. Logs the decision and its numbers."""
+    `waiting` points shared by `workers` processes of `threads` threads (0: this process's), on GPUs if `gpus`.
+    Logs the decision and its numbers."""
     runs = runs_per_worker(waiting, workers, population, max_trials)
     dev = "cuda" if gpus else "cpu"
-    mode = choose(trainer.compile, dev, runs, int(trainer.max_steps), trainer.compile_break_even_steps)
+    if not threads:  # this process's own (one worker): what OMP_NUM_THREADS or torch gave it
+        import torch
+
+        threads = torch.get_num_threads()
+    mode = choose(trainer.compile, dev, runs, int(trainer.max_steps), trainer.compile_break_even_steps, threads)
     need = BREAK_EVEN_STEPS[dev] if trainer.compile_break_even_steps is None else trainer.compile_break_even_steps
     log.info(
         "trainer.compile=%s -> %s: %d waiting point(s), %d worker(s): ~%d training(s) of %d steps per worker "
-        "on %s (compiling pays from %d steps)",
-        *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, need),
+        "on %s, %d thread(s) (compiling pays from %d steps; a CPU worker needs 2+ threads)",
+        *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, threads, need),
     )
     return mode

@@ -225,7 +225,9 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
             from bnexp.core.compiled import cluster_workers, sweep_mode
 
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            mode = sweep_mode(base.trainer, waiting, n * cluster_workers(), gpus, sw.population, sw.max_trials)
+            workers = n * cluster_workers()
+            t = threads if n > 1 else 0  # one worker: torch's own thread count (OMP_NUM_THREADS)
+            mode = sweep_mode(base.trainer, waiting, workers, gpus, sw.population, sw.max_trials, t)
             base.trainer.compile = mode
             task = [*(o for o in task if o.split("=", 1)[0] != "trainer.compile"), f"trainer.compile={mode}"]
         worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)

@@ -33,6 +33,11 @@ def test_auto_compiles_where_a_worker_trains_enough_steps():
     assert choose("auto", "cpu", runs=1, steps=800) == "none"  # a single bnexp.run: eager
     assert choose("auto", "cpu", runs=4, steps=300) == "none"  # below the CPU break-even (3000 steps)
     assert choose("auto", "cpu", runs=10, steps=300) == "default"
+    # sweep.jobs=auto's single-threaded CPU workers: no measured gain, eager unless a break-even is given
+    assert choose("auto", "cpu", runs=100, steps=800, threads=1) == "none"
+    assert choose("auto", "cpu", runs=100, steps=800, threads=2) == "default"
+    assert choose("auto", "cpu", runs=1, steps=800, break_even_steps=100, threads=1) == "default"
+    assert choose("auto", "cuda", runs=100, steps=800, threads=1) == "reduce-overhead"
     assert choose("auto", "cuda", runs=1, steps=800) == "none"
     assert choose("auto", "cuda", runs=24, steps=800) == "reduce-overhead"  # a GPU: CUDA graphs
     assert choose("auto", "cuda", runs=2, steps=800, break_even_steps=1000) == "reduce-overhead"
