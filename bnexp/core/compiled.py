@@ -31,13 +31,14 @@ from typing import Any
 log = logging.getLogger("bnexp")
 
 # The break-even of `auto`, in training steps per process: what compiling one variant costs (its training step
-# and evaluation passes, inductor's cache cold) over what it saves per step. CPU: a 2-thread process, depth 19
-# bn=pre, 300-step trials on this project's 2-core machine: ~57 s of compilation (trial 1 68.7 s) against ~5.6 s
-# saved per trial (11.4 s vs 17.0 s), ~19 ms per step, evaluation passes included. A 1-thread process saved
-# nothing measurable (bench/bench_compile.py --threads 1, README "Compile"): choose() keeps it eager. CUDA: an
-# estimate until bench/gpu_check.py's compile section has run on a GPU (reduce-overhead saves ~9.4 ms per step on
-# an H100, 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
-BREAK_EVEN_STEPS = {"cpu": 3000, "cuda": 6000}
+# and evaluation passes, inductor's cache cold) over what it saves per step. CPU, 2 threads, depth 19 bn=pre,
+# 300-step trials on this project's 2-core machine: ~57 s of compilation (trial 1 68.7 s) against ~5.6 s saved per
+# trial (11.4 s vs 17.0 s), ~19 ms per step. CPU, 1 thread (sweep.jobs=auto's CPU workers), measured on the same
+# machine under load (README, "Compile"): 253 s of compilation through the real command, and 0.81x eager per step
+# in an interleaved plain-loop A/B, ~14 ms of a ~74 ms step: ~18000 steps. CUDA: an estimate until
+# bench/gpu_check.py's compile section has run on a GPU (reduce-overhead saves ~9.4 ms per step on an H100,
+# 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
+BREAK_EVEN_STEPS = {"cpu": 3000, "cpu-1-thread": 18000, "cuda": 6000}
 COMPILED_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
 # graphs per code object before dynamo gives up and runs eagerly: every variant in a process adds its training
 # graph and ~4 evaluation graphs to the same forward (torch's default, 8, is two variants)
@@ -59,15 +60,19 @@ def choose(mode: str, device: str, runs: int, steps: int, break_even_steps: int 
     `steps` steps one process is expected to run (a sweep worker's share of the waiting points; 1 for a single
     run) reach the break-even (`break_even_steps`, else BREAK_EVEN_STEPS for the device), with reduce-overhead
     (CUDA graphs) on a GPU and inductor's default on a CPU; below it, eager ("none"). A single-threaded CPU
-    process (`threads` == 1: sweep.jobs=auto's CPU workers) stays eager unless `break_even_steps` is given:
-    measured, its compiled trials are no faster (README, "Compile")."""
+    process (`threads` == 1: sweep.jobs=auto's CPU workers) has its own, higher break-even."""
     if mode != "auto":
         return mode
     dev = "cuda" if device == "cuda" else "cpu"
-    if dev == "cpu" and threads == 1 and break_even_steps is None:
-        return "none"
-    need = BREAK_EVEN_STEPS[dev] if break_even_steps is None else int(break_even_steps)
+    need = break_even(dev, threads) if break_even_steps is None else int(break_even_steps)
     return COMPILED_MODE[dev] if runs * steps >= need else "none"
+
+
+def break_even(device: str, threads: int = 0) -> int:
+    """auto's threshold in steps per process for a device ('cpu', 'cuda') and a CPU process's thread count."""
+    if device == "cuda":
+        return BREAK_EVEN_STEPS["cuda"]
+    return BREAK_EVEN_STEPS["cpu-1-thread" if threads == 1 else "cpu"]
 
 
 def runs_per_worker(points: int, workers: int, population: int = 1, max_trials: int | None = None) -> int:
@@ -210,10 +215,10 @@ def sweep_mode(
 
         threads = torch.get_num_threads()
     mode = choose(trainer.compile, dev, runs, int(trainer.max_steps), trainer.compile_break_even_steps, threads)
-    need = BREAK_EVEN_STEPS[dev] if trainer.compile_break_even_steps is None else trainer.compile_break_even_steps
+    need = break_even(dev, threads) if trainer.compile_break_even_steps is None else trainer.compile_break_even_steps
     log.info(
         "trainer.compile=%s -> %s: %d waiting point(s), %d worker(s): ~%d training(s) of %d steps per worker "
-        "on %s, %d thread(s) (compiling pays from %d steps; a CPU worker needs 2+ threads)",
+        "on %s, %d thread(s) (compiling pays from %d steps)",
         *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, threads, need),
     )
     return mode
