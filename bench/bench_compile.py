@@ -12,7 +12,8 @@ Per arm: the whole command's wall time and each trial's wall time (metrics.json 
 validations both ways, the test and the batch-of-1 test). Reported: the steady-state trial (median of trials
 2..P) compiled / eager, the first trial's compile cost (first - steady, compiled), the break-even number of
 trials per worker ((first_c - steady_c) / (steady_e - steady_c)), and the same trial as a plain PyTorch loop in
-this process (bench/bench_step.py's plain_trial: eager, then compiled twice, on the auto arm's inductor cache).
+this process (bench/bench_step.py's plain_trial: eager, then compiled twice, on the auto arm's inductor cache),
+and ms per plain-loop step eager vs compiled, interleaved over 3 rounds (bench_step.plain_steps).
 The arms run in turn (plain eager, sweep eager, sweep auto, plain compiled): on a shared machine, read ratios.
 Writes JSON (--out, default bench/results/compile-<device>.json) and prints a Markdown table.
 """
@@ -93,6 +94,25 @@ def plain_arm(mode: str, a: argparse.Namespace, times: int) -> list[float]:
     return out
 
 
+def step_ab(a: argparse.Namespace, compiled: str, rounds: int = 3, steps: int = 40) -> dict:
+    """ms per training step of the plain loop (bench_step.plain_steps), eager and compiled, interleaved over
+    `rounds` (which goes first alternates): a per-step ratio that load swings between arms cannot fake."""
+    import statistics as st
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_step import plain_steps
+
+    from bnexp.core.data import load_mnist, make_splits
+
+    splits = make_splits(load_mnist())
+    ms: dict[str, list[float]] = {"none": [], compiled: []}
+    for r in range(rounds):
+        for mode in ("none", compiled) if r % 2 == 0 else (compiled, "none"):
+            ms[mode].append(1000 * plain_steps(splits, "pre", a.depth, steps, 10 if r == 0 else 5, a.device, mode))
+    e, c = st.median(ms["none"]), st.median(ms[compiled])
+    return {"eager_ms": e, "compiled_ms": c, "ratio": c / e, "rounds": ms}
+
+
 def compare(e: dict, c: dict, steps: int) -> dict:
     """Eager arm `e` against compiled arm `c`: the steady-state ratio, the compile cost, the break-even (trials
     of `steps` steps per worker, and steps), the whole command's ratio."""
@@ -146,6 +166,7 @@ def main() -> None:
     if not a.no_plain:
         (first, _), (second, second_cpu) = plain_arm(compiled, a, 2)
         res.update(plain_compiled_first_s=first, plain_compiled_s=second, plain_compiled_cpu_s=second_cpu)
+        res["step_ab"] = step_ab(a, compiled)
     res.update(compare(res["eager"], res["auto"], a.steps))
     out = Path(a.out or REPO / "bench" / "results" / f"compile-{a.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +200,12 @@ def table(r: dict) -> str:
         rows.append(row("plain loop, eager", None, r["plain_eager_s"], r["plain_eager_cpu_s"], None))
         if "plain_compiled_s" in r:
             rows.append(row("plain loop, compiled", None, r["plain_compiled_s"], r["plain_compiled_cpu_s"], None))
+    if "step_ab" in r:
+        ab = r["step_ab"]
+        rows.append(
+            f"\nplain loop per step, interleaved: eager {ab['eager_ms']:.1f} ms, compiled {ab['compiled_ms']:.1f} ms, "
+            f"{ab['ratio']:.2f}x"
+        )
     be = r["break_even_trials"]
     rows += [
         "",
