@@ -19,6 +19,11 @@ estimate is left of --budget-s:
               --compile) vs solo trials (train(), --compile), 2 of them timed, the other 30 extrapolated
   population  ms per step and per model step of a K-member population, K = 8, 32, 128, --compile
               [bench/bench_population.py's population_step_s]
+  compile     compile once, train many: the same 12-lr depth-19 sweep (300 steps a trial, one worker) through
+              the real command, eager and --compile: the steady-state trial ratio, the first trial's compile
+              cost, the whole command, the break-even in trials and steps per worker (what trainer.compile=auto's
+              GPU threshold, bnexp.core.compiled.BREAK_EVEN_STEPS["cuda"], should be), and the graphs each trial
+              compiled (the first trial only)  [bench/bench_compile.py's sweep_arm]
 Each section records its peak GPU memory (torch.cuda.max_memory_allocated). `ok` in the JSON: every section ran
 and passed its checks. With --quick the sizes are tiny, the compiled arms run in `agreement` only (elsewhere
 "compiled" arms are left out: their code is the eager arms' with a mode), the GPU tests are tests/test_gpu.py's
@@ -45,7 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 # seconds each section needs at full size on one H100 (compiles included): skipped when less is left
-ESTIMATE_S = {"gpu_tests": 150, "agreement": 60, "step": 60, "trial": 60, "study": 80, "population": 90}
+ESTIMATE_S = {"gpu_tests": 150, "agreement": 60, "step": 60, "trial": 60, "study": 80, "population": 90, "compile": 240}
 
 
 class Check:
@@ -229,6 +234,27 @@ class Check:
             speedup=solo_all / pop_s,
         )
 
+    def compile(self) -> dict:
+        from bench_compile import compare, sweep_arm
+
+        from bnexp.core.compiled import BREAK_EVEN_STEPS
+
+        a = self.a
+        args = argparse.Namespace(device=a.device, points=a.compile_points, steps=a.compile_steps, depth=a.depth)
+        args.timeout_s = 900
+        tiny = ("data.limit_val=256", "data.limit_test=256", "data.single_n=10", "data.eval_batch_size=256")
+        extra = tiny if a.quick else ()
+        cache = self.tmp / "inductor-cache"  # fresh: the first trial's compile is a cold one
+        # quick: the compiled arm through the same command with aot_eager ($BNEXP_COMPILE_BACKEND, kept)
+        eager = sweep_arm("none", args, cache, self.tmp, "compile-eager", extra, backend=a.quick)
+        comp = sweep_arm(a.compile, args, cache, self.tmp, "compile-compiled", extra, backend=a.quick)
+        out: dict[str, Any] = {"points": a.compile_points, "steps": a.compile_steps, "compile": a.compile}
+        out.update(eager=eager, compiled=comp, **compare(eager, comp, a.compile_steps))
+        out["auto_break_even_steps_now"] = BREAK_EVEN_STEPS["cuda" if self.cuda else "cpu"]
+        news = comp["new_graphs"]  # the first trial compiles, no later one does
+        out["ok"] = bool(news) and news[0] > 0 and all(n == 0 for n in news[1:]) and eager["compile"] == ["none"]
+        return out
+
     def agreement(self) -> dict:
         from bnexp.core.train import train
         from bnexp.population.train import train_population
@@ -272,12 +298,15 @@ def main() -> None:
     p.add_argument("--out", default="gpu.json")
     p.add_argument("--budget-s", type=float, default=450.0, help="skip sections that would overrun this")
     p.add_argument("--compile", default="reduce-overhead", help="trainer.compile for the compiled arms")
-    p.add_argument("--sections", default="gpu_tests,agreement,step,trial,study,population")
+    p.add_argument("--sections", default="gpu_tests,agreement,step,trial,study,population,compile")
     a = p.parse_args()
     full = dict(depth=19, steps=800, val_every=100, step_steps=100, step_warmup=20, ks=[8, 32, 128], pop_steps=40)
     full.update(pop_warmup=10, study_points=32, solo_measured=2, agree_steps=30, tests_timeout_s=240)
+    full.update(compile_points=12, compile_steps=300)
     quick = dict(depth=2, steps=10, val_every=5, step_steps=4, step_warmup=2, ks=[2, 3], pop_steps=3, pop_warmup=2)
-    quick.update(study_points=3, solo_measured=1, agree_steps=10, tests_timeout_s=300)
+    quick.update(
+        study_points=3, solo_measured=1, agree_steps=10, tests_timeout_s=300, compile_points=3, compile_steps=5
+    )
     for k, v in (quick if a.quick else full).items():
         setattr(a, k, v)
 

@@ -22,7 +22,7 @@ OPTIMS = ("adam", "sgd")
 LOSSES = ("sigmoid", "softmax")
 LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "auto")
 # What Lightning 2.x's Trainer accepts (tests/core/test_config.py checks these against Lightning's own lists, so
 # a new Lightning that adds or drops one fails a test, not a user's run 40 minutes in)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -86,7 +86,10 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn ...
     precision: str = "32-true"
-    compile: str = "none"  # none | default | reduce-overhead | max-autotune
+    # auto: compile where the steps one process trains reach the break-even (bnexp.core.compiled.choose): a sweep
+    # worker with enough trials compiles once and reuses the graphs; a single run stays eager
+    compile: str = "auto"  # auto | none | default | reduce-overhead | max-autotune
+    compile_break_even_steps: Optional[int] = None  # auto's threshold in steps per process; null: measured default
     recal_batches: int = 50  # after training: BN statistics recomputed over N training batches (val/acc_recal)
     deterministic: bool = False
     progress_bar: bool = True
@@ -139,6 +142,7 @@ EXECUTION_KEYS = (
     "trainer.strategy",
     "trainer.compile",
     "trainer.recal_batches",  # a view added after training: the weights and the other metrics do not change
+    "trainer.compile_break_even_steps",
     "trainer.progress_bar",
     "trainer.deterministic",
     "trainer.max_memory_gb",  # a guard checked before building, not a setting of what is computed
@@ -348,6 +352,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, example in (("max_steps", 800), ("val_every", 100), ("log_every", 25), ("num_nodes", 1)):
         _at_least(t[key], f"trainer.{key}", 1, example)
     _choice(t.compile, "trainer.compile", COMPILE_MODES)
+    if t.compile_break_even_steps is not None:
+        _at_least(t.compile_break_even_steps, "trainer.compile_break_even_steps", 0, 3000)
     _choice(t.accelerator, "trainer.accelerator", ACCELERATORS)
     _choice(t.precision, "trainer.precision", PRECISIONS)
     _choice(t.strategy, "trainer.strategy", STRATEGIES)

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from bnexp.core.compiled import match_state_keys
 from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss
 from bnexp.core.net import DeepConvNet
 from bnexp.core.norm import is_bn
@@ -146,6 +147,8 @@ class BNExpModule(EvalSteps, L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" in checkpoint:  # stopped compiled, resumed eager (or the other way round)
+            checkpoint["state_dict"] = match_state_keys(checkpoint["state_dict"], self.state_dict())
         state = checkpoint.get("bnexp", {})
         self.record = RunRecord(
             val_history=list(state.get("val_history", [])),

@@ -141,23 +141,63 @@ def build_module(cfg: DictConfig):
         loss=cfg.loss,
         log_every=cfg.trainer.log_every,
     )
-    return compile_model(module, cfg.trainer.compile)
+    return compile_model(module, compile_mode(cfg))
 
 
-def compile_model(module: Any, mode: str) -> Any:
-    """torch.compile the module's net (not the LightningModule) unless mode is "none": "reduce-overhead" captures
-    the forward and backward in CUDA graphs on a GPU. Eval mode and the batch-of-1 test compile their own graphs
-    (guards recompile). $BNEXP_COMPILE_BACKEND picks another torch.compile backend than inductor (then `mode`
-    only switches compilation on): aot_eager traces the very graphs (capture, autograd, BN buffer updates)
-    without code generation, for quick CPU checks of the compiled paths (bench/gpu_check.py --quick, tests)."""
-    if mode != "none":
+def compile_mode(cfg: DictConfig, runs: int = 1) -> str:
+    """`trainer.compile`, with `auto` decided (bnexp.core.compiled.choose) for `runs` trainings of this config in
+    this process: a single run is one; a sweep decides for its workers before its trials (bnexp.sweep.app)."""
+    t = cfg.trainer
+    if t.compile != "auto":
+        return t.compile
+    from bnexp.core.compiled import choose, device_type
+
+    cuda = False
+    if str(t.accelerator) in ("auto", "gpu", "cuda"):
         import torch
 
-        backend = os.environ.get("BNEXP_COMPILE_BACKEND", "inductor")
-        log.info("torch.compile(model, mode=%s, backend=%s)", mode, backend)
-        kw = dict(mode=mode) if backend == "inductor" else dict(backend=backend)
-        module.model = torch.compile(module.model, **kw)
+        cuda = torch.cuda.is_available()
+    return choose("auto", device_type(t.accelerator, cuda), runs, t.max_steps, t.compile_break_even_steps)
+
+
+def compile_model(module: Any, mode: str, cfg: DictConfig | None = None) -> Any:
+    """torch.compile the module's net (not the LightningModule) unless mode is "none", through the process's cache
+    of compiled nets (bnexp.core.compiled: a later trial of the same variant reuses the graphs of the first, its
+    evaluation passes included). "reduce-overhead" captures the forward and backward in CUDA graphs on a GPU.
+    "auto" is decided for `cfg` as a single run (`compile_mode`); without `cfg`, eager."""
+    if mode == "auto":
+        mode = compile_mode(cfg) if cfg is not None else "none"
+    if mode != "none":
+        from bnexp.core.compiled import compiled_net
+
+        module.model = compiled_net(module.model, mode)
+    module.compile_mode = mode
     return module
+
+
+def graphs_compiled(mode: str) -> int:
+    """Graphs torch has compiled in this process (0 when eager: nothing to count, dynamo not needed)."""
+    if mode == "none":
+        return 0
+    from bnexp.core.compiled import graphs
+
+    return graphs()
+
+
+def log_compiled(mode: str, before: int) -> int | None:
+    """Log (and return) the graphs this run compiled: the first run of a variant in a process compiles its training
+    step and evaluation passes, every later one none (None: eager)."""
+    if mode == "none":
+        return None
+    new = graphs_compiled(mode) - before
+    log.info(
+        "compile=%s: %d new graph(s) in this run, %d in this process (pid %d)",
+        mode,
+        new,
+        before + new,
+        os.getpid(),
+    )
+    return new
 
 
 def data_dir(cfg: DictConfig) -> str | None:
@@ -174,13 +214,38 @@ def data_dir(cfg: DictConfig) -> str | None:
         return os.path.abspath(str(d))
 
 
+_RAW: dict[tuple, Any] = {}
+
+
+def _mnist(where: str | None, download: bool, load: Callable) -> Any:
+    """load_mnist, kept for the process: a sweep worker's trials read (and verify) the four files once, not once
+    per trial (about 0.9 s of each CPU trial). Keyed by the files' names, sizes and times: changed files are
+    read again; a failed read is never kept."""
+    from bnexp.core.data import default_data_dir
+
+    root = os.path.abspath(os.path.expanduser(where or default_data_dir()))
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        files = tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    except OSError:
+        files = None
+    key = (root, files)
+    if files is None or key not in _RAW:
+        raw = load(where, download=download)
+        if files is None:
+            return raw
+        _RAW.clear()  # one data dir at a time
+        _RAW[key] = raw
+    return _RAW[key]
+
+
 def build_datamodule(cfg: DictConfig, member_seeds: list[int] | None = None):
     """The data; `member_seeds`: a population's, each member drawing its solo run's batches."""
     from bnexp.core.data import load_mnist, make_splits
     from bnexp.core.lit import MNISTDataModule
 
     d = cfg.data
-    raw = load_mnist(data_dir(cfg), download=d.download)
+    raw = _mnist(data_dir(cfg), d.download, load_mnist)
     splits = make_splits(raw, d.limit_train, d.limit_val, d.limit_test)
     return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device, member_seeds)
 
@@ -254,6 +319,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
         enable_model_summary=False,
         enable_progress_bar=t.progress_bar,
         num_sanity_val_steps=0,
+        # the test passes under no_grad as the validations during fit are (Lightning runs those so): under
+        # inference_mode a compiled net would need its evaluation graph a second time (another grad-mode guard)
+        inference_mode=False,
         default_root_dir=str(out_dir),
     )
 
@@ -302,12 +370,13 @@ def train(
     _quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    t0, t_wall = time.perf_counter(), time.time()
+    t0, t_wall, cpu0 = time.perf_counter(), time.time(), time.process_time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg)  # data errors surface here, before any model is built or file written
     resume = _resume_point(cfg, out)  # a finished run there is refused; a stopped one is resumed
     out.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg)
+    g0 = graphs_compiled(module.compile_mode)
     lg = build_logger(cfg, out)
     stop_ckpt = _checkpoint_on_stop(out / CHECKPOINT)
     trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or []), stop_ckpt])
@@ -338,6 +407,7 @@ def train(
     module.record.tested(recalibrated(module, dm, int(cfg.trainer.recal_batches)))
     recal_s = time.perf_counter() - t_recal
     steps = int(trainer.global_step)
+    new_graphs = log_compiled(module.compile_mode, g0)
     metrics = run_metrics(
         module.record,
         cfg,
@@ -348,6 +418,9 @@ def train(
         provenance=provenance(trainer.strategy.root_device, t_wall),
         resumed_from_step=module.resumed_from_step,
         recal_s=recal_s,
+        compile=module.compile_mode,
+        compile_new_graphs=new_graphs,
+        cpu_s=time.process_time() - cpu0,  # this process's CPU time (all its threads): wall_s on a shared machine
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, summarize)

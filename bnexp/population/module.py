@@ -101,6 +101,10 @@ class PopulationModule(EvalSteps, L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from bnexp.core.compiled import match_state_keys
+
+        if "state_dict" in checkpoint:  # stopped compiled, resumed eager (or the other way round)
+            checkpoint["state_dict"] = match_state_keys(checkpoint["state_dict"], self.state_dict())
         state = checkpoint["bnexp_population"]
         if state["lrs"] != list(self.hparams.lrs) or state["seeds"] != list(self.hparams.seeds):
             raise ValueError("the checkpoint is of another population (its learning rates or seeds differ)")

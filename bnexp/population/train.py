@@ -50,6 +50,8 @@ from bnexp.core.train import (
     compile_model,
     finish_run,
     fit_evaluate,
+    graphs_compiled,
+    log_compiled,
     model_kwargs,
 )
 from bnexp.files import write_text_atomic
@@ -205,7 +207,8 @@ def train_population(
     o, t = cfg.optim, cfg.trainer
     hp = dict(loss=cfg.loss, optim=o.name, momentum=o.momentum, weight_decay=o.weight_decay, log_every=t.log_every)
     module = PopulationModule(model_kwargs(cfg), seeds, lrs, **hp)
-    compile_model(module, t.compile)
+    compile_model(module, t.compile, cfg)
+    g0 = graphs_compiled(module.compile_mode)
     loggers = _member_loggers(cfgs, outs)
     ckpt = outs[0] / POP_CHECKPOINT
     resume = ckpt if ckpt.is_file() else None
@@ -220,12 +223,14 @@ def train_population(
         log.info("population: resuming from %s", resume)
     with _cudnn_benchmark(device.type == "cuda" and not t.deterministic):
         train_s = fit_evaluate(trainer, module, dm, resume)
+    new_graphs = log_compiled(module.compile_mode, g0)
     done, wall_s, prov = int(trainer.global_step), time.perf_counter() - t0, provenance(device, t_wall)
     timing = dict(wall_s=wall_s, train_s=train_s, steps_trained=done - (module.resumed_from_step or 0))
     results = []
     for k, (c, out, step) in enumerate(zip(cfgs, outs, module.steps(), strict=True)):
         met = run_metrics(module.records[k], c, step=step, **timing, provenance=prov,
-                          resumed_from_step=module.resumed_from_step, population=K)  # fmt: skip
+                          resumed_from_step=module.resumed_from_step, population=K, compile=module.compile_mode,
+                          compile_new_graphs=new_graphs)  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)
     ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now

@@ -185,6 +185,18 @@ def _judged_by(study: Any, sw: DictConfig) -> Any:
     return rule
 
 
+def _compile_mode(study: Any, sw: DictConfig, base: DictConfig, n: int, threads: int, gpus: Any) -> str:
+    """`trainer.compile=auto` for this sweep's workers (bnexp.core.compiled.sweep_mode): compile where the steps
+    one process is expected to train pay for the compile."""
+    from optuna.trial import TrialState
+
+    from bnexp.core.compiled import cluster_workers, sweep_mode
+
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    t = threads if n > 1 else 0  # one worker: torch's own thread count (OMP_NUM_THREADS)
+    return sweep_mode(base.trainer, waiting, n * cluster_workers(), gpus, sw.population, sw.max_trials, t)
+
+
 def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path, task: list, url: str,
           n_points: int, rule: Any) -> dict:  # fmt: skip
     """This worker (and `sweep.jobs` local ones) trains waiting points until none is left."""
@@ -194,6 +206,10 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
 
     check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
     n, threads, gpus = local.plan(sw, base, n_points)
+    if base.trainer.compile == "auto":  # decided once for all the workers: each compiles once, then reuses
+        mode = _compile_mode(study, sw, base, n, threads, gpus)
+        base.trainer.compile = mode
+        task = [*(o for o in task if o.split("=", 1)[0] != "trainer.compile"), f"trainer.compile={mode}"]
     worker = Worker(study, name, sw, base, out_dir, _default_run_cfg(), rule)
     install_signal_handlers(worker)
     others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
