@@ -95,3 +95,15 @@ def test_a_rerun_with_another_rule_rejudges_and_says_so(swept):
     assert _summary(swept)["rule_note"] == "judged by threshold 0; the study was created with 0.3"
     assert "training bn=" not in r.stderr  # nothing trained again
     assert (swept / "trials.csv").read_text() != before  # the stable column, re-judged
+
+
+@pytest.mark.parametrize("study,name", [("lr_stability_d19", "lr_stability"), ("depth_ablation", "depth_ablation")])
+def test_a_committed_reference_study_is_re_read_by_the_tool_that_wrote_it(tmp_path, study, name):
+    src = REPO / "docs" / "results" / study
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    r = _report(str(src), "--out", str(tmp_path / "x"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = _summary(tmp_path / "x")
+    assert s["study"] == name and (tmp_path / "x" / "report.md").read_text().startswith(f"# Stability report: {name}\n")
+    assert s["variants"] == json.loads((src / "summary.json").read_text())["variants"]  # the committed verdict
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # --out elsewhere: the source untouched
