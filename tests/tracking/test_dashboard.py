@@ -143,41 +143,16 @@ def test_optuna_dashboard_draws_each_trials_learning_curve(tmp_path):
 
 def test_optuna_dashboard_reads_a_sweep_storage_as_is(tmp_path):
     # the README: `optuna-dashboard sqlite:///<out dir>/study.db` (the dashboard extra) shows a study as it is
-    import json
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
     from helpers.env import REPO, child_env
     from helpers.sweeps import cli
 
     out = tmp_path / "sw"
     r = subprocess.run(cli(out, "--create-only"), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=99)
     assert r.returncode == 0, r.stderr[-2000:]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("optuna-dashboard")
-    cmd = [str(exe), f"sqlite:///{out / 'study.db'}", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline, studies = time.time() + 60, None
-        while time.time() < deadline and studies is None and p.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
-                    studies = json.loads(resp.read())
-            except OSError:
-                time.sleep(0.5)
-        assert studies is not None, p.stderr.read().decode()[-2000:] if p.poll() is not None else "no answer"
-        (study,) = studies["study_summaries"]
-        attrs = {a["key"]: a["value"] for a in study["user_attrs"]}
-        assert study["study_name"] == "t" and attrs["design_size"] == "4"  # the 2 x 2 points, enqueued
-    finally:
-        p.kill()
-        p.wait()
+    studies = _serve_optuna_dashboard(out / "study.db", "/api/studies")
+    (study,) = studies["study_summaries"]
+    attrs = {a["key"]: a["value"] for a in study["user_attrs"]}
+    assert study["study_name"] == "t" and attrs["design_size"] == "4"  # the 2 x 2 points, enqueued
 
 
 def test_study_name_selects_one_study_by_its_group(tmp_path):
