@@ -81,18 +81,11 @@ def load(path_or_storage: str | os.PathLike, study_name: str | None = None) -> R
 
 
 def _sweep_json(path: Path) -> tuple[str, str]:
-    try:
-        meta = json.loads((path / "sweep.json").read_text())
-        storage, name = meta["storage"], meta["study"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(
-            f"{path / 'sweep.json'} is damaged ({e}); load the storage URL and study name instead"
-        ) from None
-    if ":***@" in storage:  # sweep.json never holds a password
-        storage = os.environ.get("BNEXP_STORAGE") or ""
-        if not storage:
-            raise ConfigError(f"the study's storage needs its password: set BNEXP_STORAGE ({meta['storage']})")
-    return storage, name
+    """(storage URL, study name) from a sweep dir's sweep.json: the one reader every command uses (a SQLite
+    file recorded relative to the dir is found inside it; a masked password comes from $BNEXP_STORAGE)."""
+    from bnexp.sweep.locate import storage_and_study
+
+    return storage_and_study(str(path), None, None)
 
 
 def _frame(rows: list[dict], columns: list[str] | None = None) -> Any:

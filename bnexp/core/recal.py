@@ -37,20 +37,21 @@ def _library_bns(model: nn.Module) -> list[nn.Module]:
 def recalibrated(module: Any, dm: Any, n_batches: int) -> dict[str, float]:
     """{"val/acc_recal", "val/loss_recal"} of `module` (a BNExpModule after training) with its BN statistics
     recomputed over `n_batches` training batches; {} for a net without library BN layers or n_batches 0."""
-    model = module.model
+    model = getattr(module.model, "_orig_mod", module.model)  # a compiled net's own module: no graph is compiled
     bns = _library_bns(model)
     if n_batches <= 0 or not bns:
         return {}
-    device = next(model.parameters()).device
+    p = next(model.parameters())
+    device, dtype = p.device, p.dtype  # the net's precision (a float64 run gets float64 batches, as Lightning does)
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches_tracked" in k}
     was_training = model.training
     try:
-        batches = itertools.islice(iter(dm.train_dataloader()), n_batches)
+        batches = ((x.to(device, dtype), y) for x, y in itertools.islice(iter(dm.train_dataloader()), n_batches))
         torch.optim.swa_utils.update_bn(batches, model, device=device)
         model.eval()
         sums = EvalSums(module.hparams.loss)
         for x, y in dm.val_dataloader():
-            sums.add("", model(x.to(device)), y.to(device))
+            sums.add("", model(x.to(device, dtype)), y.to(device))
         m = sums.validation()
         return {"val/acc_recal": m["val/acc"], "val/loss_recal": m["val/loss"]}
     finally:

@@ -57,6 +57,8 @@ from bnexp.core.train import (
 from bnexp.files import write_text_atomic
 
 log = logging.getLogger("bnexp")
+# a population's members are not recalibrated (bnexp.core.recal recalibrates one net); the keys say so
+NO_RECAL = {"val/acc_recal": None, "val/loss_recal": None}
 
 POP_CHECKPOINT = "population.ckpt"  # in member 0's dir: a stopped population's whole state, resumed as one unit
 _SHARED_KEYS = ("model", "data", "trainer", "loss")  # what every member of one population has in common
@@ -198,7 +200,7 @@ def train_population(
     K, seeds = _check_members(cfg, lrs, output_dirs, seeds, member_cfgs)
     cfgs = member_configs(cfg, lrs, seeds, member_cfgs)
     outs = [Path(d) for d in output_dirs]
-    t0, t_wall = time.perf_counter(), time.time()
+    t0, t_wall, cpu0 = time.perf_counter(), time.time(), time.process_time()
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     dm = build_datamodule(cfg, member_seeds=seeds)  # data errors surface here, before any file is written
     for out, c in zip(outs, cfgs, strict=True):
@@ -230,7 +232,8 @@ def train_population(
     for k, (c, out, step) in enumerate(zip(cfgs, outs, module.steps(), strict=True)):
         met = run_metrics(module.records[k], c, step=step, **timing, provenance=prov,
                           resumed_from_step=module.resumed_from_step, population=K, compile=module.compile_mode,
-                          compile_new_graphs=new_graphs)  # fmt: skip
+                          compile_new_graphs=new_graphs, cpu_s=time.process_time() - cpu0,
+                          recal_s=None, **NO_RECAL)  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)
     ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now

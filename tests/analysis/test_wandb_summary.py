@@ -50,7 +50,7 @@ def test_summary_run_holds_both_widths_per_seed_widths_curves_and_figures(tmp_pa
             assert any(k.startswith(f"charts/curves/{v['label']}/{stats}") for k in sm)
 
     # every figure of report.md, with report.md's caption; stability.png keeps its media key
-    keys = ["stability", "widths", "divergence", "stats_lag", "curves/off-auto-d4", "curves/pre-auto-d4"]
+    keys = ["stability", "widths", "divergence", "stats_lag", "curves/off-auto-d4", "curves/pre-auto-d4", "edges"]
     assert len(summary["figures"]) == len(keys)
     for fig, key in zip(summary["figures"], keys, strict=True):
         assert sm[key]["_type"] == "image-file" and sm[key]["caption"] == fig["caption"], key
