@@ -38,7 +38,12 @@ log = logging.getLogger("bnexp")
 # in an interleaved plain-loop A/B, ~14 ms of a ~74 ms step: ~18000 steps. CUDA: an estimate until
 # bench/gpu_check.py's compile section has run on a GPU (reduce-overhead saves ~9.4 ms per step on an H100,
 # 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
-BREAK_EVEN_STEPS = {"cpu": 3000, "cpu-1-thread": 18000, "cuda": 6000}
+# On this project's 2-core CPU, quiet, 2 threads, depth-19 300-step trials through the real sweep command
+# (bench/bench_compile.py --points 4 --steps 300 --threads 2 --break-even 1000 --no-plain): 21.9 s eager, 21.8 s
+# compiled after a 117.5 s compile. A CPU trial gains nothing per step that the compile could pay back, so
+# `auto` stays eager on a CPU (None: never); `trainer.compile_break_even_steps=N` or `trainer.compile=default`
+# still compile there on purpose.
+BREAK_EVEN_STEPS: dict[str, int | None] = {"cpu": None, "cpu-1-thread": None, "cuda": 6000}
 COMPILED_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
 # graphs per code object before dynamo gives up and runs eagerly: every variant in a process adds its training
 # graph and ~4 evaluation graphs to the same forward (torch's default, 8, is two variants)
@@ -65,11 +70,12 @@ def choose(mode: str, device: str, runs: int, steps: int, break_even_steps: int 
         return mode
     dev = "cuda" if device == "cuda" else "cpu"
     need = break_even(dev, threads) if break_even_steps is None else int(break_even_steps)
-    return COMPILED_MODE[dev] if runs * steps >= need else "none"
+    return COMPILED_MODE[dev] if need is not None and runs * steps >= need else "none"
 
 
-def break_even(device: str, threads: int = 0) -> int:
-    """auto's threshold in steps per process for a device ('cpu', 'cuda') and a CPU process's thread count."""
+def break_even(device: str, threads: int = 0) -> int | None:
+    """auto's threshold in steps per process for a device ('cpu', 'cuda') and a CPU process's thread count;
+    None: auto never compiles there (measured: it does not pay on this project's CPU)."""
     if device == "cuda":
         return BREAK_EVEN_STEPS["cuda"]
     return BREAK_EVEN_STEPS["cpu-1-thread" if threads == 1 else "cpu"]
@@ -216,9 +222,10 @@ def sweep_mode(
         threads = torch.get_num_threads()
     mode = choose(trainer.compile, dev, runs, int(trainer.max_steps), trainer.compile_break_even_steps, threads)
     need = break_even(dev, threads) if trainer.compile_break_even_steps is None else trainer.compile_break_even_steps
+    pays = f"compiling pays from {need} steps" if need is not None else "compiling does not pay on a CPU"
     log.info(
         "trainer.compile=%s -> %s: %d waiting point(s), %d worker(s): ~%d training(s) of %d steps per worker "
-        "on %s, %d thread(s) (compiling pays from %d steps)",
-        *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, threads, need),
+        "on %s, %d thread(s) (%s)",
+        *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, threads, pays),
     )
     return mode

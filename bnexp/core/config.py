@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bnexp.cli import ConfigError
 from bnexp.core.arch import BIAS_MODES, BN_IMPLS, BN_MODES, conv_plan, use_bias
@@ -171,6 +171,18 @@ def result_settings(cfg: DictConfig | dict) -> dict[str, Any]:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=Config, package="_global_")
+    # `${bnexp.run_name:...}` in the run dirs of config.yaml: a run's dir, its W&B name and its W&B id (derived
+    # from the dir) share one name, bnexp.names.run_name's (`pre-auto-d19-lr2e-03-s0`)
+    OmegaConf.register_new_resolver("bnexp.run_name", _run_name, replace=True)
+
+
+def _run_name(bn: Any, bias: Any, depth: Any, lr: Any, seed: Any) -> str:
+    from bnexp import names
+
+    try:
+        return names.safe(names.run_name({"bn": bn, "bias": bias, "depth": depth}, float(lr), int(seed)))
+    except (TypeError, ValueError):  # a bad value: validation names it; the dir keeps the raw values
+        return names.safe(f"{bn}-{bias}-d{depth}-lr{lr}-s{seed}")
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:

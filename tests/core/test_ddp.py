@@ -51,7 +51,7 @@ def test_ddp_multirun_keeps_one_sweep_dir(tmp_path):
     sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 1, sweeps
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
-    assert jobs == ["0_off-d3-lr0.002-s0", "1_pre-d3-lr0.002-s0"]
+    assert jobs == ["0_off-auto-d3-lr2e-03-s0", "1_pre-auto-d3-lr2e-03-s0"]  # one name: dir, W&B name, id
     for j in jobs:
         assert json.loads((sweeps[0] / j / "metrics.json").read_text())["step"] == 10
         assert (sweeps[0] / j / "rank.log").is_file()

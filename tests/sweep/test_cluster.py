@@ -30,7 +30,7 @@ def test_submitit_local_fans_out_one_process_per_job(tmp_path):
     sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 1, sweeps
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["0_off-d3-lr0.002-s0", "1_pre-d3-lr0.002-s0"]
+    assert jobs == ["0_off-auto-d3-lr2e-03-s0", "1_pre-auto-d3-lr2e-03-s0"]  # one name: dir, W&B name, id
     for j, bn in zip(jobs, ("off", "pre"), strict=True):
         m = json.loads((sweeps[0] / j / "metrics.json").read_text())
         assert m["bn"] == bn and m["step"] == 10

@@ -226,3 +226,16 @@ def test_logger_none_still_trains_and_writes_no_log(tmp_path):
     m = train(compose_cfg([*TINY, "trainer.max_steps=10", "logger.diagnostics_every=5"]), output_dir=tmp_path)
     assert m["step"] == 10 and not m["diverged"]
     assert not (tmp_path / "csv").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_a_runs_dir_its_wandb_name_and_id_share_one_name(tmp_path):
+    """`python -m bnexp.run` as typed, in its default run dir: `<time>_<run name>`, the W&B run's name is the
+    run name, and its id starts with the dir's name."""
+    from helpers.env import bnexp, child_env
+
+    r = bnexp("run", "experiment=smoke", "logger=wandb", "logger.mode=offline", cwd=tmp_path, env=child_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs" / "runs").rglob("metrics.json")]
+    assert run_dir.name.endswith("_pre-auto-d2-lr2e-03-s0"), run_dir.name
+    (run,) = [read_offline_run(p, wait_s=30) for p in offline_runs(run_dir)]
+    assert run["name"] == "pre-auto-d2-lr2e-03-s0" and run["id"].startswith(run_dir.name)
