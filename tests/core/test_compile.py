@@ -164,6 +164,7 @@ def test_a_sweep_mixing_variants_compiles_once_per_variant_and_judges_as_eager(t
         assert c["val/acc"] == pytest.approx(e["val/acc"], abs=1e-6)
 
 
+@pytest.mark.slow  # the default suite keeps one compile per variant in-process and across a mixed-variant sweep
 def test_sweep_jobs_auto_with_compile_auto_compiles_once_per_worker(tmp_path):
     """The real command, local workers (sweep.jobs=auto: one per core), trainer.compile=auto with a break-even
     the design reaches: the sweep decides once for all workers; each compiles in its first trial, never again."""

@@ -101,6 +101,7 @@ def test_a_killed_edge_search_goes_on_and_trains_every_point_once(tmp_path):
     assert states["FAIL"] == 1  # the killed trial, retried
 
 
+@pytest.mark.slow  # the default suite keeps the killed-and-rerun edge search and two workers sharing a grid
 @pytest.mark.filterwarnings("ignore")
 def test_two_workers_share_an_edge_search_and_train_every_point_once(tmp_path):
     out = tmp_path / "sw"
