@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The reference studies of docs/results.md, in order, each one resumable: a rerun of this script (or of any
+# one line) goes on where it stopped, and a finished study trains nothing and only rewrites its report.
+#   BNEXP_DATA_DIR=../shared/data/mnist bash scripts/reference_studies.sh [NAME ...]   # default: all, in order
+# Each study writes report.md, summary.json, trials.csv, curves.csv and figures to outputs/reference/NAME;
+# docs/results/NAME holds a copy. Wall times go to outputs/reference/NAME/wall.txt (one line per invocation).
+set -euo pipefail -f  # -f: no globbing of [0,1,2] in the overrides
+EDGES=(sweep.lr.search=edges sweep.lr.points=6 sweep.lr.resolution=0.15 'sweep.seeds=[0,1,2]')
+declare -A STUDY=(
+  [edges_d19]="sweep=lr_stability ${EDGES[*]}"
+  [bn_momentum]="sweep=bn_momentum"
+  [edges_depth]="sweep=depth_ablation sweep.grid.model.depth=[4,8,12] ${EDGES[*]}"
+  [init_scale]="sweep=init_scale"
+)
+ORDER=(edges_d19 bn_momentum edges_depth init_scale)
+for name in "${@:-${ORDER[@]}}"; do
+  out=outputs/reference/$name
+  mkdir -p "$out"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  python -m bnexp.sweep ${STUDY[$name]} sweep.out_dir="$out" sweep.progress=false
+  echo "$(date -u +%FT%TZ) ${STUDY[$name]}: $(( $(date +%s) - start )) s" >> "$out/wall.txt"
+done
