@@ -224,6 +224,29 @@ def explain_os_error(e: BaseException, key: str) -> str | None:
     return f"cannot write {oe.filename} ({oe.strerror}); free disk space or fix the path's permissions ({key})"
 
 
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# SQLite's words for a write the disk refused (SQLITE_IOERR from EFBIG/ENOSPC, SQLITE_FULL)
+_FULL_WORDS = ("disk i/o error", "database or disk is full", "no space left on device", "file too large")
+
+
+def disk_full(e: BaseException, what: str = "its files") -> str | None:
+    """One line for a write the disk refused (full, a quota, a file-size limit as `ulimit -f` sets), anywhere
+    in `e`'s chain (Optuna wraps SQLite's OperationalError in StorageInternalError), else None."""
+    x: BaseException | None = e
+    for _ in range(8):
+        if x is None:
+            break
+        text = str(x).lower()
+        if (isinstance(x, OSError) and x.errno in _FULL_ERRNOS) or any(w in text for w in _FULL_WORDS):
+            detail = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(x).split(" [SQL:")[0])[:200]
+            return (
+                f"the disk refused a write to {what} ({detail}): it is full, over a quota, or past a file-size "
+                "limit (`ulimit -f`); free space and rerun the same command (it goes on where it stopped)"
+            )
+        x = x.__cause__ or x.__context__
+    return None
+
+
 _LIBRARIES = ("lightning", "wandb", "torch_xla", "deepspeed")  # whose refusal of a setting is the user's to fix
 
 
@@ -314,12 +337,12 @@ def guard(
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
         fail(f"{where} is not valid YAML ({getattr(e, 'problem', None) or one_line(e)}); fix the file")
     except (OSError, ValueError) as e:  # Hydra could not make the run dir or open its log file there
-        msg = explain_os_error(e, out_key) or library_refusal(e)
+        msg = explain_os_error(e, out_key) or disk_full(e) or library_refusal(e)
         if msg is None:
             raise
         fail(msg)
     except Exception as e:  # Lightning or W&B refusing a setting (MisconfigurationException, UsageError); else a crash
-        msg = library_refusal(e)
+        msg = disk_full(e) or library_refusal(e)  # a full disk under a storage write (Optuna's StorageInternalError)
         if msg is None:
             raise
         fail(msg)

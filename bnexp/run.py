@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bnexp.cli import UsageError, fail, guard, library_refusal, one_line
+from bnexp.cli import UsageError, disk_full, fail, guard, library_refusal, one_line
 from bnexp.core.config import Config, check_hardware, register_configs, validate
 from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 
@@ -49,7 +49,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         from bnexp.core.train import CHECKPOINT, is_stop
 
         if not is_stop(e):
-            refused = library_refusal(e)  # a setting Lightning or W&B refuses here: one line, before Hydra's own
+            refused = disk_full(e) or library_refusal(e)  # a full disk; a setting Lightning or W&B refuses here
             if refused is None:
                 raise
             _drop_empty_run_dir()

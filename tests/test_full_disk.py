@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.env import REPO, child_env
-from helpers.sweeps import TRAIN, run_sweep
+from helpers.env import REPO, bnexp, child_env
+from helpers.sweeps import TRAIN, completed_keys, run_sweep
 from PIL import Image
 
 FILES = ("summary.json", "trials.csv", "stability.png", "heatmap.png", "report.md", "sweep.json")
@@ -164,3 +164,71 @@ def test_kill_9_while_writing_leaves_whole_files(sweep, target):
     print(f"\nkill -9 while writing {caught}: {mixed}")
     assert "?" not in mixed.values(), mixed  # each file the old one or the complete new one
     _parse(out)
+
+
+# ---- a full disk under training: bnexp.run, a sweep's SQLite storage, W&B's offline record -------------------
+def _limited(limit_kb: int, command: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m bnexp.COMMAND ARGS` under `ulimit -f LIMIT_KB` (a real EFBIG on every write past it)."""
+    quoted = " ".join(f"'{a}'" for a in args)
+    line = f"ulimit -f {limit_kb}; exec {sys.executable} -m bnexp.{command} {quoted}"
+    env = child_env(PYTHONDONTWRITEBYTECODE="1", WANDB_MODE="offline")
+    return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+SMALL_SWEEP = (
+    "sweep=lr_stability", "sweep.name=t", "sweep.grid.model.bn=[pre]", "sweep.seeds=[0]", "sweep.jobs=1",
+    "sweep.lr.low=1e-4", "sweep.lr.high=1e-1", "sweep.progress=false", *TRAIN,
+)  # fmt: skip
+
+
+def test_bnexp_run_on_a_full_disk_says_so_in_one_line(tmp_path):
+    """The run dir's first files (Hydra's config copies, metrics.json) refused by the disk: exit 2, one line
+    naming the full disk and the fix, not a traceback."""
+    r = _limited(2, "run", "experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _one_line(r.stderr)
+    assert "disk refused a write" in line and "ulimit -f" in line and "File too large" in line, line
+
+
+def test_a_cut_wandb_offline_record_is_an_error_not_saved(tmp_path):
+    """W&B's service writes the .wandb record in its own process: a full disk there never raised in ours, and
+    the command said "saved; sync it" over a cut-off record. Now: exit 2, one line; metrics.json is whole."""
+    out = tmp_path / "r"
+    r = _limited(20, "run", "experiment=smoke", "logger=wandb", f"hydra.run.dir={out}")  # the record is ~30 KB
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _one_line(r.stderr)
+    assert "W&B could not write its offline record" in line and "file too large" in line, line
+    assert "upload it with: wandb sync" not in r.stderr
+    assert json.loads((out / "metrics.json").read_text())["step"] == 30  # the run's result is kept
+
+
+def test_a_sweep_whose_storage_fills_up_stops_in_one_line_and_the_rerun_finishes(tmp_path):
+    """study.db may not grow past its size after the first trial: a later trial's write fails inside Optuna
+    (StorageInternalError around SQLite's "disk I/O error"). One line, exit 2; the rerun trains every point."""
+    out = tmp_path / "sw"
+    args = [*SMALL_SWEEP, f"sweep.out_dir={out}", "sweep.lr.points=5", "logger=none"]
+    first = bnexp("sweep", *args, "--max-trials=1", "--no-report")
+    assert first.returncode == 0, first.stderr[-3000:]
+    r = _limited((out / "study.db").stat().st_size // 1024, "sweep", *args)
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _one_line(r.stderr)
+    assert "disk refused a write" in line and "rerun the same command" in line, line
+    again = bnexp("sweep", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, done = completed_keys(out)
+    assert len(done) == 5 and set(done.values()) == {1}  # every point once
+
+
+def test_a_sweep_trial_whose_wandb_record_is_cut_gives_its_point_back(tmp_path):
+    """A trial's W&B record cut by the disk is the environment's fault, not the trial's result: the worker
+    stops in one line (exit 2), the point waits again with no retry spent, and the rerun trains it. (A journal
+    storage: it stays far smaller than the 20 KB limit, while the record needs ~30 KB.)"""
+    out = tmp_path / "sw"
+    args = [*SMALL_SWEEP, f"sweep.out_dir={out}", "sweep.lr.points=1", f"sweep.storage=journal:///{out}/j.log"]
+    out.mkdir()
+    r = _limited(20, "sweep", *args, "logger=wandb")
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _one_line(r.stderr)
+    assert "W&B could not write its offline record" in line and "no retry was spent" in line, line
+    again = bnexp("sweep", *args, "logger=none")
+    assert again.returncode == 0, again.stderr[-3000:]

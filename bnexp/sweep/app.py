@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp import names
-from bnexp.cli import ConfigError, UsageError, fail, guard, hide_storage_password, mask_url, one_line, redact
+from bnexp.cli import ConfigError, UsageError, disk_full, fail, guard, hide_storage_password, mask_url, one_line, redact
 from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
@@ -353,6 +353,11 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         return run_study(cfg)
     except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         fail(one_line(e))
+    except Exception as e:  # a storage write the disk refused (Optuna's StorageInternalError): one line too
+        full = disk_full(e, f"the study's storage or {cfg.sweep.out_dir}")
+        if full is None:
+            raise
+        fail(full)
 
 
 def main(argv: list[str] | None = None) -> None:

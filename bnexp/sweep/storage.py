@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.cli import ConfigError, mask_url, one_line, redact, remember_secret, unmask_url
+from bnexp.cli import ConfigError, disk_full, mask_url, one_line, redact, remember_secret, unmask_url
 from bnexp.record import VAL_ACC
 from bnexp.sweep import liveness
 from bnexp.sweep.spec import LR_PARAM, design
@@ -228,6 +228,9 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
             err = e
             break
     why = re.sub(r"\s*\(Background on this error at: \S+\)", "", one_line(err))[:300]
+    full_disk = disk_full(err, f"storage '{mask_url(url)}'")
+    if full_disk is not None:
+        raise ConfigError(full_disk) from None
     if full.startswith("sqlite"):  # a local file: no server to reach
         raise ConfigError(
             f"cannot open storage '{mask_url(url)}': {why}; check that the path is a file you can write "
