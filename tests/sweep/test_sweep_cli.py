@@ -324,8 +324,14 @@ def test_the_console_script_completes_on_tab(tmp_path):
     assert exe, "pip install -e . installs the bnexp-sweep console script"
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep="), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    want = {"sweep=bias_ablation", "sweep=bn_momentum", "sweep=depth_ablation", "sweep=init_scale",
-            "sweep=lr_stability", "sweep=optim_divergence"}
+    want = {
+        "sweep=bias_ablation",
+        "sweep=bn_momentum",
+        "sweep=depth_ablation",
+        "sweep=init_scale",
+        "sweep=lr_stability",
+        "sweep=optim_divergence",
+    }
     assert set(r.stdout.split()) == want, r.stderr
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
