@@ -42,6 +42,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         metrics = train(cfg, summarize=default_verdict)
     except UsageError as e:  # here, not in Hydra's job runner: its "Error executing job" line stays unsaid
         _drop_empty_run_dir()
+        _summarize_jobs_so_far()
         fail(one_line(e))
     except BaseException as e:
         if "bnexp.core.train" not in sys.modules:  # stopped before training was even imported
@@ -53,6 +54,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
             if refused is None:
                 raise
             _drop_empty_run_dir()
+            _summarize_jobs_so_far()
             fail(refused)
         out = Path(HydraConfig.get().runtime.output_dir)
         if (out / CHECKPOINT).is_file() and is_rank_zero():
@@ -82,6 +84,24 @@ def _drop_empty_run_dir() -> None:
     log_file = out / f"{HydraConfig.get().job.name}.log"
     if names <= {".hydra", log_file.name} and (not log_file.exists() or log_file.stat().st_size == 0):
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _summarize_jobs_so_far() -> None:
+    """A -m job that stops the multirun with exit 2 (a rerun refused for a job dir that holds a finished run)
+    ends it before Hydra's end-of-multirun callback: write the multirun's summary.csv/md now, so that the
+    table lists every job dir there, the ones this command has just trained included, not the last run's."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or not is_rank_zero():
+        return
+    from bnexp.core.multirun import write_summary
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    try:
+        write_summary(sweep_dir)
+    except Exception:  # the jobs' own files are the results; the table is a view of them
+        pass
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Every bad input a user can give the three CLIs: one line `bnexp: error: ...` that names the fix, exit status 2,
 no traceback, and nothing finished lost (an earlier run's files, a finished sweep's study and report)."""
 
+import csv
 import gzip
 import hashlib
 import json
@@ -663,15 +664,24 @@ def test_a_bad_value_is_refused_before_torch_is_imported(args):
     assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
 
 
-@pytest.mark.slow  # two real -m runs for one message
-def test_a_refused_multirun_rerun_names_the_sweep_dir(tmp_path):
-    # -m jobs live under hydra.sweep.dir: the line names that setting, not hydra.run.dir
-    args = ["-m", *TRAIN, "model.depth=2", f"hydra.sweep.dir={tmp_path}/multi"]
-    first = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+def test_a_refused_multirun_rerun_names_the_sweep_dir_and_tables_every_job(tmp_path):
+    """A -m rerun into a multirun dir trains its new job, then meets a job dir that holds a finished run: exit 2,
+    one line naming hydra.sweep.dir (not hydra.run.dir); the finished run is untouched; and summary.csv lists
+    every job dir there, the one just trained included (it kept the old command's table before)."""
+    multi = tmp_path / "multi"
+
+    def run(depths: str) -> subprocess.CompletedProcess:
+        args = ["-m", *TRAIN, f"model.depth={depths}", f"hydra.sweep.dir={multi}"]
+        return subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+
+    first = run("3,2")  # jobs 0 (depth 3) and 1 (depth 2)
     assert first.returncode == 0, first.stderr[-2000:]
-    done = {p: p.read_bytes() for p in (tmp_path / "multi").rglob("metrics.json")}
-    again = subprocess.run([sys.executable, "-m", "bnexp.run", *args], cwd=REPO, capture_output=True, text=True)
+    done = {p: p.read_bytes() for p in multi.rglob("metrics.json")}
+    again = run("4,2")  # job 0 (depth 4) is new and trains; job 1 (depth 2) is the finished run
     line = again.stderr.strip().splitlines()[-1]
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     assert "already holds a finished run" in line and "hydra.sweep.dir=" in line and "hydra.run.dir" not in line
     assert done and all(p.read_bytes() == b for p, b in done.items())
+    with open(multi / "summary.csv") as f:
+        jobs = {(r["job"].split("_")[0], int(r["depth"])) for r in csv.DictReader(f)}
+    assert jobs == {("0", 3), ("1", 2), ("0", 4)}, jobs
