@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m bnexp.<command>`, while runpy imports it: a Ctrl-C from here on is one
+    from bnexp.stops import stop_at_once_until_training  # line, not an import's traceback (bnexp.stops)
+
+    stop_at_once_until_training()
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 

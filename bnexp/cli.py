@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bnexp.stops import STOP_EXIT, stop_at_once_until_training, stopping, training_begins  # noqa: F401 (re-exported)
+
 PATH_ENV_VARS = ("BNEXP_DATA_DIR",)
 
 
@@ -316,6 +318,7 @@ def guard(
     from omegaconf.errors import OmegaConfBaseException
 
     ignore_sigxfsz()
+    stop_at_once_until_training()
     absolute_env_paths()
     redact_logs()
     remember_secret(os.environ.get("BNEXP_STORAGE"))

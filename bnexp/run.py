@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bnexp.cli import UsageError, disk_full, fail, guard, library_refusal, one_line
+from bnexp.cli import UsageError, disk_full, fail, guard, library_refusal, one_line, stopping
 from bnexp.core.config import Config, check_hardware, register_configs, validate
 from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 
@@ -56,6 +56,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
             _drop_empty_run_dir()
             _summarize_jobs_so_far()
             fail(refused)
+        stopping()  # a second SIGTERM/Ctrl-C while the stop is said: ignored, the exit stays 130
         out = Path(HydraConfig.get().runtime.output_dir)
         if (out / CHECKPOINT).is_file() and is_rank_zero():
             again = " ".join([*HydraConfig.get().overrides.task, f"hydra.run.dir={out}"])

@@ -10,7 +10,7 @@ from helpers.env import REPO
 
 PKG = REPO / "bnexp"
 MAX_LINES = 80
-LEAVES = ("cli", "files", "names", "record")  # top-level modules everything may use: they import no subpackage
+LEAVES = ("cli", "files", "names", "record", "stops")  # top-level modules everything may use: they import no subpackage
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

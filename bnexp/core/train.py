@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp.cli import ConfigError
+from bnexp.cli import ConfigError, training_begins
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
 from bnexp.core.metrics import run_metrics
@@ -401,6 +401,7 @@ def train(
     )
     if resume is not None:
         log.info("resuming from %s", resume)
+    training_begins()  # SIGINT/SIGTERM now stop training gracefully, with a checkpoint (bnexp.cli)
     with ddp_job(trainer, out):
         train_s = fit_evaluate(trainer, module, dm, resume)
     t_recal = time.perf_counter()

@@ -28,7 +28,18 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp import names
-from bnexp.cli import ConfigError, UsageError, disk_full, fail, guard, hide_storage_password, mask_url, one_line, redact
+from bnexp.cli import (
+    ConfigError,
+    UsageError,
+    disk_full,
+    fail,
+    guard,
+    hide_storage_password,
+    mask_url,
+    one_line,
+    redact,
+    stopping,
+)
 from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
@@ -224,6 +235,7 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
         bar.close()
     log.info("worker done: %s", counts)
     if worker.interrupted:
+        stopping()  # the exit stays 130 whatever signal comes now
         print("bnexp: sweep interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     return counts

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from bnexp import names
 from bnexp.analysis.stability import StabilityRule, verdict_summary
-from bnexp.cli import ConfigError, one_line
+from bnexp.cli import ConfigError, one_line, stopping
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
 from bnexp.record import VAL_ACC
@@ -504,9 +504,12 @@ class Worker:
 
 def install_signal_handlers(worker: Worker) -> None:
     def handler(signum: int, frame: Any) -> None:
-        """Only set the flag (see the module docstring); a second signal raises, for a user who insists."""
+        """Only set the flag (see the module docstring). A second signal is said once and ignored: raising
+        from a signal handler lands anywhere (a __del__, a callback: "Exception ignored ... KeyboardInterrupt")
+        and would skip the checkpoint; kill -9 stops at once, and a rerun retries the point."""
         if worker.interrupted:
-            raise KeyboardInterrupt
+            stopping(say=True)
+            return
         worker.interrupted = True
 
     if threading.current_thread() is threading.main_thread():
