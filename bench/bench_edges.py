@@ -7,7 +7,9 @@ lr in [1e-5, 1]): a 12-point and a 24-point grid, the edge search at resolution 
 and a 48-point grid as the reference. Each edge's error is |log10(edge / reference edge)| in decades, an edge
 being its bracket's geometric midpoint (bnexp.analysis.edges). Each arm is its own study under --out, so a
 rerun of this script goes on where it stopped (finished arms train nothing). Prints a markdown table and
-writes edges.json beside the studies. Wall times are whole commands on this machine; compare arms of one run.
+writes edges.json beside the studies. Costs are summed over each arm's trials (their own wall and CPU
+times, from their metrics.json), so that a resumed arm and a machine shared with other work still count every
+trial: on a busy machine compare the CPU column.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def run_arm(name: str, extra: list[str], a: argparse.Namespace) -> dict:
         sys.executable, "-m", "bnexp.sweep", "sweep=lr_stability", f"sweep.name=edges-{name.split(' ')[0]}",
         f"sweep.out_dir={out}", "sweep.grid.model.bn=[off,pre]", "sweep.seeds=[0]", "sweep.lr.low=1e-5",
         "sweep.lr.high=1", f"model.depth={a.depth}", f"trainer.max_steps={a.steps}",
-        f"trainer.val_every={max(a.steps // 4, 1)}", "logger=none", "sweep.progress=false", *extra,
+        f"trainer.val_every={max(a.steps // 4, 1)}", "logger=none", "sweep.progress=false", f"sweep.jobs={a.jobs}",
+        *extra,
     ]  # fmt: skip
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BNEXP_LOG": "WARNING"})
@@ -43,7 +46,13 @@ def run_arm(name: str, extra: list[str], a: argparse.Namespace) -> dict:
     if r.returncode != 0:
         sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
-    return {"wall_s": wall, "variants": {v["label"]: v for v in s["variants"]}}
+    runs = [json.loads(f.read_text()) for f in (out / "trials").rglob("metrics.json")]
+    return {
+        "wall_s": wall,  # this invocation's: an arm finished by an earlier one costs ~nothing here
+        "trial_wall_s": sum(m.get("wall_s") or 0.0 for m in runs),  # every trained trial's own wall time
+        "cpu_s": sum(m.get("cpu_s") or 0.0 for m in runs),  # and its CPU time: the cost whatever the load
+        "variants": {v["label"]: v for v in s["variants"]},
+    }
 
 
 def _edge(v: dict, side: str) -> float | None:
@@ -55,6 +64,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default="bench/results/edges")
+    ap.add_argument("--jobs", default="auto", help="sweep.jobs of every arm (local workers)")
     a = ap.parse_args()
     res = {name: run_arm(name, extra, a) for name, extra in ARMS.items()}
     ref = res["grid-48 (reference)"]["variants"]
@@ -69,14 +79,17 @@ def main() -> None:
                 if e is not None and e_ref is not None:
                     errs.append(abs(math.log10(e / e_ref)))
         edges = {lb: [_edge(v, "low"), _edge(v, "high")] for lb, v in r["variants"].items()}
-        rows.append({"arm": name, "trials": trials, "wall_s": r["wall_s"], "resolution": reso,
-                     "max_edge_error": max(errs) if errs else None, "edges": edges})  # fmt: skip
+        rows.append({"arm": name, "trials": trials, "wall_s": r["wall_s"], "trial_wall_s": r["trial_wall_s"],
+                     "cpu_s": r["cpu_s"], "resolution": reso, "max_edge_error": max(errs) if errs else None,
+                     "edges": edges})  # fmt: skip
     print(f"depth {a.depth}, {a.steps} steps, off/pre, seed 0, lr in [1e-5, 1]\n")
-    print("| search | trials | wall (s) | resolution (decades) | max edge error vs 48-point grid (decades) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| search | trials | trial time, summed (s) | CPU time, summed (s) | resolution (decades) "
+          "| max edge error vs 48-point grid (decades) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         err = "–" if r["max_edge_error"] is None else f"{r['max_edge_error']:.2f}"
-        print(f"| {r['arm']} | {r['trials']} | {r['wall_s']:.0f} | {r['resolution']:.2f} | {err} |")
+        print(f"| {r['arm']} | {r['trials']} | {r['trial_wall_s']:.0f} | {r['cpu_s']:.0f} | {r['resolution']:.2f} "
+              f"| {err} |")  # fmt: skip
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "edges.json").write_text(json.dumps({"depth": a.depth, "steps": a.steps, "arms": rows}, indent=1))
 
