@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -146,6 +147,7 @@ class Worker:
         self.spec_hash = liveness.study_user_attrs(study).get("spec_hash", "")
         self.keys = names.variant_keys(self.grid_keys)
         self.interrupted = False
+        self._said_waiting = False
         self.current: list[Any] = []
 
     # ---- one point ---------------------------------------------------------------------------------
@@ -471,6 +473,29 @@ class Worker:
 
         return bool(self.study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in states)))
 
+    def _say_what_it_waits_for(self) -> None:
+        """With sweep.heartbeat=0 a worker on another host that died cannot be told from one still training, so
+        this worker would wait for its trial forever, silently: say so, once, with the way out."""
+        from optuna.trial import TrialState
+
+        if self.sw.heartbeat > 0 or self._said_waiting:
+            return
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        self._said_waiting = True
+        t = min(running, key=lambda t: t.number)
+        since = t.datetime_start.strftime("%Y-%m-%d %H:%M") if t.datetime_start else "?"
+        print(
+            f"bnexp: waiting for {len(running)} trial(s) that other workers are training (trial {t.number} on "
+            f"{t.user_attrs.get('worker', 'an unknown worker')}, since {since}); with sweep.heartbeat=0 a worker "
+            "on another host that died cannot be told from one still training: if it is gone, stop this and "
+            "rerun with sweep.heartbeat=10, which fails a trial that has not beaten for sweep.grace seconds "
+            "and retries its point",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def loop(self, progress: Any = None, max_trials: int | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
         done = 0
@@ -482,6 +507,7 @@ class Worker:
                 if not self._has(("WAITING",)):
                     if not self._has(("RUNNING",)):
                         break
+                    self._say_what_it_waits_for()
                     time.sleep(min(5.0, max(1.0, sw.heartbeat / 2)))  # others still running
                     continue
             group = self.ask_group()
