@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import math
 import signal
 import subprocess
 import time
@@ -111,3 +112,32 @@ def test_two_workers_share_an_edge_search_and_train_every_point_once(tmp_path):
     _check_edges(out, 2)
     study, _ = completed_keys(out)
     assert len({t.user_attrs.get("worker") for t in study.trials if t.state.name == "COMPLETE"}) == 2
+
+
+@pytest.mark.slow  # a fine grid besides the search (~40 trials); the search alone is checked by default above
+def test_the_search_agrees_with_a_fine_grid_on_the_same_config_in_fewer_trials(tmp_path):
+    """The same config, seeds and steps two ways through the real command: the edge search (5 coarse points,
+    resolution 0.5) and an 11-point grid (0.5-decade steps) over the same 5 decades. Each edge of each seed
+    that both find lies within one grid step of the grid's (bracket midpoints, in decades), and the search
+    trained fewer trials than the grid for every variant."""
+    search, grid = tmp_path / "search", tmp_path / "grid"
+    fine = [a for a in EDGES if not a.startswith(("sweep.lr.search", "sweep.lr.resolution"))]
+    for args in (cli(search, *EDGES, points=5), cli(grid, *fine, points=11)):
+        r = subprocess.run(args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, r.stderr[-3000:]
+    s = {v["label"]: v for v in json.loads((search / "summary.json").read_text())["variants"]}
+    g = {v["label"]: v for v in json.loads((grid / "summary.json").read_text())["variants"]}
+    step = 5 / 10  # decades between neighbouring grid points
+    compared = 0
+    for label, v in s.items():
+        assert v["n_trials"] < g[label]["n_trials"], (label, v["n_trials"], g[label]["n_trials"])
+        for seed, es in v["edges"]["per_seed"].items():
+            gs = g[label]["edges"]["per_seed"][seed]
+            for side in ("low", "high"):
+                a, b = es[side], gs[side]
+                if not a or not b or None in (*a, *b):  # an edge beyond the range: nothing to compare
+                    continue
+                mid = lambda br: (math.log10(br[0]) + math.log10(br[1])) / 2  # noqa: E731
+                assert abs(mid(a) - mid(b)) <= step + 1e-9, (label, seed, side, a, b)
+                compared += 1
+    assert compared >= 2, (s, g)  # the comparison compared something (BN pre's two edges at least)
