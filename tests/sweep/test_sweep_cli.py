@@ -27,7 +27,10 @@ from bnexp.sweep.spec import training_cfg
         (["sweep.grid.model.bn=[off,foo]"], "model.bn='foo' is not allowed"),
         (["model.bm=pre"], "unknown config key 'model.bm'; valid keys under model: depth"),
         (["sweep.bogus=1"], "unknown config key 'sweep.bogus'; valid keys under sweep: name, grid"),
-        (["sweep=nonexistent"], "Available options in 'sweep': bias_ablation depth_ablation lr_stability optim"),
+        (
+            ["sweep=nonexistent"],
+            "Available options in 'sweep': bias_ablation bn_momentum depth_ablation init_scale lr_stability optim",
+        ),
         (["optim.lr=0.5"], "optim.lr=0.5 is the axis every study varies"),
         (["--frobnicate"], "unknown flag '--frobnicate'"),
         (["--max-trials", "x"], "--max-trials=x: give a positive whole number"),
