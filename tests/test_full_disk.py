@@ -172,6 +172,7 @@ def _limited(limit_kb: int, command: str, *args: str, cwd: Path = REPO) -> subpr
     quoted = " ".join(f"'{a}'" for a in args)
     line = f"ulimit -f {limit_kb}; exec {sys.executable} -m bnexp.{command} {quoted}"
     env = child_env(PYTHONDONTWRITEBYTECODE="1", WANDB_MODE="offline")
+    env.pop("WANDB_SERVICE", None)  # an earlier in-process W&B run's service: its own, unlimited, would write
     return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
