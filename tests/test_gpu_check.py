@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers.env import REPO, child_env
 
 
+@pytest.mark.slow  # default-suite time: gpu_check's sections also run on CPU here with -m slow (31 s)
 def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)]
