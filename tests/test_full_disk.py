@@ -171,8 +171,9 @@ def _limited(limit_kb: int, command: str, *args: str, cwd: Path = REPO) -> subpr
     """`python -m bnexp.COMMAND ARGS` under `ulimit -f LIMIT_KB` (a real EFBIG on every write past it)."""
     quoted = " ".join(f"'{a}'" for a in args)
     line = f"ulimit -f {limit_kb}; exec {sys.executable} -m bnexp.{command} {quoted}"
-    env = child_env(PYTHONDONTWRITEBYTECODE="1", WANDB_MODE="offline")
-    env.pop("WANDB_SERVICE", None)  # an earlier in-process W&B run's service: its own, unlimited, would write
+    # no W&B settings from earlier in-process runs of this pytest (WANDB_SERVICE: their unlimited service)
+    env = {k: v for k, v in child_env(PYTHONDONTWRITEBYTECODE="1").items() if "WANDB" not in k.upper()}
+    env["WANDB_MODE"] = "offline"
     return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -195,7 +196,7 @@ def test_a_cut_wandb_offline_record_is_an_error_not_saved(tmp_path):
     """W&B's service writes the .wandb record in its own process: a full disk there never raised in ours, and
     the command said "saved; sync it" over a cut-off record. Now: exit 2, one line; metrics.json is whole."""
     out = tmp_path / "r"
-    r = _limited(20, "run", "experiment=smoke", "logger=wandb", f"hydra.run.dir={out}")  # the record is ~30 KB
+    r = _limited(8, "run", "experiment=smoke", "logger=wandb", f"hydra.run.dir={out}")  # the record: 12-30 KB
     assert r.returncode == 2, r.stderr[-3000:]
     line = _one_line(r.stderr)
     assert "W&B could not write its offline record" in line and "file too large" in line, line
