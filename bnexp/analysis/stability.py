@@ -28,6 +28,10 @@ Conventions (the choices a reader needs to interpret the numbers):
   lists them and ``n_holes`` counts them. ``span_lr_min`` / ``span_lr_max`` / ``span_decades`` is the span
   that ignores holes (lowest to highest stable lr), for what it is worth. With no stable lr the widths are
   0.0 and the bounds None; with exactly one they are 0.0 too (``n_stable_lrs`` tells the cases apart).
+* Where seeds trained different lrs (the edge search bisects each seed's own brackets), a seed's verdict at
+  an lr it did not train is taken from its own nearest trained lrs when they agree, and left out of that
+  lr's quorum when they do not (``_inferred``; ``seeds_inferred`` per point). A grid, every seed at every
+  lr, has nothing to infer.
 * ``best_lr`` / ``best_value``: the lr with the highest mean judged value over its non-diverged
   finite seeds, and that mean (ties: the lowest lr). Each of ``points`` gives an lr's ``values`` (the value
   judged, per seed in ``seeds``), ``frac_stable`` and ``stable`` (the rule's verdict on the lr).
@@ -370,6 +374,42 @@ def _decades(mask: np.ndarray, means: np.ndarray, log_lrs: np.ndarray) -> np.nda
     return np.where(lo >= 0, log_lrs[np.maximum(hi, 0)] - log_lrs[np.maximum(lo, 0)], 0.0)
 
 
+def _inferred(complete: list[dict], lrs: list[float], rule: StabilityRule, best: float | None) -> dict:
+    """Each seed's verdict at the lrs it did not train, where its own trials decide it: {lr: [(seed, value,
+    stable)]}. A seed missing an lr is judged there only when its nearest trained lrs below and above agree
+    (both stable or both not); the value is the lower of theirs (NaN where either could not be stable), so
+    the rule, the quorum and the bootstrap judge it as they judge a trained one. Between a stable and an
+    unstable lr of its own the seed is undecided and left out of that lr's quorum.
+
+    Why: the edge search trains each seed at its own bisection points, so an lr near an edge is trained by
+    one seed. Counting only the seeds that trained there made that one seed a quorum (1 of 1), and drew
+    the pooled range out to a single seed's edge; a grid, where every seed trains every lr, gets nothing
+    inferred. The same unbroken-range assumption the search bisects under fills the gaps."""
+    by_seed: dict[Any, list[tuple[float, dict]]] = {}
+    for r in complete:
+        lr = _lr_key(r)
+        if lr is not None:
+            by_seed.setdefault(r.get("seed"), []).append((lr, r))
+    out: dict[float, list[tuple[Any, float, bool]]] = {}
+    if len(by_seed) < 2:
+        return out
+    for seed, own in by_seed.items():
+        own.sort(key=lambda t: t[0])
+        trained = [lr for lr, _ in own]
+        for lr in lrs:
+            i = int(np.searchsorted(trained, lr))
+            if (i < len(trained) and trained[i] == lr) or i == 0 or i == len(trained):
+                continue  # trained here, or outside what this seed searched
+            below, above = own[i - 1][1], own[i][1]
+            st = is_stable(below, rule, best)
+            if st != is_stable(above, rule, best):
+                continue  # inside this seed's own bracket: undecided
+            vs = [_judged_value(below, rule), _judged_value(above, rule)]
+            value = math.nan if None in vs else min(vs)  # type: ignore[type-var]
+            out.setdefault(lr, []).append((seed, value, st))
+    return out
+
+
 def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list[int] | None) -> dict[str, Any]:
     """Stable lrs and widths of one variant's COMPLETE trials under ``rule`` (module docstring); the
     bootstrap interval only with ``n_boot`` > 0 and an ``rng_key``."""
@@ -380,6 +420,7 @@ def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list
         if lr is not None:
             by_lr.setdefault(lr, []).append(r)
     lrs = sorted(by_lr)
+    inferred = _inferred(complete, lrs, rule, best)
 
     points = []
     vals: list[np.ndarray] = []  # per lr: (1, n_seeds) judged values, NaN where a trial cannot be stable
@@ -388,7 +429,8 @@ def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list
         judged = [_judged_value(r, rule) for r in group]
         n_st = sum(is_stable(r, rule, best) for r in group)
         n_div = sum(_as_bool(r.get("diverged", False)) for r in group)
-        vals.append(np.array([[np.nan if v is None else v for v in judged]], dtype=float))
+        extra = inferred.get(lr, [])
+        vals.append(np.array([[np.nan if v is None else v for v in judged] + [v for _, v, _ in extra]], dtype=float))
         finite = [v for v in judged if v is not None]
         points.append(
             {
@@ -396,8 +438,10 @@ def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list
                 "n_seeds": len(group),
                 "n_stable": n_st,
                 "n_diverged": n_div,
-                "frac_stable": n_st / len(group),
+                # over the seeds trained here and those their own neighbours decide (_inferred)
+                "frac_stable": (n_st + sum(st for *_, st in extra)) / (len(group) + len(extra)),
                 "seeds": [r.get("seed") for r in group],
+                "seeds_inferred": [s for s, *_ in extra],
                 "values": judged,  # the value the rule judged, per seed (None: diverged / not finite)
                 "mean": float(np.mean(finite)) if finite else None,
                 "diverged_any": n_div > 0,

@@ -235,18 +235,36 @@ def test_batch_statistics_view_has_its_own_bootstrap_interval() -> None:
 
 
 def test_seed_fraction_and_quorum() -> None:
-    trials = seeded([(3, 3), (2, 3), (1, 2), (1, 3), (0, 3)])
+    # seed 2 did not train lr 1e-2, and its own neighbours disagree (1e-3 stable, 1e-1 not): undecided there
+    trials = seeded([(3, 3), (3, 3), (1, 2), (1, 3), (0, 3)])
     v = only(analyse(trials, RULE, n_boot=0))
     pts = v["points"]
     assert [p["n_seeds"] for p in pts] == [3, 3, 2, 3, 3]
-    assert [p["frac_stable"] for p in pts] == pytest.approx([1, 2 / 3, 0.5, 1 / 3, 0])
+    assert [p["seeds_inferred"] for p in pts] == [[], [], [], [], []]
+    assert [p["frac_stable"] for p in pts] == pytest.approx([1, 1, 0.5, 1 / 3, 0])
     assert [p["stable"] for p in pts] == [True, True, True, False, False]  # 1 of 2 meets 0.5
-    assert v["stable_lr_max"] == pytest.approx(1e-2) and v["n_stable"] == 7
-    assert pts[1]["mean"] == pytest.approx((0.95 * 2 + 0.5) / 3)
+    assert v["stable_lr_max"] == pytest.approx(1e-2) and v["n_stable"] == 8
     strict = only(analyse(trials, StabilityRule(threshold=0.9, seed_quorum=1.0), n_boot=0))
-    assert strict["stable_lr_max"] == pytest.approx(1e-4)
+    assert strict["stable_lr_max"] == pytest.approx(1e-3)
     loose = only(analyse(trials, StabilityRule(threshold=0.9, seed_quorum=0.3), n_boot=0))
     assert loose["stable_lr_max"] == pytest.approx(1e-1)
+    mixed = only(analyse(seeded([(3, 3), (2, 3), (1, 3), (0, 3)], GRID[:4]), RULE, n_boot=0))
+    assert mixed["points"][1]["mean"] == pytest.approx((0.95 * 2 + 0.5) / 3)
+
+
+def test_a_seed_is_judged_where_it_did_not_train_only_where_its_own_neighbours_agree() -> None:
+    # the edge search's shape: coarse lrs for every seed, then one seed's own bisection points
+    coarse = {1e-4: (1, 1, 1), 1e-3: (1, 1, 1), 1e-2: (1, 0, 0), 1e-1: (0, 0, 0)}
+    trials = [trial(lr, 0.95 if ok[s] else 0.5, seed=s) for lr, ok in coarse.items() for s in range(3)]
+    trials += [trial(3.16e-4, 0.95, seed=0), trial(0.0316, 0.95, seed=0)]
+    v = only(analyse(trials, RULE, n_boot=0))
+    pts = {p["lr"]: p for p in v["points"]}
+    # 3.16e-4: seeds 1 and 2 are stable at 1e-4 and 1e-3, so stable between; 0.0316: unstable at 1e-2 and 0.1
+    assert pts[3.16e-4]["seeds_inferred"] == [1, 2] and pts[3.16e-4]["frac_stable"] == 1.0
+    assert pts[0.0316]["seeds_inferred"] == [1, 2] and pts[0.0316]["frac_stable"] == pytest.approx(1 / 3)
+    assert not pts[0.0316]["stable"]  # one seed alone is not a quorum of three
+    assert (v["stable_lr_min"], v["stable_lr_max"], v["holes"]) == (1e-4, 1e-3, [])
+    assert pts[3.16e-4]["n_seeds"] == 1  # what trained is still told apart from what was inferred
 
 
 def test_bootstrap_ci_brackets_estimate() -> None:
