@@ -9,7 +9,8 @@ EDGES=(sweep.lr.search=edges sweep.lr.points=6 sweep.lr.resolution=0.15 'sweep.s
 declare -A STUDY=(
   [edges_d19]="sweep=lr_stability ${EDGES[*]}"
   [bn_momentum]="sweep=bn_momentum"
-  [edges_depth]="sweep=depth_ablation sweep.grid.model.depth=[4,8,12] ${EDGES[*]}"
+  # depth 8 pre is bn_momentum's momentum-0.01 half (the same trials: pre, depth 8, these EDGES), 19 edges_d19's
+  [edges_depth]="sweep=depth_ablation sweep.grid.model.depth=[4,12] ${EDGES[*]}"
   [init_scale]="sweep=init_scale"
 )
 ORDER=(edges_d19 bn_momentum edges_depth init_scale)

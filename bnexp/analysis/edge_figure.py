@@ -21,7 +21,7 @@ def plot_edges(out: Path, study: str, variants: list[dict], colour_of: Any, fmt:
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.55 * len(variants)))
+    fig, ax = plt.subplots(figsize=(8.5, 1.4 + 0.55 * len(variants)), layout="constrained")
     labels = []
     for y, v in enumerate(variants):
         labels.append(v["label"])
@@ -46,15 +46,14 @@ def plot_edges(out: Path, study: str, variants: list[dict], colour_of: Any, fmt:
                 ax.fill_betweenx([y + dy - 0.06, y + dy + 0.06], lo, hi, facecolor="none", edgecolor=c, hatch="////")
     ax.set_xscale("log")
     ax.set_yticks(range(len(variants)), labels)
-    ax.invert_yaxis()
+    ax.set_ylim(len(variants) - 0.5, -0.5)  # top to bottom, half a row of room at each end
     ax.set_xlabel("learning rate")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(
-        f"{study}: stable lr range per variant\nthick = median edges over seeds, thin = each seed, "
+        f"{study}: stable lr range per variant\nthick = median edges over seeds, thin = each seed,\n"
         "hatched = the bracket (last stable, first unstable lr) each edge lies in",
         fontsize=9,
     )
-    fig.tight_layout()
     fname = f"edges.{fmt}"
     save_figure(fig, out / fname, fmt)
     return fname
