@@ -42,14 +42,30 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir")}
         row.update(number=t.number, state=t.state.name, lr=fp.get(LR_PARAM, fp.get("lr")), seed=fp.get("seed"))
         out.append(TrialRecord.from_row(row).row())
-    # a trial that died before it finished (kill -9, OOM) has no variant fields: take them from its point
-    by_key = {r["key"]: r for r in out if r.get("bn") is not None}
+    # a trial that died before it finished (kill -9, OOM, a stop) has no variant fields: take them from a
+    # finished trial of its point, else from its point's key (its grid axes) and any finished trial (the rest)
+    done = {r["key"]: r for r in out if r.get("state") == "COMPLETE" and r.get("bn") is not None}
+    anyone = next(iter(done.values()), {})
     for r in out:
-        if r.get("bn") is None and r["key"] in by_key:
-            for k, v in by_key[r["key"]].items():
-                if k in ("bn", "bias", "depth") or ("." in k and k != "overrides"):
-                    if r.get(k) is None:
-                        r[k] = v
+        if r.get("state") == "COMPLETE":
+            continue
+        source = {**anyone, **_axes_of_key(r["key"]), **done.get(r["key"], {})}
+        for k, v in source.items():
+            if k in ("bn", "bias", "depth") or ("." in k and k != "overrides"):
+                if r.get(k) is None:
+                    r[k] = v
+    return out
+
+
+def _axes_of_key(key: str) -> dict[str, Any]:
+    """A point's grid axes from its key (`model.bn=pre model.bn_momentum=0.1 seed=0 lr=0.1`), under their
+    record column names (bn, depth, model.bn_momentum) and as a finished trial records them (strings but depth)."""
+    out: dict[str, Any] = {}
+    for tok in key.split():
+        k, _, v = tok.partition("=")
+        if "." in k:
+            name = axis_name(k)
+            out[name] = int(v) if name == "depth" else v
     return out
 
 

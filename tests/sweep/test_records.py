@@ -30,3 +30,37 @@ def test_a_spec_recorded_before_last_k_judges_the_final_validation() -> None:
 def test_last_k_below_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"sweep.rule.last_k=0 must be a whole number >= 1"):
         _spec("sweep.rule.last_k=0")
+
+
+def test_a_trial_stopped_before_it_finished_joins_its_own_variant() -> None:
+    """A stopped or killed trial records its key but not every variant field: a report must not invent a
+    variant for it (a partial bn_momentum report showed `pre-auto-d8-None`), whether or not its point has
+    finished since."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from bnexp.sweep.records import trial_records
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True), "seed": IntDistribution(0, 9)}
+
+    def add(state: TrialState, momentum: str, **attrs) -> None:
+        key = f"model.bn=pre model.bn_momentum={momentum} seed=0 lr=0.1"
+        value = 0.5 if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.1, "seed": 0}, distributions=dist,
+                                     user_attrs={"key": key, **attrs}))  # fmt: skip
+
+    full = {"bn": "pre", "bias": "auto", "depth": 8, "model.bn_momentum": "0.01", "val/acc": 0.5}
+    add(TrialState.FAIL, "0.01", bn="pre")  # stopped, then trained again
+    add(TrialState.COMPLETE, "0.01", **full)
+    add(TrialState.FAIL, "0.1", bn="pre")  # stopped, its point not trained yet
+    add(TrialState.FAIL, "0.1")  # killed before it recorded anything
+    rows = trial_records(study)
+    got = [(r["state"], r["bn"], r["bias"], r["depth"], r["model.bn_momentum"]) for r in rows]
+    assert got == [
+        ("FAIL", "pre", "auto", 8, "0.01"),
+        ("COMPLETE", "pre", "auto", 8, "0.01"),
+        ("FAIL", "pre", "auto", 8, "0.1"),
+        ("FAIL", "pre", "auto", 8, "0.1"),
+    ]
