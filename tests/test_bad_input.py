@@ -664,6 +664,7 @@ def test_a_bad_value_is_refused_before_torch_is_imported(args):
     assert not imported & {"torch", "lightning", "wandb"}, sorted(imported & {"torch", "lightning", "wandb"})
 
 
+@pytest.mark.slow
 def test_a_refused_multirun_rerun_names_the_sweep_dir_and_tables_every_job(tmp_path):
     """A -m rerun into a multirun dir trains its new job, then meets a job dir that holds a finished run: exit 2,
     one line naming hydra.sweep.dir (not hydra.run.dir); the finished run is untouched; and summary.csv lists

@@ -204,6 +204,7 @@ def test_a_cut_wandb_offline_record_is_an_error_not_saved(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["step"] == 30  # the run's result is kept
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_storage_fills_up_stops_in_one_line_and_the_rerun_finishes(tmp_path):
     """study.db may not grow past its size after the first trial: a later trial's write fails inside Optuna
     (StorageInternalError around SQLite's "disk I/O error"). One line, exit 2; the rerun trains every point."""

@@ -96,6 +96,7 @@ def test_trials_of_one_variant_compile_once_and_match_eager(tmp_path, aot_eager)
             assert c[k] == pytest.approx(e[k], rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.slow
 def test_the_first_compiled_trial_compiles_its_evaluation_passes(tmp_path, aot_eager):
     """A variant no other test compiles (depth 2, bn=post): its first trial's new graphs are exactly the four
     passes, the second trial's none."""
@@ -137,6 +138,7 @@ def test_a_run_stopped_compiled_resumes_eager(tmp_path, aot_eager):
     assert resumed["val/loss"] == pytest.approx(whole["val/loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_sweep_mixing_variants_compiles_once_per_variant_and_judges_as_eager(tmp_path, aot_eager):
     """Two variants x 3 lrs in one worker: each variant's first trial compiles, its others reuse; the stability
     verdicts equal the eager sweep's."""

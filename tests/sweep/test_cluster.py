@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from helpers.env import REPO, TINY, child_env, compose_cfg
 
 SMALL = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every", "data.limit_train"))]
@@ -77,6 +78,7 @@ echo "$jid"
 """
 
 
+@pytest.mark.slow
 def test_slurm_sweep_workers_script(tmp_path):
     bin_dir, logs, out = tmp_path / "bin", tmp_path / "slurm", tmp_path / "sw"
     bin_dir.mkdir(), logs.mkdir()

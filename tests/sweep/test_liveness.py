@@ -75,7 +75,8 @@ def test_a_study_without_recorded_spec_is_completed_by_the_next_worker(tmp_path)
     assert len(keys) == 6 and set(keys.values()) == {1} and p.study.user_attrs["design_size"] == 6
 
 
-@pytest.mark.parametrize("journal", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["sqlite", "journal"])
+@pytest.mark.slow
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
 def test_kill_9_mid_trial_then_rerun_completes(tmp_path, journal):
     """SQLite uses Optuna's heartbeat; the journal file has none, so bnexp beats in a trial system attr.
     Either way the rerun fails the dead worker's trial and retries its point instead of waiting forever."""
@@ -200,6 +201,7 @@ def preempt_then_rerun(out: Path, args: list[str]) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried(tmp_path):
     """SLURM preemption is a SIGTERM: the trial in flight is checkpointed at its next batch and failed as
     interrupted; the rerun retries the point in the same dir and goes on from the step it stopped at."""

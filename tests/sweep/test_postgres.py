@@ -175,6 +175,7 @@ def test_worker_dead_before_its_first_heartbeat_is_failed(pg_url, study_name, tm
     assert len(waiting) == 1  # its point is queued again
 
 
+@pytest.mark.slow
 def test_a_password_in_the_storage_url_is_written_and_printed_nowhere(pg_url, study_name, tmp_path):
     """A PostgreSQL URL whose password holds `/ @ : % #` and a space (percent-encoded where a URL needs it), on the
     command line, with -m, and in $BNEXP_STORAGE, through every command that touches the study (create, two local

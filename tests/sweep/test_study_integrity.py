@@ -31,6 +31,7 @@ def _one_spec_per_study(db) -> tuple[int, int]:
     return len(trials), attrs["design_size"]
 
 
+@pytest.mark.slow
 def test_creation_cut_off_at_random_moments_never_mixes_two_specs(tmp_path):
     rng = random.Random(18)
     # the first kill waits until the design is half enqueued (found in the storage); the others land at random
