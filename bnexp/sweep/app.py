@@ -335,9 +335,17 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     else:
         study, created = open_study(name, sw, spec_record(name, sw, base), spec_hash(sw, base), url)
     meta = out_dir / "sweep.json"
+    command = redact(" ".join(["python -m bnexp.sweep", *[o for o in task if not o.startswith("sweep.action=")]]))
     if created or not meta.exists():  # one writer; the same content whoever writes it
         group = names.study_group(name, liveness.study_user_attrs(study).get("spec_hash", ""))
-        rec = {"study": name, "storage": recorded_storage(url, out_dir), "design_size": len(pts), "wandb_group": group}
+        # the command: what `bnexp.report DIR` gives as the way to reproduce the study (a password redacted)
+        rec = {
+            "study": name,
+            "storage": recorded_storage(url, out_dir),
+            "design_size": len(pts),
+            "wandb_group": group,
+            "command": command,
+        }
         write_json_atomic(meta, rec)
     if sw.action == "create":
         print(f"study {name!r} ready in {mask_url(url)}: {len(pts)} points")
@@ -349,10 +357,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         if sw.action == "work":
             print(f"worker done: {counts}; report: python -m bnexp.report {out_dir}")
             return {"counts": counts}
-    commands = [
-        redact(" ".join(["python -m bnexp.sweep", *[o for o in task if not o.startswith("sweep.action=")]])),
-        f"python -m bnexp.report {out_dir}",
-    ]
+    commands = [command, f"python -m bnexp.report {out_dir}"]
     summary = build_report(study, out_dir, commands, rule)
     wandb_summary(study, out_dir, summary, base)
     print_summary(summary, out_dir)

@@ -42,13 +42,20 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
 
     study = load_study(url, study_name)
     rule = _rejudged(rule_of(recorded_spec(study)["sweep"]), a)
-    cmd = f"python -m bnexp.report --storage $BNEXP_STORAGE --study-name {study_name} --out {out}{_flags_txt(a)}"
-    return build_report(study, out, [cmd], rule, **_figure_kw(a))
+    if a.sweep_dir:  # the sweep that made the study (sweep.json records it), then this command as typed
+        made = _saved(Path(a.sweep_dir) / "sweep.json").get("command")
+        out_txt = f" --out {a.out}" if a.out else ""
+        this = f"python -m bnexp.report {a.sweep_dir}{out_txt}{_flags_txt(a)}"
+        cmds = [*([made] if isinstance(made, str) else []), this]
+    else:
+        cmds = [f"python -m bnexp.report --storage $BNEXP_STORAGE --study-name {study_name} --out {out}{_flags_txt(a)}"]
+    return build_report(study, out, cmds, rule, **_figure_kw(a))
 
 
 def _saved(path: Path) -> dict:
-    """A saved report's summary.json beside its trials.csv: the study's name, rule and variant keys."""
-    f = path.with_name("summary.json")
+    """A saved report's summary.json beside its trials.csv (the study's name, rule and variant keys), or the
+    JSON file `path` names; {} when missing or unreadable."""
+    f = path if path.suffix == ".json" else path.with_name("summary.json")
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
     except (ValueError, UnicodeDecodeError):

@@ -63,6 +63,12 @@ def test_report_rejudges_from_the_dir_and_from_storage_and_says_so(swept, tmp_pa
     assert (by_dir / "stability.png").read_bytes() == (by_storage / "stability.png").read_bytes()
     assert (by_dir / "stability.png").read_bytes() != (swept / "stability.png").read_bytes()
     assert _summary(swept) == before  # the sweep's own report is left as it was
+    # how to reproduce a re-judged report: the sweep that made the study, then the report command as typed
+    made = json.loads((swept / "sweep.json").read_text())["command"]
+    assert made.startswith("python -m bnexp.sweep ") and f"sweep.out_dir={swept}" in made
+    assert made in (swept / "report.md").read_text()
+    lines = (by_dir / "report.md").read_text().split("## Reproduce")[1].splitlines()
+    assert made in lines and f"python -m bnexp.report {swept} --out {by_dir} --threshold 0.0" in lines
 
 
 def test_a_saved_report_is_rejudged_titled_by_its_study(swept, tmp_path):
