@@ -33,6 +33,7 @@ def test_kill_9_with_no_heartbeat_then_rerun_completes(tmp_path):
     assert collections.Counter(t.state.name for t in study.get_trials()) == {"COMPLETE": 2, "FAIL": 1}
 
 
+@pytest.mark.slow
 def test_no_heartbeat_and_a_trial_held_elsewhere_says_what_it_waits_for(tmp_path):
     """sweep.heartbeat=0 and a RUNNING trial of a worker on another host: this host cannot tell a dead worker
     from a live one, so the rerun used to wait forever, silently. It says so once, naming the trial, its worker
