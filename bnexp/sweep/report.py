@@ -43,7 +43,7 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
     study = load_study(url, study_name)
     rule = _rejudged(rule_of(recorded_spec(study)["sweep"]), a)
     if a.sweep_dir:  # the sweep that made the study (sweep.json records it), then this command as typed
-        made = _saved(Path(a.sweep_dir) / "sweep.json").get("command")
+        made = _json(Path(a.sweep_dir) / "sweep.json").get("command")
         out_txt = f" --out {a.out}" if a.out else ""
         this = f"python -m bnexp.report {a.sweep_dir}{out_txt}{_flags_txt(a)}"
         cmds = [*([made] if isinstance(made, str) else []), this]
@@ -53,9 +53,12 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
 
 
 def _saved(path: Path) -> dict:
-    """A saved report's summary.json beside its trials.csv (the study's name, rule and variant keys), or the
-    JSON file `path` names; {} when missing or unreadable."""
-    f = path if path.suffix == ".json" else path.with_name("summary.json")
+    """A saved report's summary.json beside its trials.csv: the study's name, rule and variant keys."""
+    return _json(path.with_name("summary.json"))
+
+
+def _json(f: Path) -> dict:
+    """A JSON file bnexp wrote; {} when missing or unreadable (a report then does without what it holds)."""
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
     except (ValueError, UnicodeDecodeError):

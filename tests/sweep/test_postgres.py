@@ -175,6 +175,28 @@ def test_worker_dead_before_its_first_heartbeat_is_failed(pg_url, study_name, tm
     assert len(waiting) == 1  # its point is queued again
 
 
+def test_the_sweep_command_sweep_json_records_holds_no_password(pg_url, study_name, tmp_path):
+    """sweep.json records the command that made the study (bnexp.report lists it to reproduce a report): a
+    password typed in `sweep.storage=` is masked there, as everywhere (the slow test below greps every file of
+    every command; this is its default-suite guard for sweep.json's command)."""
+    import json
+    from urllib.parse import quote
+
+    secret = "Pw/9@x:%q#r s-" + uuid.uuid4().hex[:8]
+    typed = quote(secret, safe="/: ")
+    scheme, rest = pg_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    url = f"{scheme}://{user.split(':')[0]}:{typed}@{host}"
+    out = tmp_path / "sw"
+    args = [a for a in worker_cmd(url, study_name, out)[3:] if not a.startswith(("sweep.lr.points", "logger="))]
+    r = bnexp("sweep", *args, "sweep.lr.points=2", "logger=none", "--create-only", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    command = json.loads((out / "sweep.json").read_text())["command"]
+    assert command.startswith("python -m bnexp.sweep ") and f"{user.split(':')[0]}:***@" in command
+    text = (out / "sweep.json").read_text() + r.stdout + r.stderr
+    assert not [f for f in {secret, typed, quote(secret, safe="")} if f in text]
+
+
 @pytest.mark.slow
 def test_a_password_in_the_storage_url_is_written_and_printed_nowhere(pg_url, study_name, tmp_path):
     """A PostgreSQL URL whose password holds `/ @ : % #` and a space (percent-encoded where a URL needs it), on the
