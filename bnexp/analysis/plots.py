@@ -494,8 +494,9 @@ def _draw_view(ax_r: Any, ax_w: Any, view: dict, stats: str, y: float, c: Any, g
     for lo, hi in runs:  # exactly the lrs judged stable: an unstable lr inside the range is a gap
         ax_r.fill_between([lo, hi], y - 0.15, y + 0.15, facecolor="white" if hatch else c, edgecolor=c,
                           hatch=hatch, lw=1.2)  # fmt: skip
-    if runs:
-        ax_r.annotate(f"{view['stable_decades']:.2f} dec", (runs[-1][1], y), xytext=(6, 0),
+    if runs:  # the label right of the bar and of every seed's own range end, which may reach past it
+        ends = [runs[-1][1], *(s["stable_lr_max"] * 1.15 for s in view.get("per_seed") or [] if s["stable_lr_max"])]
+        ax_r.annotate(f"{view['stable_decades']:.2f} dec", (max(ends), y), xytext=(6, 0),
                       textcoords="offset points", va="center", fontsize=7, color=c)  # fmt: skip
     else:
         ax_r.text(min(all_lrs or [1e-3]), y, f"no stable lr ({stats} statistics)", va="center", fontsize=7, color=c)
