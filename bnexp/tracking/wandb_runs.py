@@ -23,7 +23,6 @@ In auto mode an online start that fails (no network, server down) falls back to 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp import names
 from bnexp.cli import redact
 from bnexp.files import FileWriteError
+from bnexp.tracking import wandb_record
 from bnexp.tracking.wandb_mode import resolve_mode
 
 log = logging.getLogger(__name__)
@@ -144,41 +144,11 @@ def _where(run: Any) -> str | None:
         return None
 
 
-_STORE_WORDS = ("writer", "store", "transactionlog", "file too large", "no space left")
-
-
-def record_errors(where: str | Path) -> list[str]:
-    """What W&B's own service logged as failing while it wrote the offline record in `where` (an offline-run-*
-    dir). wandb-core writes the `.wandb` transaction log in its own process and logs a failed write to
-    logs/debug-internal.log (JSON lines) instead of raising in ours, so `run.finish()` returns as if all were
-    saved while a full disk or `ulimit -f` cut the record short. No Python reader of that log format ships with
-    wandb 0.31 (its reader is in the Go service), so this reads the service's verdict; a record file missing or
-    empty counts too."""
-    d = Path(where)
-    records = list(d.glob("*.wandb"))
-    if not records or all(r.stat().st_size == 0 for r in records):
-        return [f"no record file in {d}"]
-    errors = []
-    try:
-        lines = (d / "logs" / "debug-internal.log").read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        msg = str(rec.get("msg", "")) if isinstance(rec, dict) else ""
-        if rec.get("level") == "ERROR" and any(w in msg.lower() for w in _STORE_WORDS):
-            errors.append(msg)
-    return errors
-
-
 def _close(run: Any, exit_code: int) -> None:
     where, offline = _where(run), run.settings.mode == "offline"
     run.finish(exit_code=exit_code)
     if offline and where:
-        errors = record_errors(where)
+        errors = wandb_record.record_errors(where)
         if errors:  # a sweep stops on it as on any full disk (bnexp.sweep.faults: the point waits again)
             why = errors[-1].rsplit(": ", 1)[-1][:120]  # the OS's words ("file too large"), not the path again
             raise FileWriteError(

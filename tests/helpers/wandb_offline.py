@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
-_BLOCK, _HEADER = 32768, 7  # the .wandb transaction log: LevelDB-style blocks, 7-byte record headers
+from bnexp.tracking.wandb_record import CutRecord, read_records
 
 
 def _records(path: Path):
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log")
-    pos, buf = _HEADER, b""
-    while pos + _HEADER <= len(data):
-        space = _BLOCK - pos % _BLOCK
-        if space < _HEADER:  # block trailer padding
-            pos += space
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        if pos + _HEADER + length > len(data):  # a record still being written
-            break
-        payload = data[pos + _HEADER : pos + _HEADER + length]
-        pos += _HEADER + length
-        if kind == 0:
-            break
-        if kind == 1:  # full
-            yield pb.Record.FromString(payload)
-        elif kind == 2:  # first
-            buf = payload
-        elif kind == 3:  # middle
-            buf += payload
-        elif kind == 4:  # last
-            yield pb.Record.FromString(buf + payload)
+    # bnexp's own reader of the framing; a record still being written ends the list
+    try:
+        yield from read_records(path)
+    except CutRecord:
+        return
 
 
 def _json(s: str) -> Any:

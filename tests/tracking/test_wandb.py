@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from bnexp.cli import ConfigError
 from bnexp.core.train import train
 from bnexp.run import default_verdict
+from bnexp.tracking import wandb_record
 from bnexp.tracking.loggers import build_callbacks
 from bnexp.tracking.wandb_mode import resolve_mode
 from bnexp.tracking.wandb_runs import run_name
@@ -239,3 +240,22 @@ def test_a_runs_dir_its_wandb_name_and_id_share_one_name(tmp_path):
     assert run_dir.name.endswith("_pre-auto-d2-lr2e-03-s0"), run_dir.name
     (run,) = [read_offline_run(p, wait_s=30) for p in offline_runs(run_dir)]
     assert run["name"] == "pre-auto-d2-lr2e-03-s0" and run["id"].startswith(run_dir.name)
+
+
+def test_a_record_cut_anywhere_or_damaged_is_not_whole(tmp_path):
+    """The offline record is judged by its own framing, not only by the service's log (which came too late one
+    time in four): whole as written; cut at any byte, or with one byte changed, it is not."""
+    train(compose_cfg([*WANDB, "trainer.max_steps=5"]), output_dir=tmp_path / "r")
+    [run] = offline_runs(tmp_path / "r")
+    [f] = run.glob("*.wandb")
+    assert wandb_record.record_state(f) is None and wandb_record.record_errors(run, wait_s=0) == []
+    data = f.read_bytes()
+    cut = tmp_path / "cut" / f.name
+    cut.parent.mkdir()
+    for n in [*range(0, len(data), 97), len(data) - 1]:  # every 97th byte, and one short of whole
+        cut.write_bytes(data[:n])
+        assert wandb_record.record_state(cut) is not None, n
+    assert "cut off" in wandb_record.record_errors(cut.parent, wait_s=0)[0]
+    middle = len(data) // 2
+    cut.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :])
+    assert "checksum" in wandb_record.record_state(cut)
