@@ -18,7 +18,7 @@ def test_first_bash_block_is_on_the_first_screen_and_is_what_ci_runs():
     assert start + 1 + len(block) < 40
     commands = [line for line in block if line and not line.startswith("#")]
     assert any(c.startswith("python -m venv .venv") and "pip install -e" in c for c in commands)
-    assert "python -m bnexp.run model.bn=pre" in commands and commands[-1] == "python -m pytest"
+    assert "python -m bnexp.run model.bn=pre" in commands and commands[-1] == "python -m pytest -n 2"
     awk = r"/^```bash$/ {on=1; next} on && /^```$/ {exit} on {print}"  # .ci/run's own extraction
     ci = subprocess.run(["awk", awk, str(README)], capture_output=True, text=True, check=True).stdout
     assert ci.splitlines() == block
