@@ -32,3 +32,15 @@ def test_status_counts_each_point_by_state_and_shows_the_range_so_far(tmp_path):
     assert claimed is not None
     r = bnexp("status", "--storage", f"sqlite:///{tmp_path}/none.db", "--study-name", "t", cwd=tmp_path)
     assert r.returncode == 2 and "no study storage at" in r.stderr and not (tmp_path / "none.db").exists()
+
+
+def test_a_float_axis_keeps_each_variant_in_one_row_while_points_wait(tmp_path):
+    """A grid over a float (`model.init_std`): a waiting point's variant is read from its key as a finished
+    trial records it ("0.2", a string), so its row is the finished trials' row, not a second one (a float 0.2)."""
+    out = tmp_path / "sw"
+    grid = ["sweep.grid.model.bn=[pre]", "+sweep.grid.model.init_std=[0.05,0.2]"]
+    run_sweep(sweep_args(out, points=2, extra=["--max-trials", "3", *grid]))
+    rows = status(parts(sweep_args(out, points=2, extra=grid)).study)
+    assert sorted(r["variant"] for r in rows) == ["pre-auto-d3-0.05", "pre-auto-d3-0.2"], rows
+    assert sum(r["done"] for r in rows) == 3 and sum(r["waiting"] for r in rows) == 1
+    assert all(r["done"] + r["waiting"] == 2 for r in rows)
