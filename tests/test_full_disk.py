@@ -204,7 +204,6 @@ def test_a_cut_wandb_offline_record_is_an_error_not_saved(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["step"] == 30  # the run's result is kept
 
 
-@pytest.mark.slow
 def test_a_sweep_whose_storage_fills_up_stops_in_one_line_and_the_rerun_finishes(tmp_path):
     """study.db may not grow past its size after the first trial: a later trial's write fails inside Optuna
     (StorageInternalError around SQLite's "disk I/O error"). One line, exit 2; the rerun trains every point."""
@@ -222,7 +221,6 @@ def test_a_sweep_whose_storage_fills_up_stops_in_one_line_and_the_rerun_finishes
     assert len(done) == 5 and set(done.values()) == {1}  # every point once
 
 
-@pytest.mark.slow  # default-suite time: bnexp.run's cut record and the sweep's environment failures stay default
 def test_a_sweep_trial_whose_wandb_record_is_cut_gives_its_point_back(tmp_path):
     """A trial's W&B record cut by the disk is the environment's fault, not the trial's result: the worker
     stops in one line (exit 2), the point waits again with no retry spent, and the rerun trains it. (A journal

@@ -201,7 +201,6 @@ def preempt_then_rerun(out: Path, args: list[str]) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_a_preempted_trial_resumes_from_its_checkpoint_when_its_point_is_retried(tmp_path):
     """SLURM preemption is a SIGTERM: the trial in flight is checkpointed at its next batch and failed as
     interrupted; the rerun retries the point in the same dir and goes on from the step it stopped at."""

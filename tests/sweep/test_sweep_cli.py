@@ -287,7 +287,6 @@ def _one_name_per_metric(out, wandb_trials, report) -> None:
         assert t.intermediate_values == {h["step"]: h[VAL_ACC] for h in m["val_history"]}  # optuna-dashboard's curves
 
 
-@pytest.mark.slow
 def test_a_retried_trial_resumes_its_wandb_run(tmp_path, monkeypatch):
     """A trial that fails mid-training is retried; the retry logs to the same W&B run id (offline: a second
     run dir with that id, which `wandb sync` joins), and every point has its own id."""
