@@ -244,12 +244,14 @@ def stable_runs(grid: Sequence[float], stable: set[float]) -> list[tuple[float, 
     return runs
 
 
-def _stable_strip(ax: Any, members: list[dict], colours: list, grid: Sequence[float]) -> None:
+def _stable_strip(ax: Any, members: list[dict], colours: list) -> None:
     """One row per variant under the main panel: its stable lrs (each point's `stable` flag under the rule)
-    as solid spans in the variant's colour, rows apart so ranges never overlap or blend."""
+    as solid spans in the variant's colour, rows apart so ranges never overlap or blend. Runs are taken on
+    the variant's own lrs, as its width is: an lr another variant trained (an edge search's bisection points
+    differ per variant) is no gap in this one's bar."""
     for i, (v, c) in enumerate(zip(members, colours, strict=True)):
         stable = {p["lr"] for p in v["points"] if p.get("stable")}
-        for lo, hi in stable_runs(grid, stable):
+        for lo, hi in stable_runs([p["lr"] for p in v["points"]], stable):
             ax.axvspan(lo, hi, ymin=1 - (i + 0.85) / len(members), ymax=1 - (i + 0.15) / len(members), color=c, lw=0)
     ax.set_yticks([1 - (i + 0.5) / max(len(members), 1) for i in range(len(members))],
                   [f"{v['label']} ({v['stable_decades']:.2f} dec)" for v in members], fontsize=7)  # fmt: skip
@@ -332,7 +334,7 @@ def plot_stability(path: Path, d: FigureData) -> None:
         for vi, (v, colour) in enumerate(zip(members, colours, strict=True)):
             nudge = 10 ** (0.2 * (vi / max(len(members) - 1, 1) - 0.5)) if len(members) > 1 else 1.0
             _draw_judged(ax, d, v, colour, nudge)
-        _stable_strip(strip, members, colours, grid)
+        _stable_strip(strip, members, colours)
         if rule.mode == "threshold":
             ax.axhline(rule.threshold, ls="--", color="0.3", lw=1)
         ax.set_xscale("log")

@@ -260,7 +260,8 @@ def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
         f" {rule.seed_quorum:g} of its seeds are. The width is log10(max/min) of the *unbroken* run of stable"
         " lrs around the best lr; an unstable lr between stable ones is a *hole*, counted and named, and the"
         " span that ignores holes is given apart, labelled as such. Diverged trials are COMPLETE results that"
-        " are never stable; FAIL trials are counted apart.",
+        " are never stable; FAIL trials (attempts) are counted apart, with how many a later attempt of the same"
+        " point completed.",
         "",
     ]
     if summary.get("rule_note"):
@@ -279,24 +280,40 @@ def _variant_table(summary: dict) -> list[str]:
         ci_txt = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "–"
         lines.append(
             f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']}"
-            f" | {v['n_failed']} | {_range(v)} | {v['stable_decades']:.2f} | {ci_txt}"
+            f" | {_failed_txt(v, short=True)} | {_range(v)} | {v['stable_decades']:.2f} | {ci_txt}"
             f" | {_per_seed_txt(v)} | {_holes_txt(v)} | {v['span_decades']:.2f}"
             f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_value'], '.4f')} |"
         )
     return lines
 
 
+def _failed_txt(d: dict, short: bool = False) -> str:
+    """FAIL attempts, and how many of them a later attempt of the same point completed (a stopped trial
+    retried is no missing result)."""
+    n, retried = d["n_failed"], d.get("n_failed_retried") or 0
+    if not retried:
+        return str(n) if short else f"{n} failed"
+    if short:
+        return f"{n} ({retried} retried)"
+    which = "all" if retried == n else f"{retried} of them"
+    return f"{n} failed attempt{'s' if n != 1 else ''}, {which} retried to completion"
+
+
 def _comparison_lines(summary: dict) -> list[str]:
     if not summary["comparison"]:
         return ["No BN / no-BN pairs in this table."]
+    first = summary["comparison"][0]
+    axes = list(first)[: list(first).index("bn")]  # every variant key but bn: bias, depth, init_std, ...
+    groups = [k for k in ("depth", "bias") if k in axes] + [k for k in axes if k not in ("depth", "bias")]
     lines = [
-        "| depth | bias | bn | decades | off decades | Δ decades | holes (bn / off) |",
-        "|---:|---|---|---:|---:|---:|---|",
+        "| " + " | ".join([*groups, "bn"]) + " | decades | off decades | Δ decades | holes (bn / off) |",
+        "|" + "---|" * (len(groups) + 1) + "---:|---:|---:|---|",
     ]
     for c in summary["comparison"]:
         lines.append(
-            f"| {c.get('depth', '–')} | {c.get('bias', '–')} | {c['bn']}"
-            f" | {c['stable_decades']:.2f} | {_fmt(c['off_decades'])}"
+            "| "
+            + " | ".join(str(c.get(k, "–")) for k in [*groups, "bn"])
+            + f" | {c['stable_decades']:.2f} | {_fmt(c['off_decades'])}"
             f" | {_fmt(c['delta_decades'], '+.2f')} | {c['n_holes']} / {_fmt(c['off_n_holes'], 'd')} |"
         )
     return lines
@@ -376,7 +393,7 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
         f"# Stability report: {summary['study']}",
         "",
         *_rule_lines(summary, rule),
-        f"Trials: {summary['n_trials']} complete, {summary['n_failed']} failed ({summary['n_records']} records).",
+        f"Trials: {summary['n_trials']} complete, {_failed_txt(summary)} ({summary['n_records']} records).",
         "",
         "## Variants",
         "",
@@ -464,6 +481,7 @@ def write_report(
                 "n_records": len(trials),
                 "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
                 "n_failed": sum(_state(r) == "FAIL" for r in trials),
+                "n_failed_retried": sum(v.get("n_failed_retried", 0) for v in variants),
                 "variants": variants,
                 "comparison": comparison,
                 "figures": [{"file": f, "caption": c} for f, c in figures],

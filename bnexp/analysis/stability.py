@@ -8,7 +8,8 @@ A *variant* is the tuple of the ``variant_keys`` values (default ``("bn", "bias"
 Conventions (the choices a reader needs to interpret the numbers):
 
 * Only ``state == "COMPLETE"`` trials are results (``n_trials``). ``FAIL`` trials are counted as
-  ``n_failed``; any other state (PRUNED, RUNNING, ...) as ``n_other``. A diverged run is a
+  ``n_failed`` (attempts; ``n_failed_retried`` of them a later attempt of the same lr and seed completed);
+  any other state (PRUNED, RUNNING, ...) as ``n_other``. A diverged run is a
   COMPLETE trial with ``diverged=True``: an infeasible *result*, counted, never stable.
 * A trial is stable (``is_stable``) when it did not diverge, its metric is finite, and
   - ``mode="threshold"``: metric >= ``threshold``;
@@ -203,6 +204,13 @@ def _as_bool(v: Any) -> bool:
 
 def _state(rec: dict) -> str:
     return str(rec.get("state", "COMPLETE")).upper()
+
+
+def n_failed_retried(recs: list[dict]) -> int:
+    """How many of one variant's FAIL attempts (a stop, kill -9, OOM) a later attempt of the same point (lr,
+    seed) completed: retried, so no result is missing for them."""
+    done = {(_lr_key(r), r.get("seed")) for r in recs if _state(r) == "COMPLETE"}
+    return sum(_state(r) == "FAIL" and (_lr_key(r), r.get("seed")) in done for r in recs)
 
 
 def _lr_key(rec: dict) -> float | None:
@@ -550,6 +558,7 @@ def _analyse_variant(
             "n_stable": main["n_stable"],
             "n_diverged": sum(_as_bool(r.get("diverged", False)) for r in complete),
             "n_failed": sum(_state(r) == "FAIL" for r in recs),
+            "n_failed_retried": n_failed_retried(recs),
             "n_other": sum(_state(r) not in ("COMPLETE", "FAIL") for r in recs),
         }
     )

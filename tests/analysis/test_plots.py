@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from helpers.tables import GRID, PNG_MAGIC, RULE, lagging_table, seeded, sweep
+from helpers.tables import GRID, PNG_MAGIC, RULE, lagging_table, seeded, sweep, trial
 
 from bnexp.analysis.plots import BN_COLOURS, stable_runs, variant_palette, write_figures
 from bnexp.analysis.report import write_report
@@ -41,6 +41,25 @@ def test_stability_figure_shades_the_rule_s_stable_points(tmp_path):
     stable = {p["lr"] for p in v["points"] if p["stable"]}
     assert stable == {1e-4, 1e-3, 1e-2, 1.0}
     assert stable_runs([p["lr"] for p in v["points"]], stable)[0][1] < 1e-1  # the gap at 0.1 stays unshaded
+
+
+def test_a_variant_s_bar_is_unbroken_where_only_another_variant_trained():
+    """An edge search trains different lrs per variant: pre's bar must not break at an lr only off trained
+    (init_scale's pre bars broke at off's bisection points 0.018-0.03 although pre's range has no hole)."""
+    import matplotlib.pyplot as plt
+
+    from bnexp.analysis.plots import _stable_strip
+
+    off = sweep([0.5, 0.95, 0.95, 0.5, 0.5], bn="off") + [trial(3e-2, 0.5, bn="off", number=9)]  # a bisection
+    pre = sweep([0.5, 0.95, 0.95, 0.95, 0.5], bn="pre")  # stable 1e-3 .. 1e-1, no lr between 1e-2 and 1e-1
+    variants = analyse(off + pre, RULE, KEYS)
+    fig, ax = plt.subplots()
+    _stable_strip(ax, variants, ["tab:gray", "tab:blue"])
+    spans = [(p.get_facecolor(), p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
+    plt.close(fig)
+    blue = [(lo, hi) for c, lo, hi in spans if c == matplotlib.colors.to_rgba("tab:blue")]
+    assert len(blue) == 1 and blue[0][0] < 1e-3 < 1e-1 < blue[0][1], spans
+    assert len(spans) == 2  # off: 1e-3 .. 1e-2 in one span
 
 
 def test_nothing_diverged_no_divergence_figure_and_the_report_says_so(tmp_path):

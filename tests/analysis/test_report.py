@@ -212,3 +212,30 @@ def test_curves_csv_keeps_the_histories_out_of_trials_csv(tmp_path: Path) -> Non
     assert again["variants"] == direct["variants"]
     # every pre trial was below 0.9 one validation before its last: nothing pre is stable over the last 2
     assert direct["variants"][1]["n_stable"] == 0 and direct["variants"][0]["n_stable"] == 4
+
+
+def test_a_second_axis_names_its_bn_no_bn_rows_and_retried_failures_are_told_apart(tmp_path: Path) -> None:
+    """A grid over `model.init_std`: the BN vs no-BN table has an init_std column (its rows were three
+    identical "8 | auto | pre" lines). A FAIL attempt whose point a later attempt completed (a stopped trial,
+    retried) is counted as retried, apart from one whose point has no result."""
+    trials = []
+    for std in ("0.05", "0.2"):
+        for bn in ("off", "pre"):
+            accs = [0.5, 0.95, 0.95, 0.5, 0.5] if bn == "off" and std == "0.2" else [0.5] * 5
+            accs = [0.5, 0.95, 0.95, 0.95, 0.5] if bn == "pre" else accs
+            trials += [{**t, "model.init_std": std} for t in sweep(accs, bn=bn, depth=8)]
+    pre = [t for t in trials if t["bn"] == "pre" and t["model.init_std"] == "0.2"]
+    trials.append({**pre[2], "state": "FAIL", "val/acc": None})  # stopped, then retried: pre[2] completed it
+    trials.append({**pre[2], "state": "FAIL", "val/acc": None, "seed": 1})  # no attempt of seed 1 completed
+    for i, t in enumerate(trials):
+        t["number"] = i
+    keys = ("bn", "bias", "depth", "model.init_std")
+    summary = write_report(tmp_path, "s", trials, RULE, ["echo"], keys, n_boot=0)
+    md = (tmp_path / "report.md").read_text()
+    table = md[md.index("## BN vs no BN") :].splitlines()
+    assert "| model.init_std | bn | decades |" in table[2]
+    assert [r.split(" | ")[2:5] for r in table[4:6]] == [["0.05", "pre", "2.00"], ["0.2", "pre", "2.00"]]
+    assert table[5].split(" | ")[5:7] == ["1.00", "+1.00"]  # off trains at 0.2 only
+    assert (summary["n_failed"], summary["n_failed_retried"]) == (2, 1)
+    assert "2 failed attempts, 1 of them retried to completion" in md
+    assert "| 2 (1 retried) |" in md
