@@ -219,7 +219,9 @@ def _statistics_section(summary: dict) -> list[str]:
         cells = []
         for stats in STATISTICS:
             view = views.get(stats) or {}
-            if not view.get("n_finite"):
+            if not view.get("n_finite") and stats == "recal" and v.get("bn") == "off":
+                cells += ["no BN: as population", "–", "–"]  # nothing to recalibrate
+            elif not view.get("n_finite"):
                 cells += ["not recorded", "–", "–"]
             else:
                 cells += [_range(view), f"{view['stable_decades']:.2f}", _per_seed_txt(view)]

@@ -216,14 +216,18 @@ def test_curves_csv_keeps_the_histories_out_of_trials_csv(tmp_path: Path) -> Non
 
 def test_a_second_axis_names_its_bn_no_bn_rows_and_retried_failures_are_told_apart(tmp_path: Path) -> None:
     """A grid over `model.init_std`: the BN vs no-BN table has an init_std column (its rows were three
-    identical "8 | auto | pre" lines). A FAIL attempt whose point a later attempt completed (a stopped trial,
-    retried) is counted as retried, apart from one whose point has no result."""
+    identical "8 | auto | pre" lines); BN off has no recalibrated view to record, and says why. A FAIL attempt
+    whose point a later attempt completed (a stopped trial, retried) is counted as retried, apart from one
+    whose point has no result."""
     trials = []
     for std in ("0.05", "0.2"):
         for bn in ("off", "pre"):
             accs = [0.5, 0.95, 0.95, 0.5, 0.5] if bn == "off" and std == "0.2" else [0.5] * 5
             accs = [0.5, 0.95, 0.95, 0.95, 0.5] if bn == "pre" else accs
             trials += [{**t, "model.init_std": std} for t in sweep(accs, bn=bn, depth=8)]
+    for t in trials:  # as bnexp records them: recalibrated statistics only where there is BN to recalibrate
+        if t["bn"] == "pre":
+            t["val/acc_recal"] = t["val/acc"]
     pre = [t for t in trials if t["bn"] == "pre" and t["model.init_std"] == "0.2"]
     trials.append({**pre[2], "state": "FAIL", "val/acc": None})  # stopped, then retried: pre[2] completed it
     trials.append({**pre[2], "state": "FAIL", "val/acc": None, "seed": 1})  # no attempt of seed 1 completed
@@ -239,3 +243,6 @@ def test_a_second_axis_names_its_bn_no_bn_rows_and_retried_failures_are_told_apa
     assert (summary["n_failed"], summary["n_failed_retried"]) == (2, 1)
     assert "2 failed attempts, 1 of them retried to completion" in md
     assert "| 2 (1 retried) |" in md
+    rows = [r for r in md.splitlines() if r.startswith("| off-auto-d8-") and "population" in r]
+    assert len(rows) == 2 and all("no BN: as population" in r for r in rows), rows  # not "not recorded"
+    assert "not recorded" not in md
