@@ -49,7 +49,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     for r in out:
         if r.get("state") == "COMPLETE":
             continue
-        source = {**anyone, **_axes_of_key(r["key"]), **done.get(r["key"], {})}
+        source = {**anyone, **axes_of_key(r["key"]), **done.get(r["key"], {})}
         for k, v in source.items():
             if k in ("bn", "bias", "depth") or ("." in k and k != "overrides"):
                 if r.get(k) is None:
@@ -57,7 +57,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _axes_of_key(key: str) -> dict[str, Any]:
+def axes_of_key(key: str) -> dict[str, Any]:
     """A point's grid axes from its key (`model.bn=pre model.bn_momentum=0.1 seed=0 lr=0.1`), under their
     record column names (bn, depth, model.bn_momentum) and as a finished trial records them (strings but depth)."""
     out: dict[str, Any] = {}

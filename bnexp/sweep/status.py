@@ -64,13 +64,13 @@ def status(study: Any) -> list[dict[str, Any]]:
 
 def _variant_of(t: Any, model: dict) -> dict[str, Any]:
     """A not-yet-run point's variant: its grid axes read from its key as a finished trial records them
-    (`records._axes_of_key`: "0.2" as a string, depth an int; the fixed params' float 0.2 would make a second
+    (`records.axes_of_key`: "0.2" as a string, depth an int; the fixed params' float 0.2 would make a second
     row), over the study's training config (`model`: its recorded model node) for the axes the grid does not
     vary."""
     from bnexp.names import BASE_AXES
-    from bnexp.sweep.records import _axes_of_key
+    from bnexp.sweep.records import axes_of_key
 
-    return {k: model.get(k) for k in BASE_AXES} | _axes_of_key(t.user_attrs["key"])
+    return {k: model.get(k) for k in BASE_AXES} | axes_of_key(t.user_attrs["key"])
 
 
 def eta_s(rows: list[dict[str, Any]]) -> float | None:

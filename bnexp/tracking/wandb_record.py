@@ -65,12 +65,12 @@ def record_state(path: str | Path) -> str | None:
     """None when the `.wandb` file at `path` is whole (every chunk complete and checked, an `exit` record in
     it), else why not."""
     try:
-        exited = any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
+        kinds = [r.WhichOneof("record_type") for r in read_records(path)]  # all: a chunk after exit is checked too
     except CutRecord as e:
         return str(e)
     except OSError as e:
         return f"unreadable: {e.strerror}"
-    return None if exited else "no exit record: the run's end was never written"
+    return None if "exit" in kinds else "no exit record: the run's end was never written"
 
 
 def _service_errors(d: Path) -> list[str]:
