@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnexp import sweep_file
 from bnexp.cli import ConfigError, redact
 
 _CURVE_ID = ["number", "variant", "lr", "seed", "step"]
@@ -67,7 +68,7 @@ def load(path_or_storage: str | os.PathLike, study_name: str | None = None) -> R
     path = Path(src)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; give a sweep or report dir, a multirun dir, or a storage URL")
-    if (path / "sweep.json").is_file():
+    if sweep_file.exists(path):
         storage, name = _sweep_json(path)
         return _from_storage(storage, study_name or name, source=str(path))
     if (path / "trials.csv").is_file():
@@ -160,7 +161,7 @@ def _from_multirun(path: Path) -> Results:
     import pandas as pd
 
     jobs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    studies = [j for j in jobs if (j / "trials.csv").is_file() or (j / "sweep.json").is_file()]
+    studies = [j for j in jobs if (j / "trials.csv").is_file() or sweep_file.exists(j)]
     if studies:
         parts = [(j.name, load(j)) for j in studies]
         trials = pd.concat([r.trials.assign(job=name) for name, r in parts], ignore_index=True)

@@ -27,7 +27,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bnexp import names
+from bnexp import names, sweep_file
 from bnexp.cli import (
     ConfigError,
     UsageError,
@@ -40,7 +40,6 @@ from bnexp.cli import (
     redact,
     stopping,
 )
-from bnexp.files import write_json_atomic
 from bnexp.sweep.spec import StudyConfig, register_configs
 
 log = logging.getLogger("bnexp.sweep")
@@ -334,19 +333,11 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         study, created = load_study(url, name, sw), False  # a report never creates a study
     else:
         study, created = open_study(name, sw, spec_record(name, sw, base), spec_hash(sw, base), url)
-    meta = out_dir / "sweep.json"
     command = redact(" ".join(["python -m bnexp.sweep", *[o for o in task if not o.startswith("sweep.action=")]]))
-    if created or not meta.exists():  # one writer; the same content whoever writes it
+    if created or not sweep_file.exists(out_dir):  # one writer; the same content whoever writes it
         group = names.study_group(name, liveness.study_user_attrs(study).get("spec_hash", ""))
         # the command: what `bnexp.report DIR` gives as the way to reproduce the study (a password redacted)
-        rec = {
-            "study": name,
-            "storage": recorded_storage(url, out_dir),
-            "design_size": len(pts),
-            "wandb_group": group,
-            "command": command,
-        }
-        write_json_atomic(meta, rec)
+        sweep_file.SweepFile(name, recorded_storage(url, out_dir), len(pts), group, command).write(out_dir)
     if sw.action == "create":
         print(f"study {name!r} ready in {mask_url(url)}: {len(pts)} points")
         return {"design_size": len(pts)}

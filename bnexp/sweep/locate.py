@@ -8,12 +8,12 @@ A study is found by a sweep's output dir (its sweep.json names storage and study
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from bnexp.cli import ConfigError, one_line
+from bnexp import sweep_file
+from bnexp.cli import ConfigError
 from bnexp.record import STATISTICS
 
 
@@ -49,19 +49,8 @@ def flag(key: str, value: str) -> str:
 
 
 def _storage_from_dir(sweep_dir: Path, storage: str | None) -> tuple[str, str]:
-    meta_path = sweep_dir / "sweep.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        recorded, study = meta["storage"], meta["study"]
-        if not (isinstance(recorded, str) and isinstance(study, str)):
-            raise TypeError("its storage and study are not text")
-    except (ValueError, KeyError, TypeError) as e:  # cut off, garbled bytes, not the object a sweep writes
-        db = sweep_dir / "study.db"
-        where = f"sqlite:///{db.resolve()}" if db.is_file() else "URL"
-        raise ConfigError(
-            f"{meta_path} is damaged ({one_line(e)[:120]}); rebuild with --storage {where} --study-name NAME "
-            f"--out {sweep_dir} (a wrong NAME lists the studies there)"
-        ) from None
+    rec = sweep_file.read(sweep_dir)
+    recorded, study = rec.storage, rec.study
     if storage is None and ":***@" in recorded:  # sweep.json never holds a password
         storage = os.environ.get("BNEXP_STORAGE")
         if not storage:
@@ -75,9 +64,9 @@ def storage_and_study(sweep_dir: str | None, storage: str | None, study_name: st
     """(storage URL, study name) from a sweep dir (its sweep.json), or --storage / $BNEXP_STORAGE and --study-name."""
     if sweep_dir:
         d = Path(sweep_dir)
-        if not (d / "sweep.json").is_file():
+        if not sweep_file.exists(d):
             raise ConfigError(
-                f"{d / 'sweep.json'} not found; give a sweep output dir, a saved report's dir (with trials.csv), "
+                f"{sweep_file.path(d)} not found; give a sweep output dir, a saved report's dir (with trials.csv), "
                 "or --storage URL --study-name NAME"
             )
         return _storage_from_dir(d, storage)

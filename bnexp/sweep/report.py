@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bnexp import sweep_file
 from bnexp.cli import ConfigError, check_writable_dir, guard
 from bnexp.names import BASE_AXES
 from bnexp.sweep.locate import add_rule_args, add_study_args, flag, rule_flags, storage_and_study
@@ -43,7 +44,7 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
     study = load_study(url, study_name)
     rule = _rejudged(rule_of(recorded_spec(study)["sweep"]), a)
     if a.sweep_dir:  # the sweep that made the study (sweep.json records it), then this command as typed
-        made = _json(Path(a.sweep_dir) / "sweep.json").get("command")
+        made = sweep_file.read(a.sweep_dir).command
         out_txt = f" --out {a.out}" if a.out else ""
         this = f"python -m bnexp.report {a.sweep_dir}{out_txt}{_flags_txt(a)}"
         cmds = [*([made] if isinstance(made, str) else []), this]
@@ -121,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _report(a: argparse.Namespace) -> tuple[dict, Path]:
-    saved_dir = a.sweep_dir and not (Path(a.sweep_dir) / "sweep.json").is_file()
+    saved_dir = a.sweep_dir and not sweep_file.exists(a.sweep_dir)
     if a.trials or (saved_dir and (Path(a.sweep_dir) / "trials.csv").is_file()):
         path = Path(a.trials) if a.trials else Path(a.sweep_dir) / "trials.csv"
         if not a.out and not saved_dir:

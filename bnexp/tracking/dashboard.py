@@ -203,15 +203,17 @@ def _plots(p: Any) -> list[str]:
 def _group(study: str | None) -> str | None:
     """A study's W&B group: from its sweep dir's sweep.json, or given as is. Two studies of one name (other
     out dirs or specs) have two groups, so one study is shown, never a mix."""
-    import json
-    from pathlib import Path
+    from bnexp import sweep_file
+    from bnexp.cli import ConfigError
 
-    meta = Path(study) / "sweep.json" if study else None
-    if meta is not None and meta.is_file():
+    if study and sweep_file.exists(study):
         try:
-            return json.loads(meta.read_text())["wandb_group"]
-        except (ValueError, KeyError, TypeError):
-            fail(f"{meta} does not name the study's W&B group; give --study-name NAME-SPECHASH")
+            group = sweep_file.read(study).wandb_group
+        except ConfigError:
+            group = None
+        if group is None:
+            fail(f"{sweep_file.path(study)} does not name the study's W&B group; give --study-name NAME-SPECHASH")
+        return group
     return study
 
 
