@@ -46,7 +46,9 @@ class ConfigError(UsageError, ValueError):
 # scheme://user:password@host -> scheme://user:***@host, also inside longer text (command lines, errors) and in
 # the escaped form Hydra writes (`postgresql\://u\:pw@host`). A password runs to the first `@`, as SQLAlchemy
 # reads it (`/`, `:`, `#`, `%` included); one with a space is masked where it was registered (`remember_secret`).
-_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*\\?://[^\s:/@'\"\\]*)(\\?:)[^\s@'\"]*@")
+# An unencoded `@` inside a password (`u:p@ss@host`: SQLAlchemy reads `p`, host `ss@host`) is masked to the
+# last `@` before the host, so no part of it shows.
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*\\?://[^\s:/@'\"\\]*)(\\?:)(?:[^\s@'\"]|@(?=[^\s/@'\"]*@))*@")
 _SECRETS: set[str] = set()  # every password this process has met, in each form it may be written in
 _HYDRA_ESCAPED = re.compile(r"([\\()\[\]{}:=, \t])")  # what Hydra escapes in an override value it writes back
 
@@ -66,6 +68,28 @@ def _password_of(url: str) -> tuple[str, str] | None:
     return typed, str(u.password)
 
 
+def unencoded_at(url: str) -> str | None:
+    """The password as the user meant it, when it holds an unencoded `@` (`u:p@ss@host`: SQLAlchemy reads the
+    password `p` and the host `ss@host`); else None. An `@` in the query (`...host/db?x=a@b`) is not one."""
+    rest = url.partition("://")[2]
+    if rest.count("@") < 2:
+        return None
+    first, last = rest.index("@"), rest.rindex("@")
+    if "/" in rest[first:last] or ":" not in rest[:last]:
+        return None
+    return rest[:last].partition(":")[2]
+
+
+def check_storage_url(url: str, key: str = "sweep.storage") -> None:
+    """Refuse a storage URL whose password holds an unencoded `@`: it would open another host (and print
+    part of the password as one)."""
+    if unencoded_at(url) is not None:
+        raise UsageError(
+            f"{key}: the password holds an unencoded '@', so the URL's host would start inside it; write each "
+            "'@' in the password as %40 (urllib.parse.quote(password, safe='') encodes every character that needs it)"
+        )
+
+
 def remember_secret(url: str | None) -> None:
     """Register the password of storage URL `url`: `redact` masks it in every form bnexp, Hydra or a log
     may write it (as typed, decoded, percent-encoded, Hydra-escaped), whatever characters it holds."""
@@ -74,7 +98,8 @@ def remember_secret(url: str | None) -> None:
     pw = _password_of(url) if url else None
     if pw is None:
         return
-    for form in {*pw, quote(pw[1], safe=""), quote_plus(pw[1]), quote(pw[1])}:
+    meant = unencoded_at(url or "")
+    for form in {*pw, quote(pw[1], safe=""), quote_plus(pw[1]), quote(pw[1]), *([meant] if meant else [])}:
         if len(form) >= 3:  # a one- or two-letter password would mask every "ab" in the text; the regex covers it
             _SECRETS.update({form, _HYDRA_ESCAPED.sub(r"\\\1", form)})
 
@@ -111,6 +136,7 @@ def hide_storage_password(argv: list[str]) -> list[str]:
         key, sep, value = a.partition("=")
         if sep and key.lstrip("+~") == "sweep.storage":
             url = value.strip("'\"")
+            check_storage_url(url, key.lstrip("+~"))
             if _password_of(url) is not None:
                 remember_secret(url)
                 _HIDDEN[mask_url(url)] = url

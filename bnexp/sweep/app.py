@@ -247,8 +247,10 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
     """--dry-run's header (stderr; stdout keeps the design, one point a line): the study's size, where it
     would live, and its cost where the storage already holds a finished trial's wall time. Reads, never writes:
     a storage that does not exist yet is not opened (SQLite and journal files would be created)."""
+    from bnexp.cli import check_writable_dir
     from bnexp.sweep import local
 
+    check_writable_dir(out_dir, "sweep.out_dir")  # as the real command would refuse it, before it says anything
     n_var = len({json.dumps(p["variant"], sort_keys=True) for p in pts})
     seeds = list(sw.seeds)
     workers, _, _ = local.plan(sw, base, len(pts))
@@ -273,17 +275,23 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
 
 
 def _prior_walls(url: str, name: str) -> tuple[int, list[float]]:
-    """(finished trials, their wall times) of the study in `url`, if the storage and study already exist."""
+    """(finished trials, their wall times) of the study in `url`, if the storage and study already exist. A
+    storage that exists but does not open (a refused password, an unreachable server, a damaged file) is the
+    error the real command would stop on: one line, exit 2, not "cost unknown"."""
+    import optuna
+
+    from bnexp.sweep.records import trial_records
+    from bnexp.sweep.storage import make_storage
+
     for scheme in ("sqlite:///", "journal:///"):
         if url.startswith(scheme) and not Path(url[len(scheme) :]).is_file():
             return 0, []
+    storage = make_storage(url)
     try:
-        from bnexp.sweep.records import trial_records
-        from bnexp.sweep.storage import load_study
-
-        recs = [r for r in trial_records(load_study(url, name)) if r["state"] == "COMPLETE"]
-    except Exception:  # no such study, an unreachable server: the header says the cost is unknown
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no such study yet: the header says the cost is unknown
         return 0, []
+    recs = [r for r in trial_records(study) if r["state"] == "COMPLETE"]
     return len(recs), [float(r["wall_s"]) for r in recs if isinstance(r.get("wall_s"), (int, float))]
 
 

@@ -5,11 +5,14 @@
     python -m bnexp.report --storage URL --study-name NAME [--out DIR]  # any study in any storage
     python -m bnexp.report --trials trials.csv --out DIR               # any saved table
     python -m bnexp.report DIR --threshold 0.3 --out X                 # re-judged by another rule
+    python -m bnexp.report DIR --threshold 0.3 --in-place              # ... replacing DIR's own report
 
 The rule is a report-time choice: every `--threshold/--mode/--epsilon/--seed-quorum/--last-k/--statistics`
 given replaces that setting of the rule the study was created with (the rest are kept), and the report says
 both in one line (`judged by threshold 0.3; the study was created with 0.9`), in report.md, summary.json and
-on stdout. Flags follow Optuna's own CLI; the storage URL may come from `$BNEXP_STORAGE`.
+on stdout. A re-judgement writes to `--out`; it replaces DIR's own files only with `--in-place`, and the rule
+the study was created with stays recorded as its rule (summary.json's `recorded_rule`): the next plain
+`report DIR` judges by it again. Flags follow Optuna's own CLI; the storage URL may come from `$BNEXP_STORAGE`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
     rule = _rejudged(rule_of(recorded_spec(study)["sweep"]), a)
     if a.sweep_dir:  # the sweep that made the study (sweep.json records it), then this command as typed
         made = sweep_file.read(a.sweep_dir).command
-        out_txt = f" --out {a.out}" if a.out else ""
+        out_txt = f" --out {a.out}" if a.out else " --in-place" if a.in_place else ""
         this = f"python -m bnexp.report {a.sweep_dir}{out_txt}{_flags_txt(a)}"
         cmds = [*([made] if isinstance(made, str) else []), this]
     else:
@@ -73,7 +76,9 @@ def _from_csv(path: Path, out: Path, a: argparse.Namespace) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found; give a trials.csv written by a sweep's report")
     saved = _saved(path)
-    recorded = StabilityRule.of(saved.get("rule"), flag) if saved.get("rule") else StabilityRule()
+    # the study's own rule: a report re-judged in place keeps it as recorded_rule (its `rule` is the re-judgement)
+    own = saved.get("recorded_rule") or saved.get("rule")
+    recorded = StabilityRule.of(own, flag) if isinstance(own, dict) else StabilityRule()
     rule = _rejudged(recorded, a)
     keys = tuple(a.variant_keys.split(",")) if a.variant_keys else tuple(saved.get("variant_keys") or BASE_AXES)
     trials = _read_trials(path, keys, rule.metric)
@@ -96,6 +101,8 @@ def _read_trials(path: Path, keys: tuple[str, ...], metric: str) -> list[dict]:
         trials = load_trials_csv(path)
     except (UnicodeDecodeError, csv.Error) as e:
         raise ConfigError(f"{path} is not a trials.csv ({one_line(e)[:100]}); give one a report wrote") from None
+    except ValueError:  # a cell that is not of its column's type (a hand-edited table): name it
+        raise ConfigError(_bad_cell(path) or f"{path} holds a cell that is not of its column's type") from None
     have = set(trials[0]) if trials else set()
     missing = [k for k in ("lr", "state", metric, *keys) if k not in have]
     if missing:
@@ -103,7 +110,61 @@ def _read_trials(path: Path, keys: tuple[str, ...], metric: str) -> list[dict]:
             f"{path} has no column {', '.join(missing)} (it has: {', '.join(sorted(have))[:200] or 'no rows'}); "
             "give a trials.csv a sweep's report wrote, and --variant-keys from its columns (default bn,bias,depth)"
         )
+    for row, t in enumerate(trials, start=2):  # row 1 is the header, as a spreadsheet numbers them
+        problem = _bad_trial(t)
+        if problem:
+            raise ConfigError(f"{path} row {row}: {problem}; fix the cell, or delete the row")
     return trials
+
+
+STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED")  # Optuna's trial states, as a report writes them
+
+
+def _bad_cell(path: Path) -> str | None:
+    """The first cell of `path` that does not parse as its column's type, as one line (None: none found)."""
+    import csv
+
+    from bnexp.record import RESULT_KEYS, canonical
+
+    ints, floats = (
+        {"number", "depth", "seed", "step", "diverged_step"},
+        {"lr", *RESULT_KEYS} - {"step", "diverged_step"},
+    )
+    with open(path, newline="") as f:
+        for row, cells in enumerate(csv.DictReader(f), start=2):
+            for k, v in cells.items():
+                k = canonical(k or "")
+                if v in ("", None) or (k not in ints and k not in floats):
+                    continue
+                try:
+                    float(v)
+                except ValueError:
+                    kind = "a whole number" if k in ints else "a number"
+                    why = f"{k}={v!r} is not {kind}"
+                    return f"{path} row {row}: {why}; fix the cell (empty: not measured), or delete the row"
+    return None
+
+
+def _bad_trial(t: dict) -> str | None:
+    """Why a typed trials.csv row cannot be a trial (an lr that is no learning rate, an accuracy outside
+    [0, 1], an unknown state), else None. An empty result cell is a result not measured, and allowed."""
+    import math
+
+    from bnexp.record import RESULT_KEYS
+
+    lr = t.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        return f"lr={lr!r} is not a learning rate (a finite number > 0)"
+    if t.get("state") not in STATES:
+        return f"state={t.get('state')!r} is not a trial state ({', '.join(STATES)})"
+    for k in RESULT_KEYS:
+        v = t.get(k)
+        if "/acc" in k and isinstance(v, (int, float)) and not math.isnan(v) and not 0.0 <= v <= 1.0:
+            return f"{k}={v!r} is not an accuracy (a fraction in [0, 1])"
+    seed = t.get("seed")
+    if seed is not None and not (isinstance(seed, int) and seed >= 0):
+        return f"seed={seed!r} is not a seed (a whole number >= 0)"
+    return None
 
 
 def _figure_kw(a: argparse.Namespace) -> dict:
@@ -117,11 +178,28 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--trials", help="a trials.csv to rebuild the report from (no storage)")
     ap.add_argument("--variant-keys", help="with --trials: the columns that name a variant (default: bn,bias,depth)")
     ap.add_argument("--format", choices=("png", "svg", "pdf"), help="the figures' format (default: png)")
+    ap.add_argument(
+        "--in-place", action="store_true", help="with rule flags: replace DIR's own report (default: --out needed)"
+    )
     add_rule_args(ap)
     return ap
 
 
+def _where_rejudged(a: argparse.Namespace) -> None:
+    """A re-judgement (a rule flag) writes where asked: --out, or DIR itself only with --in-place."""
+    if a.in_place and a.out:
+        raise ConfigError("--in-place and --out both say where the report goes; give one")
+    if a.in_place and not a.sweep_dir:
+        raise ConfigError("--in-place replaces a DIR's report; give the DIR (or --out for a new report)")
+    if rule_flags(a) and a.sweep_dir and not a.out and not a.in_place:
+        raise ConfigError(
+            f"{_flags_txt(a).strip()} re-judges the study; give --out DIR for the re-judged report "
+            f"(or --in-place to replace {a.sweep_dir}'s own report, the study's rule kept as recorded)"
+        )
+
+
 def _report(a: argparse.Namespace) -> tuple[dict, Path]:
+    _where_rejudged(a)
     saved_dir = a.sweep_dir and not sweep_file.exists(a.sweep_dir)
     if a.trials or (saved_dir and (Path(a.sweep_dir) / "trials.csv").is_file()):
         path = Path(a.trials) if a.trials else Path(a.sweep_dir) / "trials.csv"

@@ -34,12 +34,21 @@ def test_dry_run_of_a_started_study_estimates_its_cost_and_leaves_it_alone(tmp_p
     assert _tree(out) == before
 
 
-def test_dry_run_masks_the_storage_password_and_honours_hydra_run_dir(tmp_path):
-    url = "postgresql://bnexp:s3cret@127.0.0.1:1/db"  # nothing listens on port 1: the cost stays unknown
+def test_dry_run_honours_hydra_run_dir(tmp_path):
     where = tmp_path / "elsewhere"
-    env = {**os.environ, "BNEXP_STORAGE": url, "BNEXP_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
-    r = bnexp("sweep", "sweep.lr.points=2", f"hydra.run.dir={where}", "--dry-run", cwd=tmp_path, env=env)
+    r = bnexp("sweep", "sweep.lr.points=2", f"hydra.run.dir={where}", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "storage: postgresql://bnexp:***@127.0.0.1:1/db" in r.stderr and "s3cret" not in r.stdout + r.stderr
-    assert f"out dir: {where}" in r.stderr and "estimated cost: unknown" in r.stderr
+    assert f"out dir: {where}" in r.stderr and f"storage: sqlite:///{where}/study.db" in r.stderr
     assert not where.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_stops_where_the_real_command_would_on_a_storage_that_does_not_open(tmp_path):
+    """A server that refuses the login (or is not there: port 1) is the error the real command stops on: one
+    line, exit 2, the URL masked; not "estimated cost: unknown"."""
+    url = "postgresql://bnexp:s3cret@127.0.0.1:1/db"
+    env = {**os.environ, "BNEXP_STORAGE": url, "BNEXP_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+    r = bnexp("sweep", "sweep.lr.points=2", f"hydra.run.dir={tmp_path / 'o'}", "--dry-run", cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("bnexp: error: cannot open storage 'postgresql://bnexp:***@")
+    assert "s3cret" not in r.stdout + r.stderr and "estimated cost" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
