@@ -41,6 +41,6 @@ def test_a_float_axis_keeps_each_variant_in_one_row_while_points_wait(tmp_path):
     grid = ["sweep.grid.model.bn=[pre]", "+sweep.grid.model.init_std=[0.05,0.2]"]
     run_sweep(sweep_args(out, points=2, extra=["--max-trials", "3", *grid]))
     rows = status(parts(sweep_args(out, points=2, extra=grid)).study)
-    assert sorted(r["variant"] for r in rows) == ["pre-auto-d3-0.05", "pre-auto-d3-0.2"], rows
+    assert sorted(r["variant"] for r in rows) == ["pre-auto-d3-init0.05", "pre-auto-d3-init0.2"], rows
     assert sum(r["done"] for r in rows) == 3 and sum(r["waiting"] for r in rows) == 1
     assert all(r["done"] + r["waiting"] == 2 for r in rows)
