@@ -23,6 +23,7 @@ VAL_ACC_RECAL = "val/acc_recal"  # BN statistics recomputed with the final weigh
 VAL_ACC_BEST = "val/acc_best"
 VAL_LOSS = "val/loss"
 VAL_LOSS_BATCH = "val/loss_batchstats"
+VAL_LOSS_RECAL = "val/loss_recal"
 TEST_ACC = "test/acc"
 TEST_ACC_SINGLE = "test/acc_single"  # the first test images scored one at a time (population statistics)
 TEST_LOSS = "test/loss"
@@ -30,6 +31,10 @@ STEP = "step"
 DIVERGED = "diverged"
 DIVERGED_STEP = "diverged_step"  # first step with a non-finite loss; None when the run did not diverge
 WALL_S = "wall_s"
+# logged while training (W&B / CSV loggers), not kept in metrics.json
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC = "train/acc"
+TRAIN_GRAD_NORM = "train/grad_norm"
 
 # what a trial record keeps of a run's metrics.json, in column order
 RESULT_KEYS = (VAL_ACC, VAL_ACC_BEST, VAL_ACC_BATCH, VAL_ACC_RECAL, VAL_LOSS, TEST_ACC, TEST_ACC_SINGLE, STEP,

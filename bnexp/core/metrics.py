@@ -26,7 +26,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-VAL_KEYS = ("val/loss", "val/acc", "val/loss_batchstats", "val/acc_batchstats")
+from bnexp.record import (
+    TEST_ACC,
+    TEST_ACC_SINGLE,
+    TEST_LOSS,
+    VAL_ACC,
+    VAL_ACC_BATCH,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    VAL_LOSS_BATCH,
+)
+
+VAL_KEYS = (VAL_LOSS, VAL_ACC, VAL_LOSS_BATCH, VAL_ACC_BATCH)  # the order validation() computes them in
 
 
 def compute_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -95,9 +106,9 @@ class EvalSums:
 
     def test(self) -> dict[str, Any]:
         loss, acc = self._rates("")
-        m = {"test/loss": loss, "test/acc": acc}
+        m = {TEST_LOSS: loss, TEST_ACC: acc}
         if self.has("single_"):
-            m["test/acc_single"] = self._rates("single_")[1]
+            m[TEST_ACC_SINGLE] = self._rates("single_")[1]
         return _host(m)
 
 
@@ -154,7 +165,7 @@ class RunRecord:
 
     def validated(self, step: int, m: dict[str, float]) -> dict[str, float]:
         """Record a validation at `step`; returns its metrics with val/acc_best."""
-        m = {**m, "val/acc_best": max([h["val/acc"] for h in self.val_history] + [m["val/acc"]])}
+        m = {**m, VAL_ACC_BEST: max([h[VAL_ACC] for h in self.val_history] + [m[VAL_ACC]])}
         self.val_history.append({"step": step, **m})
         self.final.update(m)
         return m

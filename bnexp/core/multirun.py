@@ -20,10 +20,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bnexp.record import DIVERGED, STEP, TEST_ACC, TEST_ACC_SINGLE, VAL_ACC, VAL_ACC_BATCH, WALL_S
+
 log = logging.getLogger("bnexp")
 
-RUN_COLUMNS = ["job", "overrides", "bn", "bias", "depth", "lr", "seed", "diverged", "step", "val/acc",
-               "val/acc_batchstats", "test/acc", "test/acc_single", "wall_s"]  # fmt: skip
+RUN_COLUMNS = ["job", "overrides", "bn", "bias", "depth", "lr", "seed", DIVERGED, STEP, VAL_ACC, VAL_ACC_BATCH,
+               TEST_ACC, TEST_ACC_SINGLE, WALL_S]  # fmt: skip
 STUDY_COLUMNS = ["job", "overrides", "study", "variant", "n_trials", "n_stable", "n_diverged", "stable_lr_min",
                  "stable_lr_max", "stable_decades"]  # fmt: skip
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bnexp.core.metrics import EvalSums
+from bnexp.record import VAL_ACC, VAL_ACC_RECAL, VAL_LOSS, VAL_LOSS_RECAL
 
 log = logging.getLogger("bnexp")
 
@@ -53,7 +54,7 @@ def recalibrated(module: Any, dm: Any, n_batches: int) -> dict[str, float]:
         for x, y in dm.val_dataloader():
             sums.add("", model(x.to(device, dtype)), y.to(device))
         m = sums.validation()
-        return {"val/acc_recal": m["val/acc"], "val/loss_recal": m["val/loss"]}
+        return {VAL_ACC_RECAL: m[VAL_ACC], VAL_LOSS_RECAL: m[VAL_LOSS]}
     finally:
         model.load_state_dict({**model.state_dict(), **saved})
         model.train(was_training)

@@ -30,6 +30,7 @@ from bnexp.core.lit import EvalSteps, build_optimizer, check_every, has_bn, is_l
 from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss, per_member
 from bnexp.population.net import PopulationNet
 from bnexp.population.optim import KINDS
+from bnexp.record import TRAIN_ACC, TRAIN_GRAD_NORM, TRAIN_LOSS, VAL_LOSS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class PopulationModule(EvalSteps, L.LightningModule):
         opt.step()
         opt.zero_grad(set_to_none=True)
         if logged:
-            rows = dict(zip(("train/loss", "train/acc", "train/grad_norm"), values.tolist(), strict=True))  # 1 sync
+            rows = dict(zip((TRAIN_LOSS, TRAIN_ACC, TRAIN_GRAD_NORM), values.tolist(), strict=True))  # 1 sync
             lrs = self.hparams.lrs  # stopped members' curves end where they stopped, as a solo run's
             self._log_members({k: {**per_member(rows, k), "lr": lrs[k]} for k in self._live()})
         if step % self._check_every == 0:
@@ -190,7 +191,7 @@ class PopulationModule(EvalSteps, L.LightningModule):
             if rec.diverged:
                 self._done.add(k)  # stopped: its one last validation, at the step it stopped
             logs[k] = m = rec.validated(at, per_member(ms, k))
-            if fitting and not rec.diverged and not math.isfinite(m["val/loss"]):
+            if fitting and not rec.diverged and not math.isfinite(m[VAL_LOSS]):
                 self.divergence.stop(k, at)  # as a solo run: a non-finite validation loss stops it here
                 self._stop_member(k, at, at, "non-finite validation loss")
                 self._done.add(k)

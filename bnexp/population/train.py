@@ -55,10 +55,11 @@ from bnexp.core.train import (
     model_kwargs,
 )
 from bnexp.files import write_text_atomic
+from bnexp.record import VAL_ACC_RECAL, VAL_LOSS_RECAL
 
 log = logging.getLogger("bnexp")
 # a population's members are not recalibrated (bnexp.core.recal recalibrates one net); the keys say so
-NO_RECAL = {"val/acc_recal": None, "val/loss_recal": None}
+NO_RECAL = {VAL_ACC_RECAL: None, VAL_LOSS_RECAL: None}
 
 POP_CHECKPOINT = "population.ckpt"  # in member 0's dir: a stopped population's whole state, resumed as one unit
 _SHARED_KEYS = ("model", "data", "trainer", "loss")  # what every member of one population has in common

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from bnexp.cli import fail
+from bnexp.record import TRAIN_LOSS, VAL_ACC
 
 SUMMARY_TABLE_CHARTS = (
     # (title, vega preset, table logged by the sweep-summary run, field mapping)
@@ -73,7 +74,7 @@ def _trial_panels(variant: Any) -> list:
         wr.ScatterPlot(
             title="final val/acc vs learning rate (every trial)",
             x=wr.Config("optim.lr"),
-            y=wr.SummaryMetric("val/acc"),
+            y=wr.SummaryMetric(VAL_ACC),
             log_x=True,
         ),
         wr.BarPlot(
@@ -84,21 +85,21 @@ def _trial_panels(variant: Any) -> list:
         ),
         wr.BarPlot(
             title="best final val/acc per variant",
-            metrics=[wr.SummaryMetric("val/acc")],
+            metrics=[wr.SummaryMetric(VAL_ACC)],
             groupby=variant,
             groupby_aggfunc="max",
         ),
         wr.LinePlot(
             title="training loss by variant (mean, min-max over trials)",
             x="trainer/global_step",
-            y=["train/loss"],
+            y=[TRAIN_LOSS],
             groupby=variant,
             groupby_aggfunc="mean",
             groupby_rangefunc="minmax",
             log_y=True,
         ),
         wr.LinePlot(
-            title="val/acc by variant", x="trainer/global_step", y=["val/acc"], groupby=variant, groupby_aggfunc="mean"
+            title=f"{VAL_ACC} by variant", x="trainer/global_step", y=[VAL_ACC], groupby=variant, groupby_aggfunc="mean"
         ),
         wr.LinePlot(title="steps per second", x="trainer/global_step", y=["perf/steps_per_s"], groupby=variant),
     ]
