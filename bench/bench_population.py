@@ -150,7 +150,7 @@ def main() -> None:
 
     import torch
 
-    from bnexp.core.train import _quiet_lightning, train
+    from bnexp.core.train import quiet_lightning, train
     from bnexp.files import write_json_atomic
     from bnexp.population.train import train_population
 
@@ -158,7 +158,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_population: --device cuda but no CUDA device is visible")
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore")
     logging.getLogger("bnexp").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)

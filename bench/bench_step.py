@@ -70,7 +70,7 @@ def plain_steps(splits, bn: str, depth: int, steps: int, warmup: int, device: st
 def harness_steps(bn: str, depth: int, steps: int, warmup: int, device: str, compile_mode: str, out: str) -> float:
     import lightning as L
 
-    from bnexp.core.train import _quiet_lightning, build_datamodule, build_module, build_trainer
+    from bnexp.core.train import build_datamodule, build_module, build_trainer, quiet_lightning
 
     class Clock(L.Callback):
         t0 = t1 = 0.0
@@ -84,7 +84,7 @@ def harness_steps(bn: str, depth: int, steps: int, warmup: int, device: str, com
             sync(device)
             self.t1 = time.perf_counter()
 
-    _quiet_lightning()
+    quiet_lightning()
     acc = "gpu" if device.startswith("cuda") else "cpu"
     cfg = compose(
         [

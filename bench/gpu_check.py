@@ -320,7 +320,7 @@ def main() -> None:
     import logging
     import warnings
 
-    from bnexp.core.train import _quiet_lightning
+    from bnexp.core.train import quiet_lightning
 
     # many nets and shapes compile in one process here: each keeps its own static graph (no automatic dynamic
     # shapes after a second K) and none silently falls back to eager at the default limit of 8 recompiles
@@ -330,7 +330,7 @@ def main() -> None:
         if hasattr(dyn, name):
             setattr(dyn, name, 64)
             break
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore")
     for name in ("bnexp", "lightning", "lightning.pytorch", "torch._dynamo", "torch._inductor"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -129,7 +129,7 @@ def _fill_defaults(table: Any, settings: list[str]) -> None:
 
 
 def _sort_col(col: Any) -> Any:
-    from bnexp.analysis.stability import _CATEGORY_ORDER
+    from bnexp.analysis.stability import CATEGORY_ORDER as _CATEGORY_ORDER
 
     order = _CATEGORY_ORDER.get(col.name.split(".")[-1], ())
     if order:

@@ -69,10 +69,10 @@ def range_test(cfg: DictConfig, out: Path, min_lr: float, max_lr: float, steps: 
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
-    from bnexp.core.train import _quiet_lightning, build_datamodule, build_module, build_trainer
+    from bnexp.core.train import build_datamodule, build_module, build_trainer, quiet_lightning
     from bnexp.files import write_json_atomic
 
-    _quiet_lightning()
+    quiet_lightning()
     cfg.trainer.val_every = steps + 1  # the range test trains only; no validation inside it
     cfg.trainer.progress_bar = False
     L.seed_everything(cfg.seed, workers=False, verbose=False)

@@ -111,7 +111,7 @@ class TrialRecord:
         row = {canonical(k): v for k, v in row.items()}
         known = {"diverged", "overrides", "val_history", *ID_KEYS, *RESULT_KEYS}
         rec = cls(**{k: row[k] for k in ID_KEYS if row.get(k) is not None})
-        rec.diverged = _as_bool(row.get(DIVERGED, False))
+        rec.diverged = as_bool(row.get(DIVERGED, False))
         rec.overrides = row.get("overrides") or ""
         rec.val_history = [{canonical(k): v for k, v in h.items()} for h in row.get("val_history") or []]
         rec.results = {k: row.get(k) for k in RESULT_KEYS}
@@ -137,7 +137,8 @@ class TrialRecord:
         return {k: v for k, v in self.row().items() if k not in ("number", "state", "key", "lr", "seed")}
 
 
-def _as_bool(v: Any) -> bool:
+def as_bool(v: Any) -> bool:
+    """A flag read from CSV or JSON: "True"/"true"/"1"/"yes" as well as a real bool."""
     if isinstance(v, str):
         return v.strip().lower() in ("true", "1", "yes")
     return bool(v)

@@ -24,7 +24,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from bnexp.analysis.stability import StabilityRule, _lr_key, _state, _width
+from bnexp.analysis.stability import StabilityRule
+from bnexp.analysis.stability import lr_key as _lr_key
+from bnexp.analysis.stability import stable_range as _width
+from bnexp.analysis.stability import state_of as _state
 
 LR_DIGITS = 6  # bisection points are rounded like a trial's lr (bnexp.sweep.spec.trial_cfg), so keys agree
 

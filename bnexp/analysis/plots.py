@@ -27,20 +27,14 @@ from typing import Any
 import numpy as np
 
 from bnexp import names
-from bnexp.analysis.stability import (
-    STATISTICS,
-    StabilityRule,
-    _as_bool,
-    _as_float,
-    _judged_value,
-    _lr_key,
-    _sort_key,
-    _state,
-    history,
-    is_stable,
-    variant_key,
-)
+from bnexp.analysis.stability import STATISTICS, StabilityRule, history, is_stable, variant_key
+from bnexp.analysis.stability import as_float as _as_float
+from bnexp.analysis.stability import judged_value as _judged_value
+from bnexp.analysis.stability import lr_key as _lr_key
+from bnexp.analysis.stability import state_of as _state
+from bnexp.analysis.stability import variant_sort_key as _sort_key
 from bnexp.files import write_bytes_atomic
+from bnexp.record import as_bool as _as_bool
 
 # A variant's colour: its BN placement's when its other keys are the defaults (variant_palette).
 BN_COLOURS = {"off": "0.45", "pre": "tab:blue", "post": "tab:orange"}

@@ -29,15 +29,15 @@ from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
     STATISTICS,
     StabilityRule,
-    _as_bool,
-    _state,
     analyse,
     compare,
     is_stable,
     variant_key,
     variant_label,
 )
+from bnexp.analysis.stability import state_of as _state
 from bnexp.files import staged, write_json_atomic, write_text_atomic
+from bnexp.record import as_bool as _as_bool
 
 # Known columns get a fixed type on reading back, so e.g. bias "true" stays a string.
 _COLUMN_TYPES: dict[str, type] = {

@@ -65,11 +65,12 @@ import numpy as np
 
 from bnexp import names, record
 from bnexp.cli import ConfigError
+from bnexp.record import as_bool
 
 DEFAULT_VARIANT_KEYS: tuple[str, ...] = names.BASE_AXES
 RULE_MODES = ("threshold", "relative")
 # Canonical order for the categorical axes so tables read off -> pre -> post, not alphabetically.
-_CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
+CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
     "bn": ("off", "pre", "post"),
     "bias": ("auto", "true", "false"),
 }
@@ -184,7 +185,7 @@ def _isnum(v: Any) -> bool:
 # ---------------------------------------------------------------------------- small helpers
 
 
-def _as_float(v: Any) -> float | None:
+def as_float(v: Any) -> float | None:
     """A finite float, or None (None, NaN, inf, bools and junk strings are 'no value')."""
     if v is None or isinstance(v, bool):
         return None
@@ -195,26 +196,19 @@ def _as_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _as_bool(v: Any) -> bool:
-    # Records may come from csv or json: accept "True"/"true"/"1" as well as real bools.
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes")
-    return bool(v)
-
-
-def _state(rec: dict) -> str:
+def state_of(rec: dict) -> str:
     return str(rec.get("state", "COMPLETE")).upper()
 
 
 def n_failed_retried(recs: list[dict]) -> int:
     """How many of one variant's FAIL attempts (a stop, kill -9, OOM) a later attempt of the same point (lr,
     seed) completed: retried, so no result is missing for them."""
-    done = {(_lr_key(r), r.get("seed")) for r in recs if _state(r) == "COMPLETE"}
-    return sum(_state(r) == "FAIL" and (_lr_key(r), r.get("seed")) in done for r in recs)
+    done = {(lr_key(r), r.get("seed")) for r in recs if state_of(r) == "COMPLETE"}
+    return sum(state_of(r) == "FAIL" and (lr_key(r), r.get("seed")) in done for r in recs)
 
 
-def _lr_key(rec: dict) -> float | None:
-    lr = _as_float(rec.get("lr"))
+def lr_key(rec: dict) -> float | None:
+    lr = as_float(rec.get("lr"))
     if lr is None or lr <= 0:
         return None  # no place on a log axis
     return float(f"{lr:.{_LR_SIG_DIGITS}g}")
@@ -222,9 +216,9 @@ def _lr_key(rec: dict) -> float | None:
 
 def _eligible_value(rec: dict, metric: str) -> float | None:
     """The metric if the trial can be stable at all (complete, not diverged, finite)."""
-    if _state(rec) != "COMPLETE" or _as_bool(rec.get("diverged", False)):
+    if state_of(rec) != "COMPLETE" or as_bool(rec.get("diverged", False)):
         return None
-    return _as_float(rec.get(metric))
+    return as_float(rec.get(metric))
 
 
 def history(rec: dict, metric: str) -> list[tuple[int | None, float | None]]:
@@ -233,12 +227,12 @@ def history(rec: dict, metric: str) -> list[tuple[int | None, float | None]]:
     out = []
     for h in rec.get("val_history") or []:
         if isinstance(h, dict):
-            step = _as_float(h.get("step"))
-            out.append((None if step is None else int(step), _as_float(h.get(key))))
+            step = as_float(h.get("step"))
+            out.append((None if step is None else int(step), as_float(h.get(key))))
     return out
 
 
-def _judged_value(rec: dict, rule: StabilityRule) -> float | None:
+def judged_value(rec: dict, rule: StabilityRule) -> float | None:
     """The value ``rule`` compares: the final metric, or with ``last_k`` > 1 the lowest of it and the last
     k validations (None when fewer than k finite ones are recorded)."""
     value = _eligible_value(rec, rule.metric)
@@ -260,11 +254,11 @@ def variant_label(key: tuple, variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS
     return names.variant_label(tuple(key), tuple(variant_keys))
 
 
-def _sort_key(key: tuple, variant_keys: Sequence[str]) -> tuple:
+def variant_sort_key(key: tuple, variant_keys: Sequence[str]) -> tuple:
     # Mixed / None values must not crash sorted(): rank by kind, then by value.
     out = []
     for name, value in zip(variant_keys, key, strict=True):
-        order = _CATEGORY_ORDER.get(name, ())
+        order = CATEGORY_ORDER.get(name, ())
         if value in order:
             out.append((0, order.index(value), ""))
         elif value is None:
@@ -280,7 +274,7 @@ def variant_best(trials: Sequence[dict], rule: StabilityRule | str = record.VAL_
     """Highest finite judged metric over a variant's non-diverged COMPLETE trials (relative mode); a metric
     name means that metric's final value."""
     rule = StabilityRule().with_metric(rule) if isinstance(rule, str) else rule
-    vals = [v for r in trials if (v := _judged_value(r, rule)) is not None]
+    vals = [v for r in trials if (v := judged_value(r, rule)) is not None]
     return max(vals) if vals else None
 
 
@@ -290,7 +284,7 @@ def is_stable(rec: dict, rule: StabilityRule, variant_best: float | None = None)
     In relative mode ``variant_best`` (see ``variant_best()``) is required; None there means
     the variant has no finite result, so nothing is stable.
     """
-    value = _judged_value(rec, rule)
+    value = judged_value(rec, rule)
     if value is None:
         return False
     if rule.mode == "threshold":
@@ -395,7 +389,7 @@ def _inferred(complete: list[dict], lrs: list[float], rule: StabilityRule, best:
     inferred. The same unbroken-range assumption the search bisects under fills the gaps."""
     by_seed: dict[Any, list[tuple[float, dict]]] = {}
     for r in complete:
-        lr = _lr_key(r)
+        lr = lr_key(r)
         if lr is not None:
             by_seed.setdefault(r.get("seed"), []).append((lr, r))
     out: dict[float, list[tuple[Any, float, bool]]] = {}
@@ -412,19 +406,19 @@ def _inferred(complete: list[dict], lrs: list[float], rule: StabilityRule, best:
             st = is_stable(below, rule, best)
             if st != is_stable(above, rule, best):
                 continue  # inside this seed's own bracket: undecided
-            vs = [_judged_value(below, rule), _judged_value(above, rule)]
+            vs = [judged_value(below, rule), judged_value(above, rule)]
             value = math.nan if None in vs else min(vs)  # type: ignore[type-var]
             out.setdefault(lr, []).append((seed, value, st))
     return out
 
 
-def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list[int] | None) -> dict[str, Any]:
+def stable_range(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list[int] | None) -> dict[str, Any]:
     """Stable lrs and widths of one variant's COMPLETE trials under ``rule`` (module docstring); the
     bootstrap interval only with ``n_boot`` > 0 and an ``rng_key``."""
     best = variant_best(complete, rule)
     by_lr: dict[float, list[dict]] = {}
     for r in complete:
-        lr = _lr_key(r)
+        lr = lr_key(r)
         if lr is not None:
             by_lr.setdefault(lr, []).append(r)
     lrs = sorted(by_lr)
@@ -434,9 +428,9 @@ def _width(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list
     vals: list[np.ndarray] = []  # per lr: (1, n_seeds) judged values, NaN where a trial cannot be stable
     for lr in lrs:
         group = by_lr[lr]
-        judged = [_judged_value(r, rule) for r in group]
+        judged = [judged_value(r, rule) for r in group]
         n_st = sum(is_stable(r, rule, best) for r in group)
-        n_div = sum(_as_bool(r.get("diverged", False)) for r in group)
+        n_div = sum(as_bool(r.get("diverged", False)) for r in group)
         extra = inferred.get(lr, [])
         vals.append(np.array([[np.nan if v is None else v for v in judged] + [v for _, v, _ in extra]], dtype=float))
         finite = [v for v in judged if v is not None]
@@ -502,8 +496,8 @@ def _per_seed(complete: list[dict], rule: StabilityRule) -> list[dict]:
     for r in complete:
         by_seed.setdefault(r.get("seed"), []).append(r)
     out = []
-    for s in sorted(by_seed, key=lambda s: _sort_key((s,), ("seed",))):
-        w = _width(by_seed[s], rule, 0, None)
+    for s in sorted(by_seed, key=lambda s: variant_sort_key((s,), ("seed",))):
+        w = stable_range(by_seed[s], rule, 0, None)
         out.append({"seed": s, "n_trials": len(by_seed[s])} | {k: w[k] for k in _SEED_KEYS})
     return out
 
@@ -521,7 +515,7 @@ def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list
             w, ps = main, per_seed
         else:
             r_m = rule.with_metric(metric)
-            w = _width(complete, r_m, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
+            w = stable_range(complete, r_m, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
             ps = _per_seed(complete, r_m)
         views[name] = {
             "metric": metric,
@@ -537,9 +531,9 @@ def _analyse_variant(
     key: tuple, recs: list[dict], rule: StabilityRule, variant_keys: Sequence[str], n_boot: int, seed: int
 ) -> dict:
     label = variant_label(key, variant_keys)
-    complete = [r for r in recs if _state(r) == "COMPLETE"]
+    complete = [r for r in recs if state_of(r) == "COMPLETE"]
     # per-variant stream from its label, so adding a variant leaves the others' CIs alone
-    main = _width(complete, rule, n_boot, [seed, zlib.crc32(label.encode())])
+    main = stable_range(complete, rule, n_boot, [seed, zlib.crc32(label.encode())])
     per_seed = _per_seed(complete, rule)
     views = _views(complete, rule, main, per_seed, label, n_boot, seed)
     pop, bat = views["population"], views["batch"]
@@ -556,10 +550,10 @@ def _analyse_variant(
             "metric": rule.metric,
             "n_trials": len(complete),
             "n_stable": main["n_stable"],
-            "n_diverged": sum(_as_bool(r.get("diverged", False)) for r in complete),
-            "n_failed": sum(_state(r) == "FAIL" for r in recs),
+            "n_diverged": sum(as_bool(r.get("diverged", False)) for r in complete),
+            "n_failed": sum(state_of(r) == "FAIL" for r in recs),
             "n_failed_retried": n_failed_retried(recs),
-            "n_other": sum(_state(r) not in ("COMPLETE", "FAIL") for r in recs),
+            "n_other": sum(state_of(r) not in ("COMPLETE", "FAIL") for r in recs),
         }
     )
     out.update({k: v for k, v in main.items() if k not in ("n_stable", "variant_best", "points")})
@@ -589,7 +583,7 @@ def analyse(
     groups: dict[tuple, list[dict]] = {}
     for rec in trials:
         groups.setdefault(variant_key(rec, variant_keys), []).append(rec)
-    keys = sorted(groups, key=lambda k: _sort_key(k, variant_keys))
+    keys = sorted(groups, key=lambda k: variant_sort_key(k, variant_keys))
     return [_analyse_variant(k, groups[k], rule, variant_keys, n_boot, seed) for k in keys]
 
 
@@ -636,7 +630,7 @@ def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> 
 
     def order(row: dict) -> tuple:
         keys = [k for k in row if k not in _COMPARE_VALUE_KEYS]
-        return _sort_key(tuple(row[k] for k in keys), keys)
+        return variant_sort_key(tuple(row[k] for k in keys), keys)
 
     return sorted(rows, key=order)
 

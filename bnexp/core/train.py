@@ -43,7 +43,7 @@ def is_stop(e: BaseException) -> bool:
     )
 
 
-def _checkpoint_on_stop(path: Path) -> Any:
+def checkpoint_on_stop(path: Path) -> Any:
     """A callback that saves the whole training state (weights, BN buffers, optimizer, step, the module's
     history) when the run is stopped, so that `train` into the same dir resumes at that step."""
     import lightning as L
@@ -104,7 +104,7 @@ def _resume_point(cfg: DictConfig, out: Path) -> Path | None:
     return ckpt
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     # Lightning's advice lines assume DataLoaders and epochs; ours are tensor-indexed streams by step.
     for pat in (
         ".*does not have many workers.*",
@@ -367,7 +367,7 @@ def train(
 
     from bnexp.tracking.loggers import build_callbacks, build_logger
 
-    _quiet_lightning()
+    quiet_lightning()
     validate(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
     t0, t_wall, cpu0 = time.perf_counter(), time.time(), time.process_time()
@@ -378,7 +378,7 @@ def train(
     module = build_module(cfg)
     g0 = graphs_compiled(module.compile_mode)
     lg = build_logger(cfg, out)
-    stop_ckpt = _checkpoint_on_stop(out / CHECKPOINT)
+    stop_ckpt = checkpoint_on_stop(out / CHECKPOINT)
     trainer = build_trainer(cfg, out, lg, [*build_callbacks(cfg), *(callbacks or []), stop_ckpt])
     if cfg.model.sync_bn and trainer.world_size > 1 and trainer.strategy.root_device.type != "cuda":
         # torch's DDP refuses SyncBatchNorm on CPU modules ("only work with GPU modules"); say so now,

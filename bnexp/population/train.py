@@ -43,16 +43,16 @@ from bnexp.core.config import validate
 from bnexp.core.metrics import run_metrics
 from bnexp.core.provenance import provenance
 from bnexp.core.train import (
-    _checkpoint_on_stop,
-    _quiet_lightning,
     build_datamodule,
     build_trainer,
+    checkpoint_on_stop,
     compile_model,
     finish_run,
     fit_evaluate,
     graphs_compiled,
     log_compiled,
     model_kwargs,
+    quiet_lightning,
 )
 from bnexp.files import write_text_atomic
 from bnexp.record import VAL_ACC_RECAL, VAL_LOSS_RECAL
@@ -195,7 +195,7 @@ def train_population(
 
     from bnexp.population.module import PopulationModule
 
-    _quiet_lightning()
+    quiet_lightning()
     validate(cfg)
     _check_supported(cfg)
     K, seeds = _check_members(cfg, lrs, output_dirs, seeds, member_cfgs)
@@ -215,7 +215,7 @@ def train_population(
     loggers = _member_loggers(cfgs, outs)
     ckpt = outs[0] / POP_CHECKPOINT
     resume = ckpt if ckpt.is_file() else None
-    trainer = build_trainer(cfg, outs[0], loggers or False, [*_callbacks(cfg, on_step), _checkpoint_on_stop(ckpt)])
+    trainer = build_trainer(cfg, outs[0], loggers or False, [*_callbacks(cfg, on_step), checkpoint_on_stop(ckpt)])
     device = trainer.strategy.root_device
     m = cfg.model
     log.info(

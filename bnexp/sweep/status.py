@@ -35,7 +35,7 @@ def _latest(study: Any) -> dict[str, Any]:
 
 def status(study: Any) -> list[dict[str, Any]]:
     """One row per variant: counts by state and the stable range so far (bnexp.analysis under the study's rule)."""
-    from bnexp.analysis.stability import _sort_key, analyse, variant_key
+    from bnexp.analysis.stability import analyse, variant_key, variant_sort_key
     from bnexp.names import variant_label
     from bnexp.sweep.records import keys_of, recorded_spec, rule_of, trial_records
 
@@ -53,7 +53,7 @@ def status(study: Any) -> list[dict[str, Any]]:
             c["walls"].append(float(by_key[key]["wall_s"]))
     ranges = {variant_key(v, keys): v for v in analyse(recs, rule, keys, n_boot=0)}
     rows = []
-    for vk, c in sorted(counts.items(), key=lambda kv: _sort_key(kv[0], keys)):
+    for vk, c in sorted(counts.items(), key=lambda kv: variant_sort_key(kv[0], keys)):
         v = ranges.get(vk, {})
         rows.append(
             {"variant": variant_label(vk, keys), **c, "stable_lr_min": v.get("stable_lr_min"),

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from bnexp import names
 from bnexp.analysis.stability import StabilityRule, history, is_stable, variant_key, variant_label
 from bnexp.record import DIVERGED_STEP, STATISTICS, VAL_ACC, VAL_ACC_BATCH
-from bnexp.tracking.wandb_runs import _close, start_run
+from bnexp.tracking.wandb_runs import close_run, start_run
 
 SUMMARY_JOB_TYPE = "sweep-summary"
 
@@ -69,9 +69,9 @@ def log_sweep_summary(
     try:
         _log_contents(run, out, study, trials, summary, rule, keys)
     except BaseException:
-        _close(run, 1)
+        close_run(run, 1)
         raise
-    _close(run, 0)
+    close_run(run, 0)
 
 
 def _trial_rows(trials: list[dict], summary: dict, rule: StabilityRule, keys: tuple[str, ...]) -> tuple[list, list]:

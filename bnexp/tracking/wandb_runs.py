@@ -144,7 +144,8 @@ def _where(run: Any) -> str | None:
         return None
 
 
-def _close(run: Any, exit_code: int) -> None:
+def close_run(run: Any, exit_code: int) -> None:
+    """Finish a W&B run; an offline record that could not be written whole is a FileWriteError."""
     where, offline = _where(run), run.settings.mode == "offline"
     run.finish(exit_code=exit_code)
     if offline and where:
@@ -250,11 +251,11 @@ def finish_wandb(logger: Any, metrics: dict[str, Any], extra: dict[str, Any] | N
     if metrics.get("provenance"):  # where and with what it ran: known once the device is
         run.config.update({"provenance": metrics["provenance"]}, allow_val_change=True)
     run.summary.update(final_summary(metrics, extra))
-    _close(run, 0)
+    close_run(run, 0)
 
 
 def fail_wandb(logger: Any) -> None:
     """Close the run of a training that raised, marked failed (exit code 1)."""
     run = getattr(logger, "_experiment", None)
     if run is not None and hasattr(run, "finish"):
-        _close(run, 1)
+        close_run(run, 1)
