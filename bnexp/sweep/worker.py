@@ -170,7 +170,14 @@ class Worker:
         key = trial.user_attrs.get("key", trial.number)
         cfg.logger.run_id = names.run_id(cfg.logger.run_name, self.study_name, self.spec_hash, key)
         cfg.logger.dir = str(self.out_dir)  # every trial's W&B run under <out_dir>/wandb: one `wandb sync` syncs it
-        return cfg, ov, self._resumable_dir(trial) or self.out_dir / "trials" / names.safe(self.study_name) / name
+        return cfg, ov, self._resumable_dir(trial) or self._trial_dir(name)
+
+    def _trial_dir(self, name: str | None = None, earlier: Any = None) -> Path:
+        """A trial's dir, derived here only: a new attempt's is <out_dir>/trials/<study>/<name>; `earlier` (a
+        stopped attempt of the same point, resumed) ran in the dir its trial_dir attr names (set by _start)."""
+        if earlier is not None:
+            return Path(earlier.user_attrs["trial_dir"])
+        return self.out_dir / "trials" / names.safe(self.study_name) / str(name)
 
     def _resumable_dir(self, trial: Any) -> Path | None:
         """A retried point whose earlier attempt was stopped (SIGTERM, preemption) with a checkpoint: its dir, so
@@ -184,9 +191,8 @@ class Worker:
             if t.user_attrs.get("key") == key and t.user_attrs.get("checkpoint")
         ]
         for t in sorted(stopped, key=lambda t: -t.number):
-            ckpt = Path(t.user_attrs["checkpoint"])
-            if ckpt.is_file():
-                return ckpt.parent
+            if Path(t.user_attrs["checkpoint"]).is_file():
+                return self._trial_dir(earlier=t)  # the checkpoint's own dir (out / CHECKPOINT)
         return None
 
     def _resumable_population(self, trials: list[Any]) -> list[tuple[Any, Path]] | None:
@@ -202,7 +208,7 @@ class Worker:
         for ckpt, members in stopped.items():
             if set(members) == keys and len(members) == len(trials) and Path(ckpt).is_file():
                 order = sorted(trials, key=lambda t: members[t.user_attrs.get("key")].user_attrs["population_member"])
-                return [(t, Path(members[t.user_attrs.get("key")].user_attrs["trial_dir"])) for t in order]
+                return [(t, self._trial_dir(earlier=members[t.user_attrs.get("key")])) for t in order]
         return None
 
     def _is_duplicate(self, trial: Any) -> bool:
