@@ -164,9 +164,9 @@ def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
 def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") -> Path:
     """Stable width against the differing setting, one line per placement (its fixed colour), the bootstrap
     interval as a whisker and each seed's width as a dot where there are several seeds."""
-    from bnexp.analysis.plots import _plt, save_figure, variant_palette
+    from bnexp.analysis.figures import plt_module, save_figure, variant_palette
 
-    plt = _plt()
+    plt = plt_module()
     series = [c for c in SERIES_KEYS if c in table]
     x_key = differ[0] if differ else "study"
     rest = differ[1:]

@@ -104,7 +104,7 @@ def _plot(finder: Any, result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnexp.analysis.plots import _save
+    from bnexp.analysis.figures import save_figure
 
     fig = finder.plot(suggest=True, show=False)
     ax = fig.axes[0]
@@ -116,7 +116,7 @@ def _plot(finder: Any, result: dict, path: Path) -> None:
         ax.axvline(result["blowup_lr"], color="tab:red", ls="--", lw=1, label=f"blow-up {result['blowup_lr']:.3g}")
     ax.set_title(f"LR range test, {result['variant']}: training loss (batch statistics) vs lr", fontsize=9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close("all")
 
 

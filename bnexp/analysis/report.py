@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from bnexp import record
-from bnexp.analysis.edge_figure import plot_edges
 from bnexp.analysis.edges import edges
-from bnexp.analysis.plots import write_figures
+from bnexp.analysis.figures import colour_of_label, write_figures
+from bnexp.analysis.figures.edges import EDGES_CAPTION, plot_edges
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
     STATISTICS,
@@ -321,22 +321,6 @@ def _comparison_lines(summary: dict) -> list[str]:
     return lines
 
 
-EDGES_CAPTION = (
-    "Each variant's stable lr range as an interval: the thick line spans the median edges over seeds, a thin"
-    " line each seed's range, and each hatched box the bracket (last stable lr, first unstable one) an edge"
-    " lies in; an arrow is an edge past the searched range."
-)
-
-
-def _edge_colours(variants: list[dict], variant_keys: Sequence[str]) -> Any:
-    """A variant's colour by its label: the one every other figure gives it (plots.variant_palette)."""
-    from bnexp.analysis.plots import _colour_key, _variant_palette
-
-    palette = _variant_palette(variants, variant_keys)
-    by_label = {v["label"]: palette[_colour_key(v, variant_keys)] for v in variants}
-    return lambda label: by_label[label]
-
-
 def _lr_range(spread: dict) -> str:
     if spread.get("median") is None:
         return "–"
@@ -434,7 +418,7 @@ def write_report(
     seed: int = 0,
     **figure_kw: Any,
 ) -> dict:
-    """Write summary.json, trials.csv, curves.csv, the figures (bnexp.analysis.plots.write_figures) and
+    """Write summary.json, trials.csv, curves.csv, the figures (bnexp.analysis.figures.write_figures) and
     report.md into `out_dir`, judged by `rule`. `recorded_rule`: the rule the study was created with; where it
     differs, summary.json and report.md say so (`rule_note`).
 
@@ -461,7 +445,7 @@ def write_report(
             (out / "curves.csv").unlink(missing_ok=True)  # a table without curves leaves no stale one behind
 
         figures = write_figures(out, study, variants, trials, rule, variant_keys, **figure_kw)
-        edge_fig = plot_edges(out, study, variants, _edge_colours(variants, variant_keys), **figure_kw)
+        edge_fig = plot_edges(out, study, variants, colour_of_label(variants, variant_keys), **figure_kw)
         if edge_fig:
             figures.append((edge_fig, EDGES_CAPTION))
         files += [f for f, _ in figures] + ["report.md"]

@@ -49,7 +49,7 @@ Conventions (the choices a reader needs to interpret the numbers):
   the top-level numbers. ``statistics_differ``: both recorded and their stable
   ranges differ. "Stable" itself is always the rule's verdict (``is_stable``).
 
-The report files (tables, plots, report.md) are bnexp.analysis.report's and bnexp.analysis.plots'.
+The report files (tables, plots, report.md) are bnexp.analysis.report's and bnexp.analysis.figures'.
 """
 
 from __future__ import annotations

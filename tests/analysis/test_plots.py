@@ -9,7 +9,7 @@ import matplotlib
 import pytest
 from helpers.tables import GRID, PNG_MAGIC, RULE, lagging_table, seeded, sweep, trial
 
-from bnexp.analysis.plots import BN_COLOURS, stable_runs, variant_palette, write_figures
+from bnexp.analysis.figures import BN_COLOURS, stable_runs, variant_palette, write_figures
 from bnexp.analysis.report import write_report
 from bnexp.analysis.stability import analyse
 
@@ -48,13 +48,13 @@ def test_a_variant_s_bar_is_unbroken_where_only_another_variant_trained():
     (init_scale's pre bars broke at off's bisection points 0.018-0.03 although pre's range has no hole)."""
     import matplotlib.pyplot as plt
 
-    from bnexp.analysis.plots import _stable_strip
+    from bnexp.analysis.figures.stability import stable_strip
 
     off = sweep([0.5, 0.95, 0.95, 0.5, 0.5], bn="off") + [trial(3e-2, 0.5, bn="off", number=9)]  # a bisection
     pre = sweep([0.5, 0.95, 0.95, 0.95, 0.5], bn="pre")  # stable 1e-3 .. 1e-1, no lr between 1e-2 and 1e-1
     variants = analyse(off + pre, RULE, KEYS)
     fig, ax = plt.subplots()
-    _stable_strip(ax, variants, ["tab:gray", "tab:blue"])
+    stable_strip(ax, variants, ["tab:gray", "tab:blue"])
     spans = [(p.get_facecolor(), p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
     plt.close(fig)
     blue = [(lo, hi) for c, lo, hi in spans if c == matplotlib.colors.to_rgba("tab:blue")]
