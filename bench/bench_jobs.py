@@ -43,7 +43,7 @@ def main() -> None:
         if r.returncode != 0:
             sys.exit(f"jobs={jobs} failed ({r.returncode}): {r.stderr[-2000:]}")
         summary = json.loads((d / "summary.json").read_text())
-        widths = {v["label"]: v["stable_decades"] for v in summary["variants"]}
+        widths = {v["label"]: v["width"] for v in summary["variants"]}
         out[jobs] = {"wall_s": round(wall, 1), "widths": widths}
         print(f"sweep.jobs={jobs}: {wall:.1f} s  widths {widths}", flush=True)
     walls = [v["wall_s"] for v in out.values()]

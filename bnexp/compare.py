@@ -5,10 +5,10 @@
 
 Each DIR is a study `bnexp.load` reads (a report dir, a sweep dir, a `bnexp.sweep -m` dir of studies). One row
 per variant of each study: its settings (the overrides shared by all of its trials, e.g. model.depth=4,
-model.init_std=0.1, and its variant keys), the stable width in decades, the bootstrap interval where it has
-several seeds, and the rule it was judged by. The settings that differ between rows, other than the BN
+model.init_std=0.1, and its variant keys), the width in decades (median over seeds), the seeds' range where it
+has several, and the rule it was judged by. The settings that differ between rows, other than the BN
 placement and bias (the series), are the x axis: width against depth, init std, ... per variant, with the
-interval and each seed's width where seeds allow. The key may differ inside one study (a depth ablation) or
+seeds' range and each seed's width where seeds allow. The key may differ inside one study (a depth ablation) or
 between studies. Writes OUT/compare.csv, OUT/compare.md and OUT/compare.{png,svg,pdf}.
 """
 
@@ -24,7 +24,7 @@ from bnexp.cli import UsageError, check_writable_dir, guard
 
 SERIES_KEYS = ("model.bn", "model.bias")  # a variant's placement: one line (and colour) each
 NOT_SETTINGS = ("optim.lr", "seed")  # what a study varies inside a variant, not a setting of it
-VALUE_COLUMNS = ["n_seeds", "stable_decades", "ci_low", "ci_high", "per_seed_decades", "stable_lr_min",
+VALUE_COLUMNS = ["n_seeds", "width", "width_low", "width_high", "per_seed_width", "stable_lr_min",
                  "stable_lr_max", "n_holes", "rule"]  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def rows_of(source: str) -> list[dict]:
     r = load(source)
     t = r.trials
     rows = []
-    for v in r.variants_list():
+    for v in r.variants_list:
         keys = [k for k in (r.summary.get("variant_keys") or ("bn", "bias", "depth")) if k in v]
         in_variant = t
         for k in keys:
@@ -72,7 +72,7 @@ def rows_of(source: str) -> list[dict]:
         study = r.summary.get("study") if "job" not in v else r.summary["jobs"][v["job"]].get("study", v["job"])
         rule = r.summary.get("rule_describe") or (r.summary.get("jobs", {}).get(v.get("job"), {}).get("rule_describe"))
         seeds = v.get("per_seed") or []
-        ci = v.get("stable_decades_ci") or [None, None]
+        rng = v.get("width_range") or [None, None]  # the lowest and highest seed's width
         rows.append(
             {
                 "source": source,
@@ -80,10 +80,10 @@ def rows_of(source: str) -> list[dict]:
                 "variant": v["label"],
                 **{k: _value(x) for k, x in settings.items()},
                 "n_seeds": max(len(seeds), 1),
-                "stable_decades": v.get("stable_decades"),
-                "ci_low": ci[0],
-                "ci_high": ci[1],
-                "per_seed_decades": " ".join(f"{s['stable_decades']:.2f}" for s in seeds) if len(seeds) > 1 else "",
+                "width": v.get("width"),
+                "width_low": rng[0],
+                "width_high": rng[1],
+                "per_seed_width": " ".join(f"{s['width']:.2f}" for s in seeds) if len(seeds) > 1 else "",
                 "stable_lr_min": v.get("stable_lr_min"),
                 "stable_lr_max": v.get("stable_lr_max"),
                 "n_holes": v.get("n_holes"),
@@ -150,7 +150,8 @@ def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
         "Sources: " + ", ".join(f"`{s}`" for s in sources) + ".",
         "",
         f"Differing setting(s): {', '.join(f'`{d}`' for d in differ) or 'none (one point per study)'}. "
-        "Widths in decades (log10 max/min stable lr); the interval is the bootstrap 95% interval over seeds.",
+        "Width in decades: per seed log10(high / low edge), each edge the midpoint of its bracket; the median"
+        " over seeds, width_low / width_high the lowest and highest seed's.",
         "",
     ]
     if len(rules) > 1:
@@ -162,8 +163,8 @@ def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
 
 
 def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") -> Path:
-    """Stable width against the differing setting, one line per placement (its fixed colour), the bootstrap
-    interval as a whisker and each seed's width as a dot where there are several seeds."""
+    """Width against the differing setting, one line per placement (its fixed colour), the seeds' range as a
+    whisker and each seed's width as a dot where there are several seeds."""
     from bnexp.analysis.figures import plt_module, save_figure, variant_palette
 
     plt = plt_module()
@@ -193,23 +194,23 @@ def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") ->
         g = g.sort_values(x_key, key=_sort_col)
         x = [pos[v] + dx for v in g[x_key]]
         marker = markers[gi % len(markers)] if rest_key else "o"  # a second differing setting: its own marker
-        ax.plot(x, g["stable_decades"], "-", marker=marker, color=colour, label=label, ms=6, lw=1.6)
-        lo, hi = g["ci_low"], g["ci_high"]
+        ax.plot(x, g["width"], "-", marker=marker, color=colour, label=label, ms=6, lw=1.6)
+        lo, hi = g["width_low"], g["width_high"]
         has = lo.notna() & hi.notna()
         if has.any():
             xc = [xx for xx, h in zip(x, has, strict=True) if h]
             ax.vlines(xc, lo[has], hi[has], color=colour, lw=1.2)
-        for xx, per in zip(x, g["per_seed_decades"], strict=True):
+        for xx, per in zip(x, g["per_seed_width"], strict=True):
             vals = [float(s) for s in str(per).split()] if isinstance(per, str) and per else []
             ax.plot([xx] * len(vals), vals, "o", mfc="white", mec=colour, ms=4, ls="none")
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all], rotation=20 if len(xs_all) > 3 else 0)
     ax.set_xlabel(x_key)
-    ax.set_ylabel("stable width (decades of lr)")
+    ax.set_ylabel("width (decades of lr, median over seeds)")
     ax.set_ylim(bottom=-0.1)  # a zero width stays visible on the axis
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, title=" / ".join(series) or None, title_fontsize=8)
-    ax.set_title(f"stable learning-rate width against {x_key}\n(whisker: bootstrap 95% interval; dots: each seed)",
+    ax.set_title(f"learning-rate width against {x_key}\n(whisker: range over seeds; dots: each seed)",
                  fontsize=10)  # fmt: skip
     out = path.with_suffix(f".{fmt}")
     save_figure(fig, out, fmt)

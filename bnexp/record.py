@@ -36,9 +36,14 @@ TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
 TRAIN_GRAD_NORM = "train/grad_norm"
 
+# what a run costs: kept with each trial, so trials.csv traces a study's CPU hours (older studies: empty)
+TRAIN_S = "train_s"  # wall seconds in fit and the final validation
+RECAL_S = "recal_s"  # wall seconds recomputing BN statistics (None: not recalibrated)
+CPU_S = "cpu_s"  # the run's CPU seconds, all threads: what a trial costs on a shared machine
+
 # what a trial record keeps of a run's metrics.json, in column order
 RESULT_KEYS = (VAL_ACC, VAL_ACC_BEST, VAL_ACC_BATCH, VAL_ACC_RECAL, VAL_LOSS, TEST_ACC, TEST_ACC_SINGLE, STEP,
-               DIVERGED_STEP, WALL_S)  # fmt: skip
+               DIVERGED_STEP, WALL_S, TRAIN_S, RECAL_S, CPU_S)  # fmt: skip
 # the validation metrics of a learning curve (val_history entries, curves.csv columns), in column order
 CURVE_KEYS = (VAL_ACC, VAL_ACC_BATCH, VAL_ACC_BEST, VAL_LOSS, VAL_LOSS_BATCH)
 # which metric each way of judging a trial reads: population (inference), batch or recalibrated statistics

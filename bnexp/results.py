@@ -7,6 +7,8 @@
     r.trials    # one row per trial (a multirun: per job), columns as the files name them
     r.curves    # every validation of every trial, long format: number, variant, lr, seed, step, metrics...
     r.summary   # summary.json as a dict (per variant: stable range, width, per seed, ...)
+    r.variants  # one row per variant: label, width (median over seeds), width_range, stable_span, ...
+    r.edges     # one row per variant, seed and side: the bracket, the edge, the seed's width, resolution, open
 
 Column names are taken from the files and records as they are, never translated, so the table speaks the
 metrics' own names. A sweep dir and a storage read the study itself (live, while workers run) and judge it
@@ -40,20 +42,62 @@ class Results:
 
     @property
     def variants(self) -> Any:
-        """summary's per-variant rows as a DataFrame (label, stable_decades, stable_lr_min, ...)."""
+        """summary's per-variant rows as a DataFrame: label, width (median over seeds, decades), width_low /
+        width_high (the lowest and highest seed's), stable_span, stable_lr_min, ... (scalars only)."""
         import pandas as pd
 
-        rows = [{k: v for k, v in row.items() if not isinstance(v, (list, dict))} for row in self.variants_list()]
+        rows = []
+        for row in self.variants_list:
+            flat = {k: v for k, v in row.items() if not isinstance(v, (list, dict))}
+            lo, hi = row.get("width_range") or (None, None)
+            rows.append({**flat, "width_low": lo, "width_high": hi})
         return pd.DataFrame(rows)
 
+    @property
     def variants_list(self) -> list[dict]:
+        """summary's per-variant dicts as they are (per seed, by statistics, edges, points)."""
         return list(self.summary.get("variants") or [])
+
+    @property
+    def edges(self) -> Any:
+        """One row per variant, seed and side (low, high): the bracket (`stable_lr`, `unstable_lr`: None where
+        the edge is open, the range going on past the search), the `edge` (the bracket's midpoint; an open
+        edge's stable end), the bracket's `resolution` in decades, the seed's `width` (the same on both of its
+        rows), `open`. A seed with nothing stable has one row, side None and width 0."""
+        import pandas as pd
+
+        from bnexp.analysis.edges import bracket_decades, estimate
+
+        cols = ["variant", "seed", "side", "stable_lr", "unstable_lr", "edge", "resolution", "width", "open"]
+        rows = []
+        for v in self.variants_list:
+            extra = {"job": v["job"]} if "job" in v else {}
+            for seed, e in ((v.get("edges") or {}).get("per_seed") or {}).items():
+                base = {**extra, "variant": v.get("label"), "seed": _seed(seed), "width": e.get("width")}
+                if not e.get("low"):
+                    rows.append({**base, "side": None, "open": False})
+                    continue
+                for side in ("low", "high"):
+                    b = e[side]
+                    rows.append({**base, "side": side, "stable_lr": b[0], "unstable_lr": b[1], "edge": estimate(b),
+                                 "resolution": bracket_decades(b), "open": b[1] is None})  # fmt: skip
+        df = pd.DataFrame(rows, columns=[*(["job"] if any("job" in r for r in rows) else []), *cols])
+        return df.astype({"seed": "Int64", "open": bool, "width": float, "resolution": float, "edge": float,
+                          "stable_lr": float, "unstable_lr": float})  # fmt: skip
 
     def __repr__(self) -> str:
         return (
             f"Results({self.kind} {self.summary.get('study', self.source)!r}: trials {self.trials.shape},"
-            f" curves {self.curves.shape}, {len(self.variants_list())} variants)"
+            f" curves {self.curves.shape}, {len(self.variants_list)} variants)"
         )
+
+
+def _seed(s: Any) -> Any:
+    """A seed as edges' per_seed keys spell it (JSON keys are text) back to a number."""
+    try:
+        return int(s)
+    except (TypeError, ValueError):
+        return None
 
 
 def load(path_or_storage: str | os.PathLike, study_name: str | None = None) -> Results:
@@ -95,6 +139,19 @@ def _frame(rows: list[dict], columns: list[str] | None = None) -> Any:
     return pd.DataFrame(rows, columns=columns) if columns is not None else pd.DataFrame(rows)
 
 
+def _typed_trials(df: Any) -> Any:
+    """A trials table with the dtypes its columns mean: `diverged` and `stable` bool (a trial that never ran
+    to a verdict, a FAIL, is not diverged), `diverged_step` nullable Int64 (<NA>: did not diverge)."""
+    from bnexp.record import DIVERGED, DIVERGED_STEP
+
+    for col in (DIVERGED, "stable"):
+        if col in df:
+            df[col] = df[col].map(lambda x: bool(x) if isinstance(x, bool) else str(x).lower() == "true").astype(bool)
+    if DIVERGED_STEP in df:
+        df[DIVERGED_STEP] = df[DIVERGED_STEP].astype("Float64").astype("Int64")
+    return df
+
+
 def _curves_of(trials: list[dict], keys: tuple[str, ...]) -> Any:
     """Every record's val_history as long-format rows (the columns curves.csv has)."""
     from bnexp.analysis.stability import variant_key, variant_label
@@ -110,6 +167,7 @@ def _curves_of(trials: list[dict], keys: tuple[str, ...]) -> Any:
 
 def _from_storage(url: str, study_name: str, source: str | None = None) -> Results:
     """Read a study from its storage and judge it by its recorded rule (what its report would say)."""
+    from bnexp.analysis.edges import add_widths
     from bnexp.analysis.stability import STATISTICS, analyse, compare, is_stable, variant_key
     from bnexp.sweep.records import keys_of, recorded_spec, rule_of, trial_records
     from bnexp.sweep.storage import load_study
@@ -120,6 +178,7 @@ def _from_storage(url: str, study_name: str, source: str | None = None) -> Resul
     keys = keys_of(spec["sweep"])
     records = trial_records(study)
     variants = analyse(records, rule, keys)
+    add_widths(variants, records, rule, keys)  # the width every report and table gives
     bests = {variant_key(v, keys): v["variant_best"] for v in variants}
     rows = [
         {
@@ -139,7 +198,7 @@ def _from_storage(url: str, study_name: str, source: str | None = None) -> Resul
         "variants": variants,
         "comparison": compare(variants, keys),
     }
-    return Results(_frame(rows), _curves_of(records, keys), summary, source or redact(url), "study")
+    return Results(_typed_trials(_frame(rows)), _curves_of(records, keys), summary, source or redact(url), "study")
 
 
 def _from_report_dir(path: Path) -> Results:
@@ -153,7 +212,7 @@ def _from_report_dir(path: Path) -> Results:
     curves = pd.read_csv(path / "curves.csv") if (path / "curves.csv").is_file() else _frame([], _CURVE_ID)
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
     summary.setdefault("study", path.name)
-    return Results(_frame(trials), curves, summary, str(path), "study")
+    return Results(_typed_trials(_frame(trials)), curves, summary, str(path), "study")
 
 
 def _from_multirun(path: Path) -> Results:
@@ -166,7 +225,7 @@ def _from_multirun(path: Path) -> Results:
         parts = [(j.name, load(j)) for j in studies]
         trials = pd.concat([r.trials.assign(job=name) for name, r in parts], ignore_index=True)
         curves = pd.concat([r.curves.assign(job=name) for name, r in parts], ignore_index=True)
-        variants = [{**v, "job": name} for name, r in parts for v in r.variants_list()]
+        variants = [{**v, "job": name} for name, r in parts for v in r.variants_list]
         summary = {"study": path.name, "jobs": {name: r.summary for name, r in parts}, "variants": variants}
         return Results(trials, curves, summary, str(path), "studies")
     from bnexp.analysis.stability import variant_key, variant_label

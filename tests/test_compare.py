@@ -19,7 +19,7 @@ def test_compare_committed_studies_width_against_depth(tmp_path):
     assert "x = model.depth" in r.stdout  # depth differs inside the ablation and between the two studies
     rows = _rows(tmp_path)
     assert len(rows) == 6 + 3
-    by = {(row["model.bn"], row["model.depth"]): float(row["stable_decades"]) for row in rows}
+    by = {(row["model.bn"], row["model.depth"]): float(row["width"]) for row in rows}
     assert by[("pre", "4")] > by[("off", "4")] > 0 and by[("off", "19")] == 0 and ("post", "19") in by
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "compare.md").read_text()

@@ -64,7 +64,7 @@ def test_load_fresh_sweep_dir_storage_and_optuna_dataframe(tmp_path):
 
     rep = _from_report_dir(out)
     assert list(rep.trials["number"]) == list(from_dir.trials["number"])
-    assert rep.summary["variants"][0]["stable_decades"] == from_dir.summary["variants"][0]["stable_decades"]
+    assert rep.summary["variants"][0]["width"] == from_dir.summary["variants"][0]["width"]
 
 
 def test_load_run_multirun_dir(tmp_path):

@@ -15,6 +15,9 @@ for an optimum; a stability edge is a boundary, found by bisecting between a pas
 `edges` summarises a variant across seeds: each seed's brackets, and for each edge and for the width
 log10(high / low) the median over seeds with the range (min, max) over seeds. With 3 or more seeds the
 range is the spread of the seeds, not a confidence interval; where seeds disagree the range says how far.
+This width is *the* width of bnexp (`add_widths` gives it to every variant of a report, load, compare and
+W&B summary); the stable span of bnexp.analysis.stability is the other, named apart. In a grid study the
+brackets are the grid's neighbouring lrs, so the width is known to one grid step.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ LR_DIGITS = 6  # bisection points are rounded like a trial's lr (bnexp.sweep.spe
 def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
     """One seed's brackets: {"best_lr", "low": [stable, unstable|None] | None, "high": ..., "n_trials"}."""
     complete = [r for r in trials if _state(r) == "COMPLETE"]
-    w = _width(complete, rule, 0, None)
+    w = _width(complete, rule)
     lrs = [p["lr"] for p in w["points"]]
     out: dict[str, Any] = {"n_trials": len(complete), "low": None, "high": None, "stable_lr_min": None}
     if w["stable_lr_min"] is None:
@@ -91,14 +94,20 @@ def _spread(values: list[float], log: bool = False) -> dict[str, Any]:
 
 
 def edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
-    """A variant's edges: per seed brackets, the median edge and width with their range over seeds."""
+    """A variant's edges: per seed brackets and width, the median edge and width with their range over seeds.
+
+    A seed's width is log10(high / low edge), each edge its bracket's midpoint (an open edge: its stable end,
+    so the width is a lower bound); a seed with nothing stable has width 0.0 and counts in the median and
+    the range (`n_seeds_stable` says how many had a range at all)."""
     by_seed: dict[Any, list[dict]] = {}
     for r in trials:
         by_seed.setdefault(r.get("seed"), []).append(r)
     per_seed = {}
     for seed in sorted(by_seed, key=lambda s: (s is None, s)):
         e = seed_edges(by_seed[seed], rule)
-        e["width"] = math.log10(estimate(e["high"]) / estimate(e["low"])) if e["low"] else None
+        if not e["n_trials"]:
+            continue  # no result yet (running, failed): no width to count, not a width of 0
+        e["width"] = math.log10(estimate(e["high"]) / estimate(e["low"])) if e["low"] else 0.0
         e["resolution"] = max([w for s in ("low", "high") if (w := bracket_decades(e[s])) is not None], default=None)
         per_seed[str(seed)] = e
     found = [e for e in per_seed.values() if e["low"]]
@@ -106,8 +115,44 @@ def edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
     for side in ("low", "high"):
         out[side] = _spread([estimate(e[side]) for e in found], log=True)
         out[side]["open"] = any(e[side][1] is None for e in found)
-    out["width"] = _spread([e["width"] for e in found])
+    out["width"] = _spread([e["width"] for e in per_seed.values()])
     res = [e["resolution"] for e in found if e["resolution"] is not None]
     out["resolution"] = max(res) if res else None
     out["n_trials"] = sum(e["n_trials"] for e in per_seed.values())
     return out
+
+
+def add_widths(variants: list[dict], trials: Sequence[dict], rule: StabilityRule, variant_keys: Sequence[str]) -> None:
+    """Give each variant of `stability.analyse` its `edges` and its width, the one every table, figure and
+    summary calls "width": `width` (median over seeds, decades), `width_range` ([min, max] over seeds) and each
+    `per_seed` entry's `width`; each `by_statistics` view gets the same, judged by its own statistics (None
+    where that statistics was not recorded)."""
+    keys = tuple(variant_keys)
+    for v in variants:
+        key = tuple(v.get(k) for k in keys)
+        recs = [r for r in trials if tuple(r.get(k) for k in keys) == key]
+        v["edges"] = edges(recs, rule)
+        _put_width(v, v["edges"])
+        for view in (v.get("by_statistics") or {}).values():
+            if not view.get("n_finite"):
+                _put_width(view, None)
+                continue
+            same = view.get("metric") == rule.metric
+            _put_width(view, v["edges"] if same else edges(recs, rule.with_metric(view["metric"])))
+
+
+def _put_width(target: dict, e: dict | None) -> None:
+    w = (e or {}).get("width") or {}
+    target["width"], target["width_range"] = w.get("median"), w.get("range")
+    by_seed = (e or {}).get("per_seed") or {}
+    for s in target.get("per_seed") or []:
+        s["width"] = (by_seed.get(str(s.get("seed"))) or {}).get("width")
+
+
+def width_txt(view: dict) -> str:
+    """A variant's width as every table and line prints it: the median over seeds and, where the seeds
+    differ, their range in brackets ('1.75 [1.63, 2.00]'); '–' where it has none (statistics not recorded)."""
+    if view.get("width") is None:
+        return "–"
+    lo, hi = view.get("width_range") or (view["width"], view["width"])
+    return f"{view['width']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if f"{hi:.2f}" != f"{lo:.2f}" else "")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bnexp import record
-from bnexp.analysis.edges import edges
+from bnexp.analysis.edges import add_widths, width_txt
 from bnexp.analysis.figures import colour_of_label, write_figures
 from bnexp.analysis.figures.edges import EDGES_CAPTION, plot_edges
 from bnexp.analysis.stability import (
@@ -183,11 +183,13 @@ def _range(view: dict) -> str:
     return f"{lo:.3g} – {hi:.3g}" if lo is not None else "none"
 
 
-def _per_seed_txt(view: dict) -> str:
+def _per_seed_txt(view: dict, key: str = "width") -> str:
+    """Each seed's `width` (or `stable_span`): 's0 1.75, s1 2.00, ...'; '–' for one seed (its own is the
+    variant's)."""
     seeds = view.get("per_seed") or []
     if len(seeds) < 2:
         return "–"
-    return ", ".join(f"s{s['seed']} {s['stable_decades']:.2f}" for s in seeds)
+    return ", ".join(f"s{s['seed']} {_fmt(s.get(key))}" for s in seeds)
 
 
 def _lrs_txt(lrs: Sequence[float]) -> str:
@@ -207,10 +209,11 @@ def _statistics_section(summary: dict) -> list[str]:
         "",
         f"Recalibrated statistics (`{STATISTICS['recal']}`) is the final weights with each BN layer's"
         " statistics recomputed over training batches (precise BN): where population statistics fail and it"
-        " passes, only BN's running averages lagged. The same rule on each gives (widths: the unbroken range):",
+        " passes, only BN's running averages lagged. The same rule on each gives (the stable lr range pooled over"
+        " seeds; the width, median [range over seeds], and each seed's):",
         "",
-        "| variant | population: stable lr range | decades | per seed | batch: stable lr range | decades | per seed"
-        " | recalibrated: stable lr range | decades | per seed |",
+        "| variant | population: stable lr range | width | per seed | batch: stable lr range | width | per seed"
+        " | recalibrated: stable lr range | width | per seed |",
         "|---|---|---:|---|---|---:|---|---|---:|---|",
     ]
     differ = []
@@ -224,15 +227,15 @@ def _statistics_section(summary: dict) -> list[str]:
             elif not view.get("n_finite"):
                 cells += ["not recorded", "–", "–"]
             else:
-                cells += [_range(view), f"{view['stable_decades']:.2f}", _per_seed_txt(view)]
+                cells += [_range(view), width_txt(view), _per_seed_txt(view)]
         lines.append(f"| {v['label']} | " + " | ".join(cells) + " |")
         if v.get("statistics_differ"):
             p, b = views["population"], views["batch"]
             only_b = [lr for lr in b["stable_lrs"] if lr not in p["stable_lrs"]]
             only_p = [lr for lr in p["stable_lrs"] if lr not in b["stable_lrs"]]
             parts = [
-                f"- **{v['label']}**: population statistics {_range(p)} ({p['stable_decades']:.2f} decades),"
-                f" batch statistics {_range(b)} ({b['stable_decades']:.2f} decades)"
+                f"- **{v['label']}**: population statistics {_range(p)} (width {width_txt(p)} decades),"
+                f" batch statistics {_range(b)} (width {width_txt(b)} decades)"
             ]
             if only_b:
                 parts.append(f"stable only by batch statistics at lr {_lrs_txt(only_b)}")
@@ -259,9 +262,14 @@ def _holes_txt(v: dict) -> str:
 def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
     lines = [
         f"**Rule.** A trial is stable when it is {rule.describe()}. An lr is stable when at least"
-        f" {rule.seed_quorum:g} of its seeds are. The width is log10(max/min) of the *unbroken* run of stable"
-        " lrs around the best lr; an unstable lr between stable ones is a *hole*, counted and named, and the"
-        " span that ignores holes is given apart, labelled as such. Diverged trials are COMPLETE results that"
+        f" {rule.seed_quorum:g} of its seeds are. A seed's *width* is log10(high / low edge) of its unbroken"
+        " stable range around its best lr, each edge the midpoint of the bracket it lies in (last stable lr,"
+        " first unstable one; see Edges); a variant's width is the median over seeds, the range over seeds in"
+        " brackets (their spread, not a confidence interval), and a seed with nothing stable counts as 0. The"
+        " *stable span* is log10(max/min) of the unbroken run of lrs stable for the quorum of seeds, at the lrs"
+        " trained (so about one bracket less than the width); an unstable lr between stable ones is a *hole*,"
+        " counted and named, and the span that ignores holes is given apart, labelled as such. Diverged trials"
+        " are COMPLETE results that"
         " are never stable; FAIL trials (attempts) are counted apart, with how many a later attempt of the same"
         " point completed.",
         "",
@@ -273,17 +281,16 @@ def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
 
 def _variant_table(summary: dict) -> list[str]:
     lines = [
-        "| variant | trials | stable | diverged | failed | stable lr range (unbroken) | decades"
-        " | 95% CI | per-seed decades | holes | span ignoring holes (decades) | best lr | best value |",
-        "|---|---:|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|",
+        "| variant | trials | stable | diverged | failed | width (decades) | per-seed width"
+        " | stable lr range (unbroken, pooled) | stable span (decades) | holes | span ignoring holes (decades)"
+        " | best lr | best value |",
+        "|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|---:|",
     ]
     for v in summary["variants"]:
-        ci = v["stable_decades_ci"]
-        ci_txt = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "–"
         lines.append(
             f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']}"
-            f" | {_failed_txt(v, short=True)} | {_range(v)} | {v['stable_decades']:.2f} | {ci_txt}"
-            f" | {_per_seed_txt(v)} | {_holes_txt(v)} | {v['span_decades']:.2f}"
+            f" | {_failed_txt(v, short=True)} | {width_txt(v)} | {_per_seed_txt(v)} | {_range(v)}"
+            f" | {v['stable_span']:.2f} | {_holes_txt(v)} | {v['span_with_holes']:.2f}"
             f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_value'], '.4f')} |"
         )
     return lines
@@ -308,15 +315,15 @@ def _comparison_lines(summary: dict) -> list[str]:
     axes = list(first)[: list(first).index("bn")]  # every variant key but bn: bias, depth, init_std, ...
     groups = [k for k in ("depth", "bias") if k in axes] + [k for k in axes if k not in ("depth", "bias")]
     lines = [
-        "| " + " | ".join([*groups, "bn"]) + " | decades | off decades | Δ decades | holes (bn / off) |",
+        "| " + " | ".join([*groups, "bn"]) + " | width | off width | Δ width | holes (bn / off) |",
         "|" + "---|" * (len(groups) + 1) + "---:|---:|---:|---|",
     ]
     for c in summary["comparison"]:
         lines.append(
             "| "
             + " | ".join(str(c.get(k, "–")) for k in [*groups, "bn"])
-            + f" | {c['stable_decades']:.2f} | {_fmt(c['off_decades'])}"
-            f" | {_fmt(c['delta_decades'], '+.2f')} | {c['n_holes']} / {_fmt(c['off_n_holes'], 'd')} |"
+            + f" | {_fmt(c['width'])} | {_fmt(c['off_width'])}"
+            f" | {_fmt(c['delta_width'], '+.2f')} | {c['n_holes']} / {_fmt(c['off_n_holes'], 'd')} |"
         )
     return lines
 
@@ -358,13 +365,7 @@ def _edges_section(summary: dict) -> list[str]:
     ]
     for v in summary["variants"]:
         e = v.get("edges") or {}
-        w = e.get("width") or {}
-        wtxt = (
-            "–"
-            if w.get("median") is None
-            else f"{w['median']:.2f}"
-            + (f" [{w['range'][0]:.2f}, {w['range'][1]:.2f}]" if w["range"][1] > w["range"][0] else "")
-        )
+        wtxt = width_txt(v)  # the variant's width is its edges' (edges.add_widths): one number, one text
         res = "–" if e.get("resolution") is None else f"{e['resolution']:.2f}"
         lines.append(
             f"| {v['label']} | {_lr_range(e.get('low') or {})} | {_lr_range(e.get('high') or {})} | {wtxt} | {res}"
@@ -388,11 +389,10 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
     if several:
         lines += [
             "",
-            "*Per-seed decades* judge each seed's own trials alone: their spread is the seed-to-seed"
-            " variation of the width. The *95% CI* is a percentile bootstrap that resamples each lr's seeds"
-            f" with replacement ({summary['n_boot']} times) and recomputes the width: it only recombines the"
-            " seeds that ran, so with 2-3 seeds it shows how far the width moves where an lr's seeds"
-            " disagree, not where another seed's width would fall.",
+            "*Per-seed width* judges each seed's own trials alone: the bracketed range of the width is these"
+            " seeds' lowest and highest, the seed-to-seed variation, not a confidence interval (with a handful"
+            " of seeds no interval would mean much). The stable span pools the seeds by the quorum at the lrs"
+            " trained.",
         ]
     lines += ["", *_edges_section(summary), *_statistics_section(summary), "## BN vs no BN", ""]
     lines += _comparison_lines(summary)
@@ -414,8 +414,6 @@ def write_report(
     variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS,
     *,
     recorded_rule: StabilityRule | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
     **figure_kw: Any,
 ) -> dict:
     """Write summary.json, trials.csv, curves.csv, the figures (bnexp.analysis.figures.write_figures) and
@@ -427,9 +425,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant_keys = tuple(variant_keys)
-    variants = analyse(trials, rule, variant_keys, n_boot=n_boot, seed=seed)
-    for v in variants:  # each edge per seed, the median edge and width over seeds with their range
-        v["edges"] = edges([r for r in trials if variant_key(r, variant_keys) == variant_key(v, variant_keys)], rule)
+    variants = analyse(trials, rule, variant_keys)
+    add_widths(variants, trials, rule, variant_keys)  # each edge per seed; the width, median and range over seeds
     comparison = compare(variants, variant_keys)
     note = rule.differences(recorded_rule) if recorded_rule is not None else ""
 
@@ -463,7 +460,6 @@ def write_report(
                 "rule_note": note or None,
                 "statistics": dict(STATISTICS),
                 "variant_keys": list(variant_keys),
-                "n_boot": n_boot,
                 "n_records": len(trials),
                 "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
                 "n_failed": sum(_state(r) == "FAIL" for r in trials),

@@ -22,13 +22,17 @@ Conventions (the choices a reader needs to interpret the numbers):
 * Learning rates are grouped after rounding to 10 significant digits (so 1e-3 and 10**-3 merge).
   An lr is *stable* when the fraction of its COMPLETE trials (seeds) that are stable is
   ``>= seed_quorum`` (default 0.5, inclusive: 1 of 2 seeds is enough).
-* The headline width is the *unbroken* stable range around the best lr: ``stable_lr_min`` /
+* ``width`` is not this module's: it is the edges' (bnexp.analysis.edges, attached by ``edges.add_widths``):
+  per seed, log10 of the ratio of the midpoints of the brackets around its stable range; median over seeds.
+  This module gives the *stable span*, what the trained lrs themselves show: ``stable_lr_min`` /
   ``stable_lr_max`` are the first and last lr of the run of consecutive stable lrs (on the variant's own
-  sorted lr list) that holds the stable lr with the highest mean judged value, and ``stable_decades`` =
-  log10(max / min). An unstable lr between the lowest and the highest stable lr is a *hole*: ``holes``
-  lists them and ``n_holes`` counts them. ``span_lr_min`` / ``span_lr_max`` / ``span_decades`` is the span
-  that ignores holes (lowest to highest stable lr), for what it is worth. With no stable lr the widths are
-  0.0 and the bounds None; with exactly one they are 0.0 too (``n_stable_lrs`` tells the cases apart).
+  sorted lr list) that holds the stable lr with the highest mean judged value, and ``stable_span`` =
+  log10(max / min) of them, pooled over seeds by the quorum. An unstable lr between the lowest and the
+  highest stable lr is a *hole*: ``holes`` lists them and ``n_holes`` counts them. ``span_lr_min`` /
+  ``span_lr_max`` / ``span_with_holes`` is the span that ignores holes (lowest to highest stable lr), for
+  what it is worth. With no stable lr the spans are 0.0 and the bounds None; with exactly one they are 0.0
+  too (``n_stable_lrs`` tells the cases apart). A seed's stable span is its width less half a bracket at each
+  end: it stops at the trained lrs.
 * Where seeds trained different lrs (the edge search bisects each seed's own brackets), a seed's verdict at
   an lr it did not train is taken from its own nearest trained lrs when they agree, and left out of that
   lr's quorum when they do not (``_inferred``; ``seeds_inferred`` per point). A grid, every seed at every
@@ -36,14 +40,10 @@ Conventions (the choices a reader needs to interpret the numbers):
 * ``best_lr`` / ``best_value``: the lr with the highest mean judged value over its non-diverged
   finite seeds, and that mean (ties: the lowest lr). Each of ``points`` gives an lr's ``values`` (the value
   judged, per seed in ``seeds``), ``frac_stable`` and ``stable`` (the rule's verdict on the lr).
-* ``stable_decades_ci``: percentile-bootstrap 95% interval on ``stable_decades``, resampling
-  the trials (seeds) within each lr with replacement (the relative-mode best and the best lr the
-  unbroken range is taken around are recomputed in each resample). None when no lr has more than one
-  trial, or ``n_boot == 0``. It only recombines the seeds that ran: with 2-3 seeds it says how much the
-  width moves where an lr's seeds disagree, not where a new seed's width would fall.
 * ``per_seed``: one entry per seed, its stable range from its own trials alone (relative mode:
-  against its own best); their spread is the seed-to-seed variation of the width.
-* ``by_statistics``: the same widths judged by the population statistics (``population``:
+  against its own best); their spread is the seed-to-seed variation. There is no bootstrap interval: with
+  the 1-3 seeds a study runs, resampling them says nothing a reader cannot see in the seeds themselves.
+* ``by_statistics``: the same spans judged by the population statistics (``population``:
   ``val/acc``, inference mode, what the default rule uses) and by the batch statistics (``batch``:
   ``val/acc_batchstats``), with the rule's other settings; the view the rule's ``statistics`` names is
   the top-level numbers. ``statistics_differ``: both recorded and their stable
@@ -55,8 +55,6 @@ The report files (tables, plots, report.md) are bnexp.analysis.report's and bnex
 from __future__ import annotations
 
 import math
-import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -330,7 +328,7 @@ def _stable_lr_mask(vals: list[np.ndarray], rule: StabilityRule, seed_quorum: fl
 
     ``vals[i]`` has shape (B, n_i): metric of each trial at lr i, NaN where the trial cannot be
     stable (diverged / non-finite). Returns a (B, L) bool array. The same code serves the point
-    estimate (B = 1) and the bootstrap (B = n_boot), so the two cannot disagree on the rule.
+    estimate (B = 1); any batch of resampled tables would be judged by the same code.
     """
     n_rows = vals[0].shape[0]
     if rule.mode == "threshold":
@@ -351,7 +349,7 @@ def _run_around(mask: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.nda
     """(first, last) index of the unbroken run of stable lrs around each row's best stable lr (the stable lr
     with the highest mean judged value; ties: the lowest lr); (-1, -1) where no lr is stable.
 
-    ``mask`` and ``means`` are (B, L). Python over rows: B <= n_boot and L is a few dozen lrs at most.
+    ``mask`` and ``means`` are (B, L). Python over rows: B is small and L is a few dozen lrs at most.
     """
     n_rows, n_lrs = mask.shape
     lo, hi = np.full(n_rows, -1), np.full(n_rows, -1)
@@ -368,12 +366,6 @@ def _run_around(mask: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.nda
             j += 1
         lo[b], hi[b] = i, j
     return lo, hi
-
-
-def _decades(mask: np.ndarray, means: np.ndarray, log_lrs: np.ndarray) -> np.ndarray:
-    """The headline width per row: log10(last / first lr) of the unbroken stable run around the best lr."""
-    lo, hi = _run_around(mask, means)
-    return np.where(lo >= 0, log_lrs[np.maximum(hi, 0)] - log_lrs[np.maximum(lo, 0)], 0.0)
 
 
 def _inferred(complete: list[dict], lrs: list[float], rule: StabilityRule, best: float | None) -> dict:
@@ -412,9 +404,8 @@ def _inferred(complete: list[dict], lrs: list[float], rule: StabilityRule, best:
     return out
 
 
-def stable_range(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key: list[int] | None) -> dict[str, Any]:
-    """Stable lrs and widths of one variant's COMPLETE trials under ``rule`` (module docstring); the
-    bootstrap interval only with ``n_boot`` > 0 and an ``rng_key``."""
+def stable_range(complete: list[dict], rule: StabilityRule) -> dict[str, Any]:
+    """Stable lrs and the stable span of one variant's COMPLETE trials under ``rule`` (module docstring)."""
     best = variant_best(complete, rule)
     by_lr: dict[float, list[dict]] = {}
     for r in complete:
@@ -460,31 +451,18 @@ def stable_range(complete: list[dict], rule: StabilityRule, n_boot: int, rng_key
     lo, hi = (int(x[0]) for x in _run_around(mask, means)) if lrs else (-1, -1)
     holes = [lrs[i] for i in range(idx[0], idx[-1] + 1) if not stable_lrs[i]] if idx else []
 
-    # Bootstrap only makes sense when at least one lr has more than one seed to resample.
-    ci = None
-    if n_boot > 0 and rng_key is not None and any(p["n_seeds"] > 1 for p in points):
-        rng = np.random.default_rng(rng_key)
-        boot_vals = [v[0][rng.integers(0, v.shape[1], size=(n_boot, v.shape[1]))] for v in vals]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an lr whose resampled seeds all diverged
-            boot_means = np.stack([np.nanmean(v, axis=1) for v in boot_vals], axis=1)
-        boot = _decades(_stable_lr_mask(boot_vals, rule, rule.seed_quorum), boot_means, log_lrs)
-        lo_ci, hi_ci = np.percentile(boot, [2.5, 97.5])
-        ci = [float(lo_ci), float(hi_ci)]
-
     return {
         "n_stable": sum(is_stable(r, rule, best) for r in complete),
         "n_lrs": len(lrs),
         "n_stable_lrs": len(idx),
         "stable_lr_min": lrs[lo] if lo >= 0 else None,
         "stable_lr_max": lrs[hi] if lo >= 0 else None,
-        "stable_decades": float(log_lrs[hi] - log_lrs[lo]) if lo >= 0 else 0.0,
-        "stable_decades_ci": ci,
+        "stable_span": float(log_lrs[hi] - log_lrs[lo]) if lo >= 0 else 0.0,
         "holes": holes,
         "n_holes": len(holes),
         "span_lr_min": lrs[idx[0]] if idx else None,
         "span_lr_max": lrs[idx[-1]] if idx else None,
-        "span_decades": float(log_lrs[idx[-1]] - log_lrs[idx[0]]) if idx else 0.0,
+        "span_with_holes": float(log_lrs[idx[-1]] - log_lrs[idx[0]]) if idx else 0.0,
         "variant_best": best,
         "points": points,
     }
@@ -497,25 +475,24 @@ def _per_seed(complete: list[dict], rule: StabilityRule) -> list[dict]:
         by_seed.setdefault(r.get("seed"), []).append(r)
     out = []
     for s in sorted(by_seed, key=lambda s: variant_sort_key((s,), ("seed",))):
-        w = stable_range(by_seed[s], rule, 0, None)
+        w = stable_range(by_seed[s], rule)
         out.append({"seed": s, "n_trials": len(by_seed[s])} | {k: w[k] for k in _SEED_KEYS})
     return out
 
 
-_SEED_KEYS = ("n_stable_lrs", "stable_lr_min", "stable_lr_max", "stable_decades", "holes", "n_holes", "span_decades")
-_VIEW_KEYS = ("n_stable", "variant_best", "stable_decades_ci", *_SEED_KEYS)
+_SEED_KEYS = ("n_stable_lrs", "stable_lr_min", "stable_lr_max", "stable_span", "holes", "n_holes", "span_with_holes")
+_VIEW_KEYS = ("n_stable", "variant_best", *_SEED_KEYS)
 
 
-def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list[dict], label: str,
-           n_boot: int, seed: int) -> dict[str, dict]:  # fmt: skip
-    """The same rule judged by each statistics (population, batch): widths, stable lrs, per-seed widths."""
+def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list[dict]) -> dict[str, dict]:
+    """The same rule judged by each statistics (population, batch): stable lrs and spans, per seed too."""
     views: dict[str, dict] = {}
     for name, metric in STATISTICS.items():
         if metric == rule.metric:
             w, ps = main, per_seed
         else:
             r_m = rule.with_metric(metric)
-            w = stable_range(complete, r_m, n_boot, [seed, zlib.crc32(f"{label}/{name}".encode())])
+            w = stable_range(complete, r_m)
             ps = _per_seed(complete, r_m)
         views[name] = {
             "metric": metric,
@@ -527,15 +504,12 @@ def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list
     return views
 
 
-def _analyse_variant(
-    key: tuple, recs: list[dict], rule: StabilityRule, variant_keys: Sequence[str], n_boot: int, seed: int
-) -> dict:
+def _analyse_variant(key: tuple, recs: list[dict], rule: StabilityRule, variant_keys: Sequence[str]) -> dict:
     label = variant_label(key, variant_keys)
     complete = [r for r in recs if state_of(r) == "COMPLETE"]
-    # per-variant stream from its label, so adding a variant leaves the others' CIs alone
-    main = stable_range(complete, rule, n_boot, [seed, zlib.crc32(label.encode())])
+    main = stable_range(complete, rule)
     per_seed = _per_seed(complete, rule)
-    views = _views(complete, rule, main, per_seed, label, n_boot, seed)
+    views = _views(complete, rule, main, per_seed)
     pop, bat = views["population"], views["batch"]
     differ = bool(pop["n_finite"] and bat["n_finite"]) and (pop["stable_lrs"] != bat["stable_lrs"])
 
@@ -575,25 +549,25 @@ def analyse(
     trials: list[dict],
     rule: StabilityRule,
     variant_keys: Sequence[str] = DEFAULT_VARIANT_KEYS,
-    n_boot: int = 1000,
-    seed: int = 0,
 ) -> list[dict]:
-    """One summary dict per variant, sorted by variant key (see module docstring)."""
+    """One summary dict per variant, sorted by variant key (see module docstring); its ``width`` comes from
+    bnexp.analysis.edges.add_widths."""
     variant_keys = tuple(variant_keys)
     groups: dict[tuple, list[dict]] = {}
     for rec in trials:
         groups.setdefault(variant_key(rec, variant_keys), []).append(rec)
     keys = sorted(groups, key=lambda k: variant_sort_key(k, variant_keys))
-    return [_analyse_variant(k, groups[k], rule, variant_keys, n_boot, seed) for k in keys]
+    return [_analyse_variant(k, groups[k], rule, variant_keys) for k in keys]
 
 
 def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> list[dict]:
-    """Width with BN minus width without, per group of the other variant keys.
+    """Width with BN minus width without, per group of the other variant keys (each variant's ``width``:
+    ``edges.add_widths`` attaches it).
 
     Groups are every variant key except ``bn`` (so ``depth`` and ``bias``, plus any extra grid
     axis). ``variant_keys`` defaults to the keys that precede ``"label"`` in each ``analyse()``
     dict (also true after a JSON round trip). A BN placement whose group has no
-    ``bn == "off"`` variant gets ``off_decades = delta_decades = None`` rather than being
+    ``bn == "off"`` variant gets ``off_width = delta_width = None`` rather than being
     dropped, so the missing baseline is visible.
     """
     groups: dict[tuple, dict[str, dict]] = {}
@@ -619,9 +593,11 @@ def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> 
             row.update(
                 {
                     "bn": bn,
-                    "stable_decades": v["stable_decades"],
-                    "off_decades": off["stable_decades"] if off else None,
-                    "delta_decades": (v["stable_decades"] - off["stable_decades"] if off else None),
+                    "width": v["width"],
+                    "off_width": off["width"] if off else None,
+                    "delta_width": (
+                        v["width"] - off["width"] if off and None not in (v["width"], off["width"]) else None
+                    ),
                     "n_holes": v["n_holes"],
                     "off_n_holes": off["n_holes"] if off else None,
                 }
@@ -635,4 +611,4 @@ def compare(variants: list[dict], variant_keys: Sequence[str] | None = None) -> 
     return sorted(rows, key=order)
 
 
-_COMPARE_VALUE_KEYS = {"stable_decades", "off_decades", "delta_decades", "n_holes", "off_n_holes"}
+_COMPARE_VALUE_KEYS = {"width", "off_width", "delta_width", "n_holes", "off_n_holes"}

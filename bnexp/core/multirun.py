@@ -27,7 +27,7 @@ log = logging.getLogger("bnexp")
 RUN_COLUMNS = ["job", "overrides", "bn", "bias", "depth", "lr", "seed", DIVERGED, STEP, VAL_ACC, VAL_ACC_BATCH,
                TEST_ACC, TEST_ACC_SINGLE, WALL_S]  # fmt: skip
 STUDY_COLUMNS = ["job", "overrides", "study", "variant", "n_trials", "n_stable", "n_diverged", "stable_lr_min",
-                 "stable_lr_max", "stable_decades"]  # fmt: skip
+                 "stable_lr_max", "width", "stable_span"]  # fmt: skip
 
 
 def _overrides(job_dir: Path) -> str:

@@ -146,7 +146,7 @@ class Progress:
         recs = trial_records(self.study)
         self.bar.n = sum(r["state"] == "COMPLETE" for r in recs)
         parts = []
-        for v in analyse(recs, self.rule, keys_of(self.sw), n_boot=0):
+        for v in analyse(recs, self.rule, keys_of(self.sw)):
             rng = f"[{v['stable_lr_min']:.0e},{v['stable_lr_max']:.0e}]" if v["stable_lr_min"] else "[]"
             parts.append(f"{v['label']} {v['n_trials']} {rng}")
         self.bar.set_postfix_str(" | ".join(parts)[:200])

@@ -102,7 +102,10 @@ def build_report(study: Any, out_dir: Path, commands: list[str], rule: Stability
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:
-    """The lines a sweep and `bnexp.report` print: the rule judged by, then each variant's unbroken range."""
+    """The lines a sweep and `bnexp.report` print: the rule judged by, then each variant's width (median
+    [range] over seeds) and its stable lrs pooled over seeds."""
+    from bnexp.analysis.edges import width_txt
+
     print(f"study {summary.get('study')}: {summary.get('n_trials')} trials; report in {out_dir}/report.md")
     if summary.get("rule_note"):
         print(f"  {summary['rule_note']}")
@@ -113,5 +116,5 @@ def print_summary(summary: dict, out_dir: Path) -> None:
         holes = f" ({n} hole{'s' if n > 1 else ''} in the span: report.md names them)" if n else ""
         print(
             f"  {v['label']:<24} trials={v['n_trials']:>3} stable={v['n_stable']:>3} diverged={v['n_diverged']:>3} "
-            f"stable lr {rng} = {v['stable_decades']:.2f} decades{holes}"
+            f"width {width_txt(v)} decades, stable lr {rng}{holes}"
         )

@@ -2,10 +2,13 @@
 
     python -m bnexp.status outputs/sweeps/lr_stability                   # a sweep's output dir (its sweep.json)
     python -m bnexp.status --storage URL --study-name NAME               # any study ($BNEXP_STORAGE works too)
+    python -m bnexp.status docs/results/edges_d19                        # a saved report: its finished state
 
-Per variant: points done / running / waiting / failed, and the unbroken stable learning-rate range so far
-under the study's recorded rule (the one its report will use); then an ETA from the finished trials' wall
-times. Flags as `bnexp.report`'s (Optuna's names).
+Per variant: points done / running / waiting / failed, the stable learning rates so far (pooled over seeds)
+and the width (median [range] over seeds) under the study's recorded rule (the one its report will use);
+then an ETA from the finished trials' wall times. A saved report's dir (summary.json and trials.csv, no
+sweep.json) is read as what it is: a finished study, judged as its report was. Flags as `bnexp.report`'s
+(Optuna's names).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def _latest(study: Any) -> dict[str, Any]:
 
 def status(study: Any) -> list[dict[str, Any]]:
     """One row per variant: counts by state and the stable range so far (bnexp.analysis under the study's rule)."""
+    from bnexp.analysis.edges import add_widths
     from bnexp.analysis.stability import analyse, variant_key, variant_sort_key
     from bnexp.names import variant_label
     from bnexp.sweep.records import keys_of, recorded_spec, rule_of, trial_records
@@ -51,13 +55,15 @@ def status(study: Any) -> list[dict[str, Any]]:
         c[state] += 1
         if state == "done" and isinstance(by_key.get(key, {}).get("wall_s"), (int, float)):
             c["walls"].append(float(by_key[key]["wall_s"]))
-    ranges = {variant_key(v, keys): v for v in analyse(recs, rule, keys, n_boot=0)}
+    variants = analyse(recs, rule, keys)
+    add_widths(variants, recs, rule, keys)
+    ranges = {variant_key(v, keys): v for v in variants}
     rows = []
     for vk, c in sorted(counts.items(), key=lambda kv: variant_sort_key(kv[0], keys)):
         v = ranges.get(vk, {})
         rows.append(
             {"variant": variant_label(vk, keys), **c, "stable_lr_min": v.get("stable_lr_min"),
-             "stable_lr_max": v.get("stable_lr_max"), "stable_decades": v.get("stable_decades", 0.0)}
+             "stable_lr_max": v.get("stable_lr_max"), "width": v.get("width"), "width_range": v.get("width_range")}
         )  # fmt: skip
     return rows
 
@@ -88,7 +94,42 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def report_rows(report_dir: Path) -> tuple[str, list[dict[str, Any]]]:
+    """(study name, rows as `status` gives them) of a saved report's dir: its trials.csv counted by state,
+    its summary.json's stable lrs and widths (judged as the report was). A finished study: nothing runs."""
+    import json
+
+    from bnexp.analysis.report import load_trials_csv
+
+    summary = json.loads((report_dir / "summary.json").read_text())
+    trials = load_trials_csv(report_dir / "trials.csv")
+    by_state = {"COMPLETE": "done", "PRUNED": "done", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+    rows = []
+    for v in summary.get("variants") or []:
+        keys = summary.get("variant_keys") or ["bn", "bias", "depth"]
+        mine = [t for t in trials if all(str(t.get(k)) == str(v.get(k)) for k in keys)]
+        c: dict[str, Any] = {k: 0 for k in STATES} | {"walls": []}
+        for t in mine:
+            c[by_state.get(str(t.get("state") or "COMPLETE"), "failed")] += 1
+            if isinstance(t.get("wall_s"), (int, float)) and t.get("state", "COMPLETE") == "COMPLETE":
+                c["walls"].append(float(t["wall_s"]))
+        rows.append({"variant": v["label"], **c, "stable_lr_min": v.get("stable_lr_min"),
+                     "stable_lr_max": v.get("stable_lr_max"), "width": v.get("width"),
+                     "width_range": v.get("width_range")})  # fmt: skip
+    return str(summary.get("study") or report_dir.name), rows
+
+
+def _is_report_dir(path: str | None) -> bool:
+    from bnexp import sweep_file
+
+    p = Path(path) if path else None
+    return bool(p and p.is_dir() and not sweep_file.exists(p) and (p / "summary.json").is_file()
+                and (p / "trials.csv").is_file())  # fmt: skip
+
+
 def render(name: str, rows: list[dict[str, Any]]) -> str:
+    from bnexp.analysis.edges import width_txt
+
     total = {k: sum(r[k] for r in rows) for k in STATES}
     eta = eta_s(rows)
     head = f"study {name}: " + ", ".join(f"{v} {k}" for k, v in total.items())
@@ -98,7 +139,7 @@ def render(name: str, rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         lo, hi = r["stable_lr_min"], r["stable_lr_max"]
-        rng = f"[{lo:.2g}, {hi:.2g}] = {r['stable_decades']:.2f} decades" if lo else "none yet"
+        rng = f"[{lo:.2g}, {hi:.2g}], width {width_txt(r)} decades" if lo else "none yet"
         lines.append(
             f"  {r['variant']:<24} done={r['done']:>3} running={r['running']:>2} waiting={r['waiting']:>3} "
             f"failed={r['failed']:>2}  stable lr {rng}"
@@ -120,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     add_study_args(ap)
     a = ap.parse_args(argv)
     try:
+        if _is_report_dir(a.sweep_dir) and not a.storage:
+            name, rows = report_rows(Path(a.sweep_dir))
+            print(render(name, rows) + f"\n  (a saved report: {a.sweep_dir}/report.md; the study is finished)")
+            sys.exit(0)
         url, name = storage_and_study(a.sweep_dir, a.storage, a.study_name)
         from bnexp.sweep.storage import load_study
 

@@ -31,10 +31,10 @@ SUMMARY_TABLE_CHARTS = (
         {"x": "log10_lr", "y": "mean", "stroke": "variant"},
     ),
     (
-        "unbroken stable lr range per variant (decades)",
+        "width per variant (decades: median over seeds of log10 high / low edge)",
         "wandb/bar/v0",
         "variants",
-        {"label": "variant", "value": "stable_decades"},
+        {"label": "variant", "value": "width"},
     ),
     ("diverged trials per variant", "wandb/bar/v0", "variants", {"label": "variant", "value": "n_diverged"}),
 )

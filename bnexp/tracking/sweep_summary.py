@@ -112,22 +112,23 @@ def _variant_rows(summary: dict, keys: tuple[str, ...]) -> tuple[list, list, lis
                 points.append({"variant": label, "lr": lr, "log10_lr": math.log10(lr), "mean": _num(p.get("mean")),
                                "frac_stable": p.get("frac_stable"), "n_seeds": p.get("n_seeds"),
                                "n_diverged": p.get("n_diverged"), "stable": p.get("stable")})  # fmt: skip
-        ci = v.get("stable_decades_ci") or [None, None]
-        row = {"variant": label, "stable_decades": float(v.get("stable_decades") or 0.0),
-               "n_holes": v.get("n_holes"), "span_decades": _num(v.get("span_decades")),
+        rng = v.get("width_range") or [None, None]  # the seeds' lowest and highest width
+        row = {"variant": label, "width": _num(v.get("width")), "width_lo": _num(rng[0]), "width_hi": _num(rng[1]),
+               "stable_span": float(v.get("stable_span") or 0.0),
+               "n_holes": v.get("n_holes"), "span_with_holes": _num(v.get("span_with_holes")),
                "n_trials": v.get("n_trials"), "n_stable": v.get("n_stable"), "n_diverged": v.get("n_diverged"),
                "stable_lr_min": _num(v.get("stable_lr_min")), "stable_lr_max": _num(v.get("stable_lr_max")),
                "best_lr": _num(v.get("best_lr")), "best_value": _num(v.get("best_value")),
-               "stable_decades_ci_lo": _num(ci[0]), "stable_decades_ci_hi": _num(ci[1]),
                "statistics_differ": bool(v.get("statistics_differ"))}  # fmt: skip
         for stats, view in (v.get("by_statistics") or {}).items():
             recorded = bool(view.get("n_finite"))
-            row[f"stable_decades_{stats}"] = float(view.get("stable_decades") or 0.0) if recorded else None
+            row[f"width_{stats}"] = _num(view.get("width")) if recorded else None
+            row[f"stable_span_{stats}"] = float(view.get("stable_span") or 0.0) if recorded else None
             row[f"stable_lr_min_{stats}"] = _num(view.get("stable_lr_min"))
             row[f"stable_lr_max_{stats}"] = _num(view.get("stable_lr_max"))
             seeds += [
                 {"variant": label, "statistics": stats, "seed": sd.get("seed"),
-                 "stable_decades": float(sd.get("stable_decades") or 0.0),
+                 "width": _num(sd.get("width")), "stable_span": float(sd.get("stable_span") or 0.0),
                  "stable_lr_min": _num(sd.get("stable_lr_min")), "stable_lr_max": _num(sd.get("stable_lr_max"))}
                 for sd in (view.get("per_seed") or []) if recorded
             ]  # fmt: skip
@@ -150,11 +151,12 @@ def _charts(study: str, tabs: dict[str, Any]) -> dict[str, Any]:
     # fmt: off
     charts = {  # key: (kind, table, x or label column, y or value column, title)
         "val_acc_vs_log_lr": ("line", "points", "log10_lr", "mean", "the judged value (mean over seeds) vs log10 lr"),
-        "stable_width": ("bar", "variants", "variant", "stable_decades", "unbroken stable lr range (decades)"),
-        "stable_width_batchstats": ("bar", "variants", "variant", "stable_decades_batch",
-                                    "unbroken stable lr range (decades) by batch statistics"),
+        "width_by_variant": ("bar", "variants", "variant", "width",
+                             "width (decades, median over seeds): log10 of high / low edge"),
+        "width_batchstats_by_variant": ("bar", "variants", "variant", "width_batch",
+                                        "width (decades, median over seeds) by batch statistics"),
         "diverged": ("bar", "variants", "variant", "n_diverged", "diverged trials"),
-        "stable_width_per_seed": ("scatter", "per_seed", "seed", "stable_decades", "stable lr range of each seed"),
+        "width_per_seed": ("scatter", "per_seed", "seed", "width", "width of each seed (decades)"),
         "divergence_step_vs_log_lr": ("scatter", "diverged", "log10_lr", DIVERGED_STEP,
                                       "step of the first non-finite loss vs log10 lr"),
         "stats_lag": ("scatter", "lag", bat, pop, f"final {pop} (y) vs {bat} (x)"),
@@ -235,14 +237,15 @@ def _log_contents(
     s["rule"] = rule.settings()
     for v in variants:
         label = v["variant"]
-        s[f"stable_decades/{label}"] = v["stable_decades"]
+        s[f"width/{label}"] = v["width"]
+        s[f"stable_span/{label}"] = v["stable_span"]
         s[f"n_holes/{label}"] = v["n_holes"]
         for stats in STATISTICS:
-            s[f"stable_decades_{stats}/{label}"] = v.get(f"stable_decades_{stats}")
+            s[f"width_{stats}/{label}"] = v.get(f"width_{stats}")
         s[f"n_diverged/{label}"] = v["n_diverged"]
         s[f"best_value/{label}"] = v["best_value"]
     for sd in seeds:
-        s[f"stable_decades_seed{sd['seed']}_{sd['statistics']}/{sd['variant']}"] = sd["stable_decades"]
+        s[f"width_seed{sd['seed']}_{sd['statistics']}/{sd['variant']}"] = sd["width"]
     run.summary.update(s)
 
     art = wandb.Artifact(_artifact_name(f"{study}-report"), type="sweep-report", metadata={"study": study})

@@ -64,7 +64,7 @@ def test_a_variant_s_bar_is_unbroken_where_only_another_variant_trained():
 
 def test_nothing_diverged_no_divergence_figure_and_the_report_says_so(tmp_path):
     trials = sweep([0.5, 0.95, 0.96, 0.5, 0.3])
-    summary = write_report(tmp_path, "calm", trials, RULE, ["echo"], n_boot=50)
+    summary = write_report(tmp_path, "calm", trials, RULE, ["echo"])
     files = [f["file"] for f in summary["figures"]]
     assert "divergence.png" not in files and not (tmp_path / "divergence.png").exists()
     assert "No trial diverged." in (tmp_path / "report.md").read_text()
@@ -75,7 +75,7 @@ def test_nothing_diverged_no_divergence_figure_and_the_report_says_so(tmp_path):
 @pytest.mark.parametrize("fmt,magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_every_figure_in_the_format_asked(tmp_path, fmt, magic):
     trials = lagging_table()  # two seeds, a diverged trial, both statistics
-    variants = analyse(trials, RULE, KEYS, n_boot=20)
+    variants = analyse(trials, RULE, KEYS)
     figs = write_figures(tmp_path, "lag", variants, trials, RULE, KEYS, fmt=fmt)
     names = [f for f, _ in figs]
     assert names[:4] == [f"stability.{fmt}", f"widths.{fmt}", f"divergence.{fmt}", f"stats_lag.{fmt}"]
@@ -90,7 +90,7 @@ def test_heatmap_shows_each_cell_value_and_only_the_keys_it_uses(tmp_path: Path)
     trials = sweep([0.5, 0.95, 0.96, 0.5, 0.3], depth=4) + sweep([0.4, 0.93, 0.5, 0.2, 0.1], depth=8)
     for i, t in enumerate(trials):
         t["number"] = i
-    variants = analyse(trials, RULE, KEYS, n_boot=0)
+    variants = analyse(trials, RULE, KEYS)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG
         write_figures(tmp_path, "hm", variants, trials, RULE, KEYS, fmt="svg")
     svg = (tmp_path / "heatmap.svg").read_text()

@@ -52,7 +52,7 @@ def full_table() -> list[dict]:
 def test_write_report_files(tmp_path: Path) -> None:
     trials = full_table()
     cmds = ["python -m bnexp.sweep sweeps/lr_grid.yaml", "python -m bnexp.report --study lr_grid"]
-    summary = write_report(tmp_path, "lr_grid", trials, RULE, cmds, n_boot=200)
+    summary = write_report(tmp_path, "lr_grid", trials, RULE, cmds)
 
     for name in ("summary.json", "trials.csv", "stability.png", "heatmap.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -78,31 +78,36 @@ def test_write_report_files(tmp_path: Path) -> None:
             "n_stable",
             "n_diverged",
             "n_failed",
-            "stable_decades",
+            "width",
+            "width_range",
+            "stable_span",
             "holes",
-            "span_decades",
+            "span_with_holes",
             "points",
         } <= set(v)
         assert {"lr", "n_seeds", "frac_stable", "values", "mean", "stable", "diverged_any"} <= set(v["points"][0])
     pre19 = js["variants"][-1]
-    assert pre19["n_failed"] == 1 and pre19["n_diverged"] == 1 and pre19["stable_decades"] == pytest.approx(4.0)
-    assert pre19["stable_decades_ci"] is not None
-    assert {(c["depth"], c["bn"]): c["delta_decades"] for c in js["comparison"]} == pytest.approx(
-        {(7, "pre"): 2.0, (19, "pre"): 2.0}
+    assert pre19["n_failed"] == 1 and pre19["n_diverged"] == 1 and pre19["stable_span"] == pytest.approx(4.0)
+    assert "stable_decades_ci" not in pre19 and "stable_decades" not in pre19  # one width, no bootstrap
+    # widths: off s0 3.0, s1 2.0 (brackets' midpoints, half a decade past the stable lrs), median 2.5; pre
+    # s0 4.0 (both edges open: the searched range's ends), s1 3.5, median 3.75
+    assert {(c["depth"], c["bn"]): c["delta_width"] for c in js["comparison"]} == pytest.approx(
+        {(7, "pre"): 1.25, (19, "pre"): 1.25}
     )
+    assert pre19["width"] == pytest.approx(3.75) and pre19["width_range"] == pytest.approx([3.5, 4.0])
 
     md = (tmp_path / "report.md").read_text()
     assert "| variant | trials | stable | diverged | failed |" in md
-    assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 0.0001 – 1 | 4.00 |" in md
-    assert "| 19 | auto | pre | 4.00 | 2.00 | +2.00 | 0 / 0 |" in md
+    assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 3.75 [3.50, 4.00] | s0 4.00, s1 3.50 | 0.0001 – 1 | 4.00 |" in md
+    assert "| 19 | auto | pre | 3.75 | 2.50 | +1.25 | 0 / 0 |" in md
     assert "![stability](stability.png)" in md and "![heatmap](heatmap.png)" in md
     for f in summary["figures"]:  # each figure with its one-line caption under it
         assert f"]({f['file']})\n\n*{f['caption']}*\n" in md
         assert "\n" not in f["caption"] and len(f["caption"]) > 40
     assert "```bash\n" + "\n".join(cmds) + "\n```" in md
-    # two seeds per lr: per-seed widths listed and the interval explained
-    # seed 1 diverged at lr 1: alone it is stable over 3 decades, pooled (1 of 2 seeds is enough) 4
-    assert "| s0 4.00, s1 3.00 |" in md and "only recombines the seeds that ran" in md
+    # two seeds per lr: per-seed widths listed and their range said to be no confidence interval
+    # seed 1 diverged at lr 1: its high edge is [0.1, 1] (3.5 decades), seed 0's is open (4)
+    assert "| s0 4.00, s1 3.50 |" in md and "not a confidence interval" in md and "95%" not in md
     assert [s["seed"] for s in pre19["per_seed"]] == [0, 1]
 
 
@@ -111,7 +116,7 @@ def test_trials_csv_round_trip(tmp_path: Path) -> None:
     trials[0]["extra_only_here"] = "x y"
     trials[1]["wall_s"], trials[2]["val/acc"] = 123.456789012345, 0.1 + 0.2  # full precision must survive
     trials[3]["flag"], trials[3]["ratio"] = True, float("inf")  # unknown columns: types inferred
-    write_report(tmp_path, "rt", trials, RULE, [], n_boot=0)
+    write_report(tmp_path, "rt", trials, RULE, [])
     back = load_trials_csv(tmp_path / "trials.csv")
     assert len(back) == len(trials)
     for orig, got in zip(trials, back, strict=True):
@@ -122,7 +127,7 @@ def test_trials_csv_round_trip(tmp_path: Path) -> None:
     assert back[0]["bias"] == "auto" and back[1]["extra_only_here"] is None
     assert back[-1]["error"] == "CUDA OOM, batch 64\nretry"  # quoting survives
     # a report rebuilt from the csv says the same thing
-    again = write_report(tmp_path / "again", "rt", back, RULE, [], n_boot=0)
+    again = write_report(tmp_path / "again", "rt", back, RULE, [])
     first = json.loads((tmp_path / "summary.json").read_text())
     assert again["variants"] == first["variants"]
 
@@ -168,18 +173,18 @@ def test_write_report_relative_mode(tmp_path: Path) -> None:
 
 
 def test_report_judges_both_ways_and_says_where_they_differ(tmp_path: Path) -> None:
-    summary = write_report(tmp_path, "lag", lagging_table(), RULE, ["echo"], n_boot=100)
+    summary = write_report(tmp_path, "lag", lagging_table(), RULE, ["echo"])
     off, pre = summary["variants"]
     assert pre["label"] == "pre-auto-d4" and pre["statistics_differ"] and not off["statistics_differ"]
-    assert pre["by_statistics"]["population"]["stable_decades"] == pytest.approx(1.0)
-    assert pre["by_statistics"]["batch"]["stable_decades"] == pytest.approx(2.0)
+    assert pre["by_statistics"]["population"]["stable_span"] == pytest.approx(1.0)
+    assert pre["by_statistics"]["batch"]["stable_span"] == pytest.approx(2.0)
     assert summary["statistics"] == {"population": "val/acc", "batch": "val/acc_batchstats", "recal": "val/acc_recal"}
     md = (tmp_path / "report.md").read_text()
-    assert "| pre-auto-d4 | 0.001 – 0.01 | 1.00 | s0 1.00, s1 1.00 | 0.001 – 0.1 | 2.00 | s0 2.00, s1 2.00 |" in md
+    assert "| pre-auto-d4 | 0.001 – 0.01 | 2.00 | s0 2.00, s1 2.00 | 0.001 – 0.1 | 3.00 | s0 3.00, s1 3.00 |" in md
     (line,) = [ln for ln in md.splitlines() if ln.startswith("- **")]  # one line, for the variant that differs
     assert line == (
-        "- **pre-auto-d4**: population statistics 0.001 – 0.01 (1.00 decades), batch statistics 0.001 – 0.1"
-        " (2.00 decades); stable only by batch statistics at lr 0.1."
+        "- **pre-auto-d4**: population statistics 0.001 – 0.01 (width 2.00 decades), batch statistics"
+        " 0.001 – 0.1 (width 3.00 decades); stable only by batch statistics at lr 0.1."
     )
 
 
@@ -193,7 +198,7 @@ def test_report_says_when_both_ways_agree(tmp_path: Path) -> None:
 
 def test_curves_csv_keeps_the_histories_out_of_trials_csv(tmp_path: Path) -> None:
     trials = lagging_table()
-    summary = write_report(tmp_path, "lag", trials, RULE, [], n_boot=0)
+    summary = write_report(tmp_path, "lag", trials, RULE, [])
     assert "curves.csv" in summary["files"]
     header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
     assert "val_history" not in header and "diverged_step" in header
@@ -207,8 +212,8 @@ def test_curves_csv_keeps_the_histories_out_of_trials_csv(tmp_path: Path) -> Non
     back = load_trials_csv(tmp_path / "trials.csv")
     assert [t.get("val_history", []) for t in back] == [t.get("val_history", []) for t in trials]
     last2 = StabilityRule(threshold=0.9, last_k=2)
-    again = write_report(tmp_path / "again", "lag", back, last2, [], n_boot=0)
-    direct = write_report(tmp_path / "direct", "lag", trials, last2, [], n_boot=0)
+    again = write_report(tmp_path / "again", "lag", back, last2, [])
+    direct = write_report(tmp_path / "direct", "lag", trials, last2, [])
     assert again["variants"] == direct["variants"]
     # every pre trial was below 0.9 one validation before its last: nothing pre is stable over the last 2
     assert direct["variants"][1]["n_stable"] == 0 and direct["variants"][0]["n_stable"] == 4
@@ -234,12 +239,12 @@ def test_a_second_axis_names_its_bn_no_bn_rows_and_retried_failures_are_told_apa
     for i, t in enumerate(trials):
         t["number"] = i
     keys = ("bn", "bias", "depth", "model.init_std")
-    summary = write_report(tmp_path, "s", trials, RULE, ["echo"], keys, n_boot=0)
+    summary = write_report(tmp_path, "s", trials, RULE, ["echo"], keys)
     md = (tmp_path / "report.md").read_text()
     table = md[md.index("## BN vs no BN") :].splitlines()
-    assert "| model.init_std | bn | decades |" in table[2]
-    assert [r.split(" | ")[2:5] for r in table[4:6]] == [["0.05", "pre", "2.00"], ["0.2", "pre", "2.00"]]
-    assert table[5].split(" | ")[5:7] == ["1.00", "+1.00"]  # off trains at 0.2 only
+    assert "| model.init_std | bn | width |" in table[2]
+    assert [r.split(" | ")[2:5] for r in table[4:6]] == [["0.05", "pre", "3.00"], ["0.2", "pre", "3.00"]]
+    assert table[5].split(" | ")[5:7] == ["2.00", "+1.00"]  # off trains at 0.2 only
     assert (summary["n_failed"], summary["n_failed_retried"]) == (2, 1)
     assert "2 failed attempts, 1 of them retried to completion" in md
     assert "| 2 (1 retried) |" in md

@@ -23,7 +23,7 @@ def _wandb_dirs(tmp_path_factory, monkeypatch):
 
 def test_summary_run_holds_both_widths_per_seed_widths_curves_and_figures(tmp_path: Path) -> None:
     trials = lagging_table()
-    summary = write_report(tmp_path, "lag", trials, RULE, ["echo"], n_boot=100)
+    summary = write_report(tmp_path, "lag", trials, RULE, ["echo"])
     cfg = compose_cfg(["logger=wandb", "logger.mode=offline"])
     log_sweep_summary("lag", tmp_path, trials, summary, {"sweep": {"name": "lag"}}, cfg)
     (path,) = offline_runs(tmp_path)
@@ -32,18 +32,19 @@ def test_summary_run_holds_both_widths_per_seed_widths_curves_and_figures(tmp_pa
     sm = run["summary"]
 
     for v in summary["variants"]:  # the same numbers as summary.json, both ways
-        for stats, key in (("population", "stable_decades_population"), ("batch", "stable_decades_batch")):
-            assert sm[f"{key}/{v['label']}"] == pytest.approx(v["by_statistics"][stats]["stable_decades"])
+        assert sm[f"width/{v['label']}"] == pytest.approx(v["width"])
+        for stats, key in (("population", "width_population"), ("batch", "width_batch")):
+            assert sm[f"{key}/{v['label']}"] == pytest.approx(v["by_statistics"][stats]["width"])
             for s in v["by_statistics"][stats]["per_seed"]:
-                assert sm[f"stable_decades_seed{s['seed']}_{stats}/{v['label']}"] == pytest.approx(s["stable_decades"])
-    assert sm["stable_decades_population/pre-auto-d4"] == pytest.approx(1.0)
-    assert sm["stable_decades_batch/pre-auto-d4"] == pytest.approx(2.0)
+                assert sm[f"width_seed{s['seed']}_{stats}/{v['label']}"] == pytest.approx(s["width"])
+    assert sm["width_population/pre-auto-d4"] == pytest.approx(2.0)  # brackets' midpoints: 10^-3.5 .. 10^-1.5
+    assert sm["width_batch/pre-auto-d4"] == pytest.approx(3.0)
     assert sm["rule"]["threshold"] == summary["rule"]["threshold"]  # the rule it judged by, stated
 
     n_validations = sum(len(t.get("val_history") or []) for t in trials)
     for table, nrows in (("trials", 20), ("variants", 2), ("per_seed", 2 * 2 * 2), ("curves", n_validations)):
         assert sm[table]["_type"] == "table-file" and sm[table]["nrows"] == nrows, table
-    for chart in ("stable_width_batchstats", "stable_width_per_seed", "divergence_step_vs_log_lr", "stats_lag"):
+    for chart in ("width_batchstats_by_variant", "width_per_seed", "divergence_step_vs_log_lr", "stats_lag"):
         assert any(k.startswith(f"charts/{chart}") for k in sm), chart
     for v in summary["variants"]:
         for stats in ("population", "batch"):

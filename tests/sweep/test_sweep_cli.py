@@ -248,7 +248,7 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     assert sm["n_trials"] == 4 and sm["n_stable"] == sum(r["summary"]["stable"] for r in trials)
     report = json.loads((out / "summary.json").read_text())
     for v in report["variants"]:  # the W&B summary and report.md judge by the one rule
-        assert sm[f"stable_decades/{v['label']}"] == pytest.approx(v["stable_decades"])
+        assert sm[f"width/{v['label']}"] == pytest.approx(v["width"])
     for table, nrows in (("trials", 4), ("variants", 2), ("points", 4)):
         assert sm[table]["_type"] == "table-file" and sm[table]["nrows"] == nrows, table
     assert any(k.startswith("charts/val_acc_vs_log_lr") for k in sm) and sm["stability"]["_type"] == "image-file"

@@ -26,7 +26,7 @@ def test_report_has_the_stability_panels():
     assert val_vs_lr["type"] == "CustomChart"
     assert {"table:points", "log10_lr", "mean", "variant"} <= set(val_vs_lr["plots"])
     widths = panels["unbroken stable lr range per variant (decades)"]
-    assert widths["type"] == "CustomChart" and "stable_decades" in widths["plots"]
+    assert widths["type"] == "CustomChart" and "width" in widths["plots"]
     assert "n_diverged" in panels["diverged trials per variant"]["plots"]  # from the sweep-summary table
     assert panels["diverged count per variant (trial runs)"]["plots"] == ["diverged_count"]  # BarPlot, summed
     scatter = panels["final val/acc vs learning rate (every trial)"]
