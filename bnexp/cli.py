@@ -175,6 +175,17 @@ def one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 
+_WARNED: set[str] = set()
+
+
+def warn(msg: str) -> None:
+    """Odd but usable input: one line `bnexp: warning: ...` on stderr, once per process (a config is validated
+    once per trial of a sweep; the warning is said once)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"bnexp: warning: {redact(msg)}", file=sys.stderr, flush=True)
+
+
 def fail(msg: str, code: int = 2) -> NoReturn:
     print(f"bnexp: error: {redact(msg)}", file=sys.stderr, flush=True)
     sys.exit(code)

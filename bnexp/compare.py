@@ -9,7 +9,10 @@ model.init_std=0.1, and its variant keys), the width in decades (median over see
 has several, and the rule it was judged by. The settings that differ between rows, other than the BN
 placement and bias (the series), are the x axis: width against depth, init std, ... per variant, with the
 seeds' range and each seed's width where seeds allow. The key may differ inside one study (a depth ablation) or
-between studies. Writes OUT/compare.csv, OUT/compare.md and OUT/compare.{png,svg,pdf}.
+between studies. Only design settings are the x axis: settings of where and how a study ran
+(bnexp.core.config.EXECUTION_KEYS: trainer.compile, logger.*, data.dir, ...) change no result. Each source
+is named by its directory (the `source` column: two studies may share a name), and a directory given twice
+is compared once, with a warning. Writes OUT/compare.csv, OUT/compare.md and OUT/compare.{png,svg,pdf}.
 """
 
 from __future__ import annotations
@@ -50,13 +53,14 @@ def _value(text: Any) -> Any:
     return text
 
 
-def rows_of(source: str) -> list[dict]:
-    """One row per variant of the study (or studies) at `source`."""
+def rows_of(source: str, label: str | None = None) -> list[dict]:
+    """One row per variant of the study (or studies) at `source`, named `label` (default: its path)."""
     from bnexp.names import BASE_AXIS_KEYS
     from bnexp.results import load
 
     r = load(source)
     t = r.trials
+    label = label or source
     rows = []
     for v in r.variants_list:
         keys = [k for k in (r.summary.get("variant_keys") or ("bn", "bias", "depth")) if k in v]
@@ -70,12 +74,13 @@ def rows_of(source: str) -> list[dict]:
         for k in keys:
             settings[BASE_AXIS_KEYS.get(k, k)] = str(v[k])
         study = r.summary.get("study") if "job" not in v else r.summary["jobs"][v["job"]].get("study", v["job"])
+        name = label if "job" not in v else f"{label}/{v['job']}"
         rule = r.summary.get("rule_describe") or (r.summary.get("jobs", {}).get(v.get("job"), {}).get("rule_describe"))
         seeds = v.get("per_seed") or []
         rng = v.get("width_range") or [None, None]  # the lowest and highest seed's width
         rows.append(
             {
-                "source": source,
+                "source": name,
                 "study": study,
                 "variant": v["label"],
                 **{k: _value(x) for k, x in settings.items()},
@@ -100,15 +105,49 @@ def compare(sources: list[str]) -> tuple[Any, list[str]]:
     other than the series keys (BN placement, bias)."""
     import pandas as pd
 
-    table = pd.DataFrame([row for s in sources for row in rows_of(s)])
+    labels = source_labels(sources)
+    table = pd.DataFrame([row for s in sources for row in rows_of(s, labels[s])])
     settings = [c for c in table.columns if "." in c and c not in ("source",)]
     _fill_defaults(table, settings)
-    differ = [c for c in settings if c not in SERIES_KEYS and table[c].astype(str).nunique(dropna=False) > 1]
+    design = [c for c in settings if not _execution(c)]  # trainer.compile differing says nothing of a result
+    differ = [c for c in design if c not in SERIES_KEYS and table[c].astype(str).nunique(dropna=False) > 1]
     series = [c for c in SERIES_KEYS if c in table]
     order = series + differ + [c for c in settings if c not in series + differ]
-    cols = ["study", "variant", *order, *VALUE_COLUMNS, "source"]
-    table = table[cols].sort_values([*series, *differ, "study"], key=_sort_col, kind="stable")
+    cols = ["source", "study", "variant", *order, *VALUE_COLUMNS]
+    table = table[cols].sort_values([*series, *differ, "source"], key=_sort_col, kind="stable")
     return table.reset_index(drop=True), differ
+
+
+def _execution(key: str) -> bool:
+    """A setting of where and how a study ran, not of what it computed: never an x axis."""
+    from bnexp.core.config import EXECUTION_KEYS
+
+    return any(key == e or key.startswith(e + ".") for e in EXECUTION_KEYS)
+
+
+def source_labels(sources: list[str]) -> dict[str, str]:
+    """Each source's name in the table: its directory's name, with as many parent dirs as make it unique
+    (two `depth_ablation` dirs under different parents stay apart)."""
+    parts = {s: Path(s).resolve().parts for s in sources}
+    for n in range(1, max((len(p) for p in parts.values()), default=1) + 1):
+        labels = {s: "/".join(p[-n:]) for s, p in parts.items()}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {s: s for s in sources}
+
+
+def unique_sources(dirs: list[str]) -> list[str]:
+    """`dirs` with a directory given twice (by any spelling of its path) kept once, with a warning."""
+    from bnexp.cli import warn
+
+    seen: dict[Path, str] = {}
+    for d in dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            warn(f"{d} is the same directory as {seen[key]}: compared once")
+            continue
+        seen[key] = d
+    return list(seen.values())
 
 
 def _fill_defaults(table: Any, settings: list[str]) -> None:
@@ -156,7 +195,7 @@ def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
     ]
     if len(rules) > 1:
         head += [f"**The studies were judged by different rules** ({'; '.join(rules)}): compare with care.", ""]
-    cols = [c for c in table.columns if c != "source"]
+    cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
     return "\n".join(head + lines) + "\n"
@@ -169,7 +208,7 @@ def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") ->
 
     plt = plt_module()
     series = [c for c in SERIES_KEYS if c in table]
-    x_key = differ[0] if differ else "study"
+    x_key = differ[0] if differ else "source"
     rest = differ[1:]
     xs_all = list(dict.fromkeys(table[x_key]))
     numeric = all(isinstance(x, (int, float)) for x in xs_all)
@@ -234,15 +273,16 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         check_writable_dir(a.out, "--out")
-        table, differ = compare(a.dirs)
+        dirs = unique_sources(a.dirs)
+        table, differ = compare(dirs)
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         from bnexp.files import write_text_atomic
 
         write_text_atomic(out / "compare.csv", table.to_csv(index=False))
-        write_text_atomic(out / "compare.md", _markdown(table, differ, a.dirs))
+        write_text_atomic(out / "compare.md", _markdown(table, differ, dirs))
         fig = plot_compare(out / "compare", table, differ, a.format)
-        print(f"{len(table)} variants from {len(a.dirs)} source(s); x = {differ[0] if differ else 'study'}")
+        print(f"{len(table)} variants from {len(dirs)} source(s); x = {differ[0] if differ else 'source'}")
         print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {fig}")
 
     guard(go, prog="python -m bnexp.compare", out_key="--out")

@@ -379,5 +379,46 @@ def validate(cfg: DictConfig) -> DictConfig:
     _positive(lg.init_timeout, "logger.init_timeout", "60")
     for x in lg.landscape_scales:
         _positive(x, "logger.landscape_scales", "[0.5,1.0,2.0,4.0]")
+    check_combinations(cfg)
     _check_memory(cfg)  # last: it reads the values checked above
     return cfg
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Settings each valid alone, unsafe (refused) or meaningless (a warning) together; and text settings
+    that must stay on one line (a name with a newline makes a two-line config.yaml and W&B name)."""
+    from bnexp.cli import warn
+
+    t, lg, m = cfg.trainer, cfg.logger, cfg.model
+    for key in ("project", "entity", "group", "job_type", "run_name", "run_id", "dir"):
+        if lg[key] is not None and _CONTROL.search(str(lg[key])):
+            raise ConfigError(f"logger.{key}={str(lg[key])!r} holds a control character (a newline, a tab); "
+                              f"give logger.{key} on one line")  # fmt: skip
+    for tag in lg.tags:
+        if _CONTROL.search(str(tag)):
+            raise ConfigError(f"logger.tags holds {str(tag)!r}, with a control character; give each tag on one line")
+    _at_least(t.recal_batches, "trainer.recal_batches", 0, 50)
+    if t.val_every > t.max_steps:
+        warn(f"trainer.val_every={t.val_every} > trainer.max_steps={t.max_steps}: no validation before the final "
+             f"one (no learning curve); lower trainer.val_every to {t.max_steps} or less")  # fmt: skip
+    if t.log_every > t.max_steps:
+        warn(f"trainer.log_every={t.log_every} > trainer.max_steps={t.max_steps}: no training metric is ever "
+             f"logged; lower trainer.log_every")  # fmt: skip
+    for key in ("diagnostics_every", "landscape_every"):
+        every = lg[key]
+        if every > t.max_steps:
+            warn(f"logger.{key}={every} > trainer.max_steps={t.max_steps}: it never runs; lower it or set 0 (off)")
+        elif every > 0 and lg.name == "none":
+            warn(f"logger.{key}={every} with logger=none: its measurements are recorded nowhere; use logger=csv "
+                 f"or logger=wandb, or logger.{key}=0")  # fmt: skip
+    if m.sync_bn and str(m.bn) == "off":
+        warn("model.sync_bn=true with model.bn=off: there is no BN to synchronise; drop model.sync_bn")
+    if t.compile_break_even_steps is not None and t.compile != "auto":
+        warn(f"trainer.compile_break_even_steps is auto's threshold; with trainer.compile={t.compile} it is unused")
+    if lg.name != "wandb":
+        for key, default in (("mode", "auto"), ("project", None), ("entity", None)):
+            if lg[key] != default:
+                warn(f"logger.{key}={lg[key]} is a W&B setting; with logger={lg.name} it is unused (logger=wandb)")

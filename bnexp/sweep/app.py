@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp import names, sweep_file
 from bnexp.cli import (
@@ -117,6 +117,16 @@ def _one_process_per_trial(cfg: DictConfig) -> None:
             f"sweep trials train in one process; trainer.strategy={t.strategy} with devices={t.devices} "
             f"num_nodes={t.num_nodes} is for python -m bnexp.run. Start more sweep workers instead "
             "(scripts/slurm_sweep_workers.sh), with trainer.devices=1"
+        )
+    # devices > 1 with strategy auto: Lightning picks DDP all the same (on CPUs too)
+    d = t.devices
+    many = (isinstance(d, int) and (d > 1 or d == -1)) or (
+        isinstance(d, str) and (d.strip() == "-1" or "," in d.strip(",") or (d.strip().isdigit() and int(d) > 1))
+    )
+    if many or (OmegaConf.is_list(d) and len(d) > 1) or int(t.num_nodes) > 1:
+        raise ConfigError(
+            f"sweep trials train on one device each; trainer.devices={d} num_nodes={t.num_nodes} would start DDP "
+            "ranks that re-run this command; set trainer.devices=1 and sweep.jobs=N for N workers (a device each)"
         )
 
 

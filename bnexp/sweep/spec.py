@@ -209,6 +209,70 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
     if not re.fullmatch(r"[\w.\-]+", sw.name):
         raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
+    check_combinations(sw, cfg)
+
+
+def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
+    """Study settings each valid alone, unsafe (refused, naming the fix) or meaningless (a warning) together,
+    with each other or with the training config `cfg` (tests/test_break_round3.py lists every pair)."""
+    from bnexp.cli import warn
+
+    lr, rule = sw.lr, StabilityRule.of(sw.rule, lambda k, v: f"sweep.rule.{k}={v}")
+    if sw.heartbeat > 0 and sw.grace < 2 * sw.heartbeat:  # Optuna takes max(grace, 2 x heartbeat)
+        warn(f"sweep.grace={sw.grace} < 2 x sweep.heartbeat={sw.heartbeat}: a trial is failed only after two "
+             f"missed beats, so {2 * sw.heartbeat} s is used; set sweep.grace={2 * sw.heartbeat}")  # fmt: skip
+    if sw.heartbeat == 0 and sw.grace != SweepConfig.grace:
+        warn(f"sweep.grace={sw.grace} with sweep.heartbeat=0: without heartbeats no trial is judged stale; "
+             "the grace is unused (sweep.heartbeat=10 turns it on)")  # fmt: skip
+    decades = math.log10(lr.high / lr.low) if lr.low > 0 and lr.high > 0 else 0.0
+    if lr.search == "edges" and lr.points >= 2:
+        step = decades / (lr.points - 1)
+        if lr.resolution >= step:
+            raise ConfigError(
+                f"sweep.lr.resolution={lr.resolution:g} decades is no finer than the coarse grid's step "
+                f"({decades:g} decades / {lr.points - 1} = {step:.3g}): the edge search would bisect nothing; "
+                f"set sweep.lr.resolution below {step:.3g} (e.g. {min(0.1, step / 4):.2g}) or sweep.lr.search=grid"
+            )
+    elif lr.search == "grid" and lr.resolution != LRRange.resolution:
+        warn(f"sweep.lr.resolution={lr.resolution:g} is the edge search's; with sweep.lr.search=grid it is unused "
+             "(sweep.lr.search=edges bisects to it)")  # fmt: skip
+    if sw.population > 1 and lr.points > 1 and sw.population > lr.points and lr.search == "grid":
+        warn(f"sweep.population={sw.population} > sweep.lr.points={lr.points}: a population holds the lrs of one "
+             f"variant and seed, so at most {lr.points}; sweep.population={lr.points} says what runs")  # fmt: skip
+    if sw.max_trials is not None and str(sw.jobs).strip().lower() not in ("auto", "1"):
+        raise ConfigError(
+            f"--max-trials stops one worker after N trials, and sweep.jobs={sw.jobs} asks for several; give one: "
+            "drop --max-trials, or sweep.jobs=1"
+        )
+    if cfg is None:
+        return
+    t, m, lg = cfg.trainer, cfg.model, cfg.logger
+    validations = t.max_steps // t.val_every + (1 if t.max_steps % t.val_every else 0)
+    if rule.last_k > validations:
+        raise ConfigError(
+            f"sweep.rule.last_k={rule.last_k} asks for more validations than a trial makes ({validations}: "
+            f"trainer.max_steps={t.max_steps} / trainer.val_every={t.val_every}), so no trial could be stable; "
+            f"lower sweep.rule.last_k to {validations} or trainer.val_every"
+        )
+    if rule.statistics == "recal":
+        why = (
+            "trainer.recal_batches=0 recalibrates nothing" if t.recal_batches == 0
+            else f"sweep.population={sw.population} trains members that record no recalibrated value"
+            if sw.population > 1
+            else "model.bn_impl=manual has no library BN layer to recalibrate" if m.bn_impl == "manual" else None
+        )  # fmt: skip
+        if why:
+            raise ConfigError(
+                f"sweep.rule.statistics=recal judges val/acc_recal, but {why}, so no trial could be stable; "
+                "use sweep.rule.statistics=population or batch"
+            )
+    bns = {str(x) for x in grid_axes(sw.grid).get("model.bn", [m.bn])}
+    if rule.statistics != "population" and bns <= {"off", "False"}:
+        warn(f"sweep.rule.statistics={rule.statistics} with only model.bn=off: without BN every statistics "
+             "gives the same value")  # fmt: skip
+    if lg.run_id is not None or lg.run_name is not None:
+        which = "logger.run_id" if lg.run_id is not None else "logger.run_name"
+        warn(f"{which} is set per trial by the sweep (from the study and the point); the value given is unused")
 
 
 # ---- the design ----------------------------------------------------------------------------------
