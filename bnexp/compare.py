@@ -202,8 +202,9 @@ def _markdown(table: Any, differ: list[str], sources: list[str]) -> str:
 
 
 def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") -> Path:
-    """Width against the differing setting, one line per placement (its fixed colour), the seeds' range as a
-    whisker and each seed's width as a dot where there are several seeds."""
+    """Width against the differing setting per placement (its fixed colour) and source (its marker), the seeds'
+    range as a whisker and each seed's width as a dot where there are several seeds; a line joins one source's
+    points only, and the legend sits beside the axes."""
     from bnexp.analysis.figures import plt_module, save_figure, variant_palette
 
     plt = plt_module()
@@ -218,42 +219,69 @@ def plot_compare(path: Path, table: Any, differ: list[str], fmt: str = "png") ->
     palette = variant_palette(
         list(dict.fromkeys(tuple((c.split(".")[-1], k[i]) for i, c in enumerate(series)) for k in keys))
     )
-    markers = "osD^v<>"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    n = max(len(keys), 1)
-    span = (max(pos.values()) - min(pos.values())) if numeric and len(pos) > 1 else 1.0
-    for gi, (key, g) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
-        ck = tuple((c.split(".")[-1], key[i]) for i, c in enumerate(series))
-        colour = palette.get(ck, "0.3")
-        rest_key = key[len(series) :]
-        label = " ".join(str(k) for k in key[: len(series)])
-        label += "".join(f", {c}={v}" for c, v in zip(rest, rest_key, strict=True))
-        dx = (gi - (n - 1) / 2) * 0.012 * span  # a small sideways nudge so whiskers at one x stay apart
-        g = g.sort_values(x_key, key=_sort_col)
-        x = [pos[v] + dx for v in g[x_key]]
-        marker = markers[gi % len(markers)] if rest_key else "o"  # a second differing setting: its own marker
-        ax.plot(x, g["width"], "-", marker=marker, color=colour, label=label, ms=6, lw=1.6)
-        lo, hi = g["width_low"], g["width_high"]
-        has = lo.notna() & hi.notna()
-        if has.any():
-            xc = [xx for xx, h in zip(x, has, strict=True) if h]
-            ax.vlines(xc, lo[has], hi[has], color=colour, lw=1.2)
-        for xx, per in zip(x, g["per_seed_width"], strict=True):
-            vals = [float(s) for s in str(per).split()] if isinstance(per, str) and per else []
-            ax.plot([xx] * len(vals), vals, "o", mfc="white", mec=colour, ms=4, ls="none")
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), layout="constrained")
+    handles = _draw_compare(ax, table, groups, series, rest, x_key, pos, palette, numeric)
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all], rotation=20 if len(xs_all) > 3 else 0)
     ax.set_xlabel(x_key)
     ax.set_ylabel("width (decades of lr, median over seeds)")
     ax.set_ylim(bottom=-0.1)  # a zero width stays visible on the axis
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, title=" / ".join(series) or None, title_fontsize=8)
+    # beside the axes, never over a point
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"learning-rate width against {x_key}\n(whisker: range over seeds; dots: each seed)",
                  fontsize=10)  # fmt: skip
     out = path.with_suffix(f".{fmt}")
     save_figure(fig, out, fmt)
     return out
+
+
+def _draw_compare(ax: Any, table: Any, groups: Any, series: list[str], rest: list[str], x_key: str, pos: dict,
+                  palette: dict, numeric: bool) -> list:  # fmt: skip
+    """Each placement (colour) of each source (marker): its widths, the seeds' range as a whisker, each seed as
+    a dot. A line joins only one source's own points along a design setting: never two studies, never the
+    sources themselves. Returns the legend's handles: placements, sources, second settings."""
+    from matplotlib.lines import Line2D
+
+    markers, styles = "osD^v<>P", ("-", "--", ":", "-.")
+    sources = list(dict.fromkeys(table["source"]))
+    src_marker = {s: markers[i % len(markers)] for i, s in enumerate(sources)}
+    rests = list(dict.fromkeys(tuple(k if isinstance(k, tuple) else (k,))[len(series) :] for k, _ in groups))
+    span = (max(pos.values()) - min(pos.values())) if numeric and len(pos) > 1 else 1.0
+    cells = [(key, src) for key, g in groups for src in dict.fromkeys(g["source"])]
+    handles, seen = [], set()
+    ci = 0
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        ck = tuple((c.split(".")[-1], key[i]) for i, c in enumerate(series))
+        colour = palette.get(ck, "0.3")
+        rest_key = key[len(series) :]
+        style = styles[rests.index(rest_key) % len(styles)]
+        for src, gs in g.groupby("source", sort=False):
+            dx = (ci - (len(cells) - 1) / 2) * 0.012 * span  # a small sideways nudge: whiskers at one x apart
+            ci += 1
+            gs = gs.sort_values(x_key, key=_sort_col)
+            x = [pos[v] + dx for v in gs[x_key]]
+            joined = x_key != "source" and len(x) > 1
+            ax.plot(x, gs["width"], style if joined else "none", marker=src_marker[src], color=colour, ms=6, lw=1.6)
+            lo, hi = gs["width_low"], gs["width_high"]
+            has = lo.notna() & hi.notna()
+            if has.any():
+                ax.vlines([xx for xx, h in zip(x, has, strict=True) if h], lo[has], hi[has], color=colour, lw=1.2)
+            for xx, per in zip(x, gs["per_seed_width"], strict=True):
+                vals = [float(v) for v in str(per).split()] if isinstance(per, str) and per else []
+                ax.plot([xx] * len(vals), vals, "o", mfc="white", mec=colour, ms=4, ls="none")
+        label = " ".join(str(k) for k in key[: len(series)])
+        if label not in seen:
+            seen.add(label)
+            handles.append(Line2D([], [], color=colour, lw=6, label=label))
+    if len(sources) > 1:
+        handles += [Line2D([], [], marker=src_marker[s], color="0.3", ls="none", label=str(s)) for s in sources]
+    if len(rests) > 1:
+        handles += [Line2D([], [], color="0.3", ls=styles[i % len(styles)],
+                           label=", ".join(f"{c}={v}" for c, v in zip(rest, r, strict=True)))
+                    for i, r in enumerate(rests)]  # fmt: skip
+    return handles
 
 
 FORMATS = ("png", "svg", "pdf")

@@ -318,3 +318,38 @@ def test_edges_label_each_seed_with_its_width_and_keep_brackets_apart():
         assert not [t for t in one.axes[0].texts if "median" in t.get_text()]
     finally:
         plt_module().close(one)
+
+
+def test_compare_joins_no_two_studies_and_keeps_its_legend_off_the_points(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bnexp.compare import plot_compare
+
+    rows = [
+        ("a/depth", "pre", 4, 4.0),
+        ("a/depth", "pre", 12, 3.1),
+        ("b/d19", "pre", 19, 1.75),
+        ("b/d19", "off", 19, 0.0),
+    ]
+    table = pd.DataFrame(
+        [{"source": s, "model.bn": bn, "model.bias": "auto", "model.depth": d, "width": w, "width_low": w - 0.2,
+          "width_high": w + 0.2, "per_seed_width": f"{w - 0.2:.2f} {w:.2f} {w + 0.2:.2f}"} for s, bn, d, w in rows]
+    )  # fmt: skip
+    import bnexp.analysis.figures as figures
+
+    captured, real_save = {}, figures.save_figure
+
+    def keep(fig, path, fmt=None):
+        fig.canvas.draw()
+        captured["legend"] = fig.axes[0].get_legend().get_window_extent()
+        captured["axes"] = fig.axes[0].get_window_extent()
+        captured["lines"] = [(ln.get_linestyle(), list(ln.get_xdata())) for ln in fig.axes[0].lines]
+        real_save(fig, path, fmt)
+
+    monkeypatch.setattr(figures, "save_figure", keep)  # the figure itself, drawn, before it is written
+    plot_compare(tmp_path / "compare", table, ["model.depth"], "png")
+    assert not captured["legend"].overlaps(captured["axes"])
+    joined = [xs for ls, xs in captured["lines"] if ls not in ("None", "none", "") and len(xs) > 1]
+    assert joined, captured["lines"]  # a's two depths are one study's own axis: joined
+    for xs in joined:
+        assert max(xs) < 15 or min(xs) > 15, xs  # never from a's depths (4, 12) to b's (19)
