@@ -1,16 +1,25 @@
 """A storage password is never written or printed, whatever characters it holds: masking as a unit (no server),
 and a real `-m` sweep whose storage is unreachable (Hydra's multirun.yaml, its job lines, the error line)."""
 
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 from helpers.env import bnexp, child_env
 from sqlalchemy.engine import make_url
 
+from bnexp import cli as bnexp_cli
 from bnexp.cli import hide_storage_password, mask_url, redact, remember_secret, unmask_url
 
 # every character the issue names, and the password as a URL must carry it (`@` and `%` percent-encoded)
 PASSWORDS = ["Zq1/slash9", "at@sign7", "co:lon:3", "pct%41x", "hash#tag5", "spa ce 4", "all/@:%# of7them"]
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_registered_yet(monkeypatch):
+    """Each test starts from an empty process-wide secret list: a password one test registered must not mask
+    it in another (which would pass whatever order the tests run in, for the wrong reason)."""
+    monkeypatch.setattr(bnexp_cli, "_SECRETS", set())
+    monkeypatch.setattr(bnexp_cli, "_HIDDEN", {})
 
 
 def url_of(pw: str, host: str = "127.0.0.1:1") -> str:
@@ -42,10 +51,21 @@ def test_every_password_sqlalchemy_accepts_is_masked_in_every_form(pw):
         assert "***" in out
 
 
+@pytest.mark.parametrize("pw", PASSWORDS)
+def test_a_registered_password_is_masked_in_its_percent_encoded_forms_too(pw):
+    """A log or library may write the password percent-encoded (`%2F` for `/`, `+` for a space), outside any
+    URL, where no shape gives it away: only the registered forms mask it."""
+    remember_secret(url_of(pw))
+    for form in {quote(pw, safe=""), quote_plus(pw), quote(pw)} - {pw}:
+        out = redact(f"connecting with password={form} now")
+        assert form not in out and "***" in out, (form, out)
+
+
 @pytest.mark.parametrize("pw", [p for p in PASSWORDS if " " not in p])
 def test_an_unregistered_password_is_masked_by_its_shape(pw):
     # a URL bnexp never opened (in a message of a library): the password runs to the first `@`, as SQLAlchemy reads
-    pw = f"{pw}-unseen"  # not registered by the test above (the registry is per process)
+    pw = f"{pw}-unseen"  # nothing is registered (the fixture empties the process-wide list)
+    assert not bnexp_cli._SECRETS
     url = url_of(pw, "db.example:5432")
     for text in (f"x {url} y", f"x {hydra_escaped(url)} y", f"'{url}'"):
         out = redact(text)
@@ -92,3 +112,19 @@ def test_multirun_with_a_password_writes_and_prints_it_nowhere(tmp_path, quoted)
     leaks = [(str(p), f) for p in files for f in forms if f.encode() in p.read_bytes()]
     leaks += [("stdout/stderr", f) for f in forms if f in said]
     assert not leaks, leaks
+
+
+def test_a_password_with_an_unencoded_at_is_refused_and_never_shown_in_part():
+    """`u:Kq7é /:@?#%Zw@host`: SQLAlchemy reads the password up to the first `@` and the rest as the host; the
+    command line is refused (one line, no part of the password), and any text holding it is masked whole."""
+    from bnexp.cli import UsageError, unencoded_at
+
+    url = "postgresql://u:Kq7é /:@?#%Zw@127.0.0.1:5432/db"
+    assert unencoded_at(url) == "Kq7é /:@?#%Zw" and unencoded_at(url_of("at@sign7")) is None
+    assert unencoded_at("postgresql://u:p@h/db?options=a@b") is None  # an @ in the query is not one
+    with pytest.raises(UsageError) as e:
+        hide_storage_password([f"sweep.storage={url}"])
+    assert "%40" in str(e.value) and "Kq7" not in str(e.value) and "Zw" not in str(e.value)
+    remember_secret(url)
+    assert redact(f"storage {url} refused") == "storage postgresql://u:***@127.0.0.1:5432/db refused"
+    assert redact("x postgresql://u:at@sign7@db.example:5432/db y") == "x postgresql://u:***@db.example:5432/db y"

@@ -53,7 +53,22 @@ def _from_storage(url: str, study_name: str, out: Path, a: argparse.Namespace) -
         cmds = [*([made] if isinstance(made, str) else []), this]
     else:
         cmds = [f"python -m bnexp.report --storage $BNEXP_STORAGE --study-name {study_name} --out {out}{_flags_txt(a)}"]
-    return build_report(study, out, cmds, rule, **_figure_kw(a))
+    summary = build_report(study, out, cmds, rule, **_figure_kw(a))
+    _say_unfinished(study, a.sweep_dir or f"--storage ... --study-name {study_name}")
+    return summary
+
+
+def _say_unfinished(study: Any, where: str) -> None:
+    """A study still running: the report holds the trials finished so far; say what it does not hold."""
+    from optuna.trial import TrialState
+
+    n = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in (TrialState.RUNNING, TrialState.WAITING)}
+    if any(n.values()):
+        print(
+            f"bnexp: the study is not finished: {n[TrialState.RUNNING]} running, {n[TrialState.WAITING]} waiting; "
+            f"this report holds the trials finished so far (python -m bnexp.status {where})",
+            file=sys.stderr,
+        )
 
 
 def _saved(path: Path) -> dict:

@@ -6,9 +6,11 @@
 
 Per variant: points done / running / waiting / failed, the stable learning rates so far (pooled over seeds)
 and the width (median [range] over seeds) under the study's recorded rule (the one its report will use);
-then an ETA from the finished trials' wall times. A saved report's dir (summary.json and trials.csv, no
-sweep.json) is read as what it is: a finished study, judged as its report was. Flags as `bnexp.report`'s
-(Optuna's names).
+then an ETA from the finished trials' wall times. A trial that shows RUNNING but whose worker is gone (killed
+with -9 on this host, or silent past `sweep.grace` where heartbeats are recorded) is said as such: it stays
+RUNNING in the storage until the next sweep command on it fails and retries it. A saved report's dir
+(summary.json and trials.csv, no sweep.json) is read as what it is: a finished study, judged as its report
+was. Flags as `bnexp.report`'s (Optuna's names).
 """
 
 from __future__ import annotations
@@ -90,6 +92,50 @@ def eta_s(rows: list[dict[str, Any]]) -> float | None:
     return statistics.median(walls) * left / workers
 
 
+def doubtful(study: Any) -> list[str]:
+    """One line per RUNNING trial that is probably dead: its worker ran on this host and its process is gone
+    (kill -9), or it has not beaten for longer than the study's grace (storages whose heartbeat bnexp records
+    as a trial attr; an RDB storage's own heartbeat is Optuna's to judge). Reads only."""
+    import socket
+    import time
+
+    from optuna.trial import TrialState
+
+    from bnexp.sweep.liveness import HEARTBEAT_ATTR
+    from bnexp.sweep.records import recorded_spec
+
+    sw = recorded_spec(study).get("sweep", {})
+    grace = max(float(sw.get("grace") or 0), 2 * float(sw.get("heartbeat") or 0))
+    host, now, out = socket.gethostname(), time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        h, _, rest = worker.partition(":")
+        pid = rest.split(" ", 1)[0]
+        why = None
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            why = f"its worker (pid {pid} on this host) is gone"
+        else:
+            beat = t.system_attrs.get(HEARTBEAT_ATTR)
+            if isinstance(beat, (int, float)) and grace > 0 and now - beat > grace:
+                why = f"no heartbeat for {now - beat:.0f} s (sweep.grace={grace:g} s)"
+        if why:
+            out.append(f"trial {t.number} ({t.user_attrs.get('key', '?')}): running, but {why}: maybe dead; "
+                       "the next sweep command on this study fails it and retries the point")  # fmt: skip
+    return out
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
@@ -133,13 +179,14 @@ def render(name: str, rows: list[dict[str, Any]]) -> str:
     total = {k: sum(r[k] for r in rows) for k in STATES}
     eta = eta_s(rows)
     head = f"study {name}: " + ", ".join(f"{v} {k}" for k, v in total.items())
-    if eta is not None:
+    if eta:  # None: no trial finished yet; 0: nothing left to run
         walls = [w for r in rows for w in r["walls"]]
         head += f"; ETA {_duration(eta)} (median trial {statistics.median(walls):.0f} s)"
     lines = [head]
     for r in rows:
         lo, hi = r["stable_lr_min"], r["stable_lr_max"]
-        rng = f"[{lo:.2g}, {hi:.2g}], width {width_txt(r)} decades" if lo else "none yet"
+        left = r["waiting"] + r["running"]
+        rng = f"[{lo:.2g}, {hi:.2g}], width {width_txt(r)} decades" if lo else ("none yet" if left else "none")
         lines.append(
             f"  {r['variant']:<24} done={r['done']:>3} running={r['running']:>2} waiting={r['waiting']:>3} "
             f"failed={r['failed']:>2}  stable lr {rng}"
@@ -168,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
         url, name = storage_and_study(a.sweep_dir, a.storage, a.study_name)
         from bnexp.sweep.storage import load_study
 
-        print(render(name, status(load_study(_read_only_storage(url), name))))
+        study = load_study(_read_only_storage(url), name)
+        print(render(name, status(study)))
+        for line in doubtful(study):
+            print(f"  {line}")
     except UsageError as e:
         fail(one_line(e))
     except Exception as e:  # e.g. the database is locked for longer than the timeout
