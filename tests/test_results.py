@@ -84,3 +84,33 @@ def test_load_bad_input_names_the_fix(tmp_path):
         bnexp_pkg.load(tmp_path)
     with pytest.raises(ConfigError, match="needs a study name"):
         bnexp_pkg.load(f"sqlite:///{tmp_path}/x.db")
+
+
+def test_load_edges_one_row_per_variant_seed_and_side_with_honest_dtypes():
+    r = bnexp_pkg.load(REFERENCE / "edges_d19")
+    e = r.edges
+    assert list(e.columns) == [
+        "variant",
+        "seed",
+        "side",
+        "stable_lr",
+        "unstable_lr",
+        "edge",
+        "resolution",
+        "width",
+        "open",
+    ]
+    pre = e[e["variant"] == "pre-auto-d19"]
+    assert len(pre) == 3 * 2 and set(pre["side"]) == {"low", "high"} and not pre["open"].any()
+    assert (pre["resolution"] <= 0.15).all()  # bisected to the study's resolution
+    off = e[e["variant"] == "off-auto-d19"]  # nothing stable: one row per seed, width 0
+    assert len(off) == 3 and off["side"].isna().all() and (off["width"] == 0).all()
+    for v in r.variants_list:  # the summary's width is the median of the seeds' widths in .edges
+        seeds = e[e["variant"] == v["label"]].drop_duplicates("seed")["width"]
+        assert seeds.median() == pytest.approx(v["width"])
+    assert isinstance(r.variants_list, list) and len(r.variants_list) == len(r.variants)  # a property, as the rest
+    assert {"width", "width_low", "width_high", "stable_span"} <= set(r.variants.columns)
+    assert not {"stable_decades", "stable_decades_ci"} & set(r.variants.columns)
+    assert r.trials["diverged"].dtype == bool and r.trials["stable"].dtype == bool
+    assert str(r.trials["diverged_step"].dtype) == "Int64"
+    assert {"train_s", "recal_s", "cpu_s"} <= set(r.trials.columns)  # what each trial cost (blank: not recorded)

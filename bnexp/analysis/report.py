@@ -433,6 +433,9 @@ def write_report(
     # Per-trial stable column; relative mode needs each trial's variant best.
     bests = {variant_key(v, variant_keys): v["variant_best"] for v in variants}
     rows = [{**r, "stable": is_stable(r, rule, bests.get(variant_key(r, variant_keys)))} for r in trials]
+    for row in rows:  # what each trial cost, a column even where a study predates it (empty: not recorded)
+        for k in (record.TRAIN_S, record.RECAL_S, record.CPU_S):
+            row.setdefault(k, None)
     with staged():  # the report's files land together: a full disk leaves the previous report whole
         write_trials_csv(out / "trials.csv", rows)
         files = ["summary.json", "trials.csv"]
@@ -450,6 +453,9 @@ def write_report(
             stale = out / f"{stem}.{figure_kw.get('fmt', 'png')}"
             if stale.name not in files:
                 stale.unlink(missing_ok=True)
+        for stale in out.glob(f"curves-*.{figure_kw.get('fmt', 'png')}"):  # a variant renamed or gone
+            if stale.name not in files:
+                stale.unlink()
 
         summary = _json_safe(
             {

@@ -44,3 +44,12 @@ def test_a_float_axis_keeps_each_variant_in_one_row_while_points_wait(tmp_path):
     assert sorted(r["variant"] for r in rows) == ["pre-auto-d3-init0.05", "pre-auto-d3-init0.2"], rows
     assert sum(r["done"] for r in rows) == 3 and sum(r["waiting"] for r in rows) == 1
     assert all(r["done"] + r["waiting"] == 2 for r in rows)
+
+
+def test_status_reads_a_saved_report_dir_as_a_finished_study():
+    from helpers.env import REPO
+
+    r = bnexp("status", str(REPO / "docs" / "results" / "edges_d19"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "study lr_stability: 90 done, 0 running, 0 waiting, 0 failed" in r.stdout
+    assert "pre-auto-d19" in r.stdout and "width 1.75 [1.63, 2.00] decades" in r.stdout and "finished" in r.stdout
