@@ -150,6 +150,8 @@ def test_stability_legend_sits_outside_the_data_and_the_title_is_short():
         legend = _px(fig, fig.legends[0])
         for ax in fig.axes:
             assert not legend.overlaps(_px(fig, ax)), ax.get_title()
+        whole = fig.bbox
+        assert whole.x0 <= legend.x0 and legend.x1 <= whole.x1 and whole.y0 <= legend.y0  # not cut off either
         assert fig._suptitle.get_text().count("\n") <= 1  # two lines at most
     finally:
         plt_module().close(fig)

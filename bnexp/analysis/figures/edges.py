@@ -18,10 +18,10 @@ from bnexp.analysis.figures.common import plt_module, save_figure
 
 EDGES_CAPTION = (
     "Each variant's stable lr range as an interval, one labelled row per seed with its width: a thin line spans"
-    " the seed's range and each hatched box the bracket (last stable lr, first unstable one) an edge lies in"
-    " (the low edge's hatched one way, the high edge's the other); with several seeds the thick first row spans"
-    " the median edges over seeds, with the median width and the seeds' range; an arrow is an edge past the"
-    " searched range."
+    " the seed's range and each hatched box the bracket (last stable lr, a dot, to the first unstable one) an"
+    " edge lies in (the low edge's hatched one way, the high edge's the other); with several seeds the thick"
+    " first row spans the median edges over seeds, with the median width and the seeds' range; an arrow is an"
+    " edge past the searched range."
 )
 SEED_ROW = 0.3  # height of a seed's row, in variant-row units
 HATCH = {"low": "\\\\\\\\", "high": "////"}
@@ -57,6 +57,7 @@ def _draw_seed(ax: Any, y: float, seed: str, s: dict, c: Any) -> None:
         lo, hi = sorted((stable, unstable))
         h = SEED_ROW * 0.3
         ax.fill_betweenx([y - h, y + h], lo, hi, facecolor="white", edgecolor=c, hatch=HATCH[side], lw=0.8)
+        ax.plot([stable], [y], "o", color=c, ms=3.5, zorder=3)  # the bracket's stable end
     ax.text(1.0, y, f" seed {seed}: {_width_txt(s.get('width'))}", va="center", ha="left", fontsize=7, color=c,
             transform=ax.get_yaxis_transform())  # fmt: skip
 
@@ -78,7 +79,7 @@ def draw_edges(study: str, variants: list[dict], colour_of: Any) -> Any:
     if not any((v.get("edges") or {}).get("n_seeds_stable") for v, _, _ in rows):
         return None
     several = any(median for _, _, median in rows)
-    n_lines = sum(len(seeds) + median for _, seeds, median in rows)
+    n_lines = sum(len(seeds) + median if any(st.get("low") for _, st in seeds) else 1 for _, seeds, median in rows)
     plt = plt_module()
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.3 * n_lines + 0.2 * len(rows)), layout="constrained")
     y, ticks, labels = 0.0, [], []
@@ -93,16 +94,13 @@ def draw_edges(study: str, variants: list[dict], colour_of: Any) -> Any:
             ax.text(1.0, y, txt, va="center", ha="left", fontsize=7, color=c, fontweight="bold",
                     transform=ax.get_yaxis_transform())  # fmt: skip
             y += SEED_ROW
-        elif median:
-            ax.text(1.0, y, " no seed stable", va="center", ha="left", fontsize=7, color="0.4",
+        if not any(st.get("low") for _, st in seeds):  # one row says it for every seed
+            n = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+            ax.text(1.0, y, f" nothing stable ({n})", va="center", ha="left", fontsize=7, color="0.4",
                     transform=ax.get_yaxis_transform())  # fmt: skip
             y += SEED_ROW
-        for seed, s in seeds:
+        for seed, s in seeds if any(st.get("low") for _, st in seeds) else []:
             _draw_seed(ax, y, seed, s, c)
-            y += SEED_ROW
-        if not seeds:
-            ax.text(1.0, y, " nothing stable", va="center", ha="left", fontsize=7, color="0.4",
-                    transform=ax.get_yaxis_transform())  # fmt: skip
             y += SEED_ROW
         ticks.append((top + y - SEED_ROW) / 2)
         labels.append(v["label"])
@@ -116,6 +114,6 @@ def draw_edges(study: str, variants: list[dict], colour_of: Any) -> Any:
     ax.set_xlabel("learning rate")
     ax.grid(axis="x", alpha=0.3)
     what = "thick = median edges over seeds, thin = each seed's range" if several else "line = the stable range"
-    ax.set_title(f"{study}: stable lr range per variant ({what})\nhatched box = the bracket (last stable lr, first"
-                 " unstable lr) an edge lies in, low and high hatched apart; arrow = open", fontsize=9)  # fmt: skip
+    ax.set_title(f"{study}: stable lr range per variant ({what})\nhatched box = the bracket an edge lies in"
+                 " (dot: its last stable lr), low and high hatched apart; arrow = open", fontsize=9)  # fmt: skip
     return fig

@@ -128,10 +128,11 @@ def _legend(fig: Any, d: FigureData, variants: list[dict], several: bool) -> Non
     if any(as_bool(r.get("diverged", False)) for v in variants for r in d.recs(v)):
         handles.append(Line2D([], [], marker="x", color="tab:red", mew=2, ls="none", label="diverged"))
     if several:
-        handles.append(Line2D([], [], color="0.3", lw=1.5, label="median over seeds (at the lrs every seed trained)"))
+        handles.append(Line2D([], [], color="0.3", lw=1.5, label="median over seeds (lrs all seeds trained)"))
     if d.rule.mode == "threshold":
         handles.append(Line2D([], [], **{**THRESHOLD_STYLE, "zorder": 2}, label=f"threshold {d.rule.threshold:g}"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=7, frameon=False)
+    ncols = 2 if len(facets(variants)) == 1 else 4  # one panel: two columns fit under it
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=7, frameon=False)
 
 
 def plot_stability(path: Path, d: FigureData) -> None:
@@ -150,7 +151,9 @@ def draw_stability(d: FigureData) -> Any:
     n_rows_strip = max(max(sum(1 for v in variants if f is None or v.get("depth") == f) for f in panels), 1)
     strip_h = 0.22 * n_rows_strip + 0.2
     n_legend = len(variants) + 5
-    fig = plt.figure(figsize=(6.5 * ncol, (4.4 + strip_h + 0.6) * nrow + 0.2 * -(-n_legend // 4)), layout="constrained")
+    legend_rows = -(-n_legend // (2 if ncol == 1 else 4))
+    width = max(6.5 * ncol, 7.5)
+    fig = plt.figure(figsize=(width, (4.4 + strip_h + 0.6) * nrow + 0.17 * legend_rows), layout="constrained")
     outer = fig.add_gridspec(nrow, ncol)
     grid = sorted({p["lr"] for v in variants for p in v["points"]})
     all_vals = [v for r in trials if (v := as_float(r.get(rule.metric))) is not None]
