@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bnexp.cli import UsageError, disk_full, fail, guard, library_refusal, one_line, stopping
+from bnexp.core.alloc import keep_memory
 from bnexp.core.config import Config, check_hardware, register_configs, validate
 from bnexp.core.ddp import adopt_rank0_argv, is_rank_zero
 
@@ -106,6 +107,7 @@ def _summarize_jobs_so_far() -> None:
 
 
 def main() -> None:
+    keep_memory()  # glibc keeps PyTorch's freed blocks (bnexp.core.alloc): less kernel time per step
     adopt_rank0_argv()
     guard(_hydra_main, schema=Config, prog="python -m bnexp.run")
 

@@ -27,7 +27,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from bnexp.analysis.stability import StabilityRule
+from bnexp.analysis.stability import RESULT_STATES, StabilityRule
 from bnexp.analysis.stability import lr_key as _lr_key
 from bnexp.analysis.stability import stable_range as _width
 from bnexp.analysis.stability import state_of as _state
@@ -37,7 +37,7 @@ LR_DIGITS = 6  # bisection points are rounded like a trial's lr (bnexp.sweep.spe
 
 def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
     """One seed's brackets: {"best_lr", "low": [stable, unstable|None] | None, "high": ..., "n_trials"}."""
-    complete = [r for r in trials if _state(r) == "COMPLETE"]
+    complete = [r for r in trials if _state(r) in RESULT_STATES]  # a pruned trial: an unstable result
     w = _width(complete, rule)
     lrs = [p["lr"] for p in w["points"]]
     out: dict[str, Any] = {"n_trials": len(complete), "low": None, "high": None, "stable_lr_min": None}
@@ -83,6 +83,77 @@ def next_points(trials: Sequence[dict], rule: StabilityRule, resolution: float) 
             if _lr_key({"lr": mid}) not in have and mid not in e[side]:
                 out.append(mid)
     return out
+
+
+def lattice(grid: Sequence[float], resolution: float) -> list[float]:
+    """Every lr a search from scratch can train: the coarse `grid` and, cell by cell, the geometric midpoints
+    (`midpoint`, rounded as a trial's lr) of neighbouring points, while a cell is wider than `resolution`
+    decades, as `next_points` bisects. A closed edge found from scratch is a cell of its finest level."""
+    pts = sorted({float(g) for g in grid})
+    while True:
+        new = {midpoint([a, b]) for a, b in zip(pts, pts[1:], strict=False) if bracket_decades([a, b]) > resolution}
+        new -= set(pts)  # a cell too narrow to split at 6 digits
+        if not new:
+            return pts
+        pts = sorted(set(pts) | new)
+
+
+def warm_points(
+    trials: Sequence[dict], reference: Sequence[dict] | None, grid: Sequence[float], rule: StabilityRule,
+    resolution: float,
+) -> list[float]:  # fmt: skip
+    """The lrs to train next for a seed that starts from an earlier seed's brackets (`reference`: that seed's
+    finished trials of the same variant), on the `lattice` of a search from scratch.
+
+    First it trains the ends of the reference's brackets (up to 4 points: its neighbourhood). Then per edge:
+    its own stable and unstable points agree with the reference: done; its stable end has no unstable
+    neighbour on that side: it widens, doubling the distance walked from the reference's stable end, up to
+    the searched range's end (an open edge, as from scratch); a bracket of its own wider than one lattice
+    cell: the lattice point at its middle (a binary search on the lattice). With no stable point of its own
+    among them (or no reference range) it trains the coarse grid, as a search from scratch does, and goes on
+    from there. Under the assumption every edge search makes, that a seed's stable lrs are one unbroken run,
+    it ends at the same brackets, at the same resolution, as a search from scratch; it trains no point inside
+    the range, so it cannot see a hole there (neither does the bisection: it only trains near the edges).
+
+    None while a trial of this seed is unfinished (its result may move the run)."""
+    if any(_state(r) in ("WAITING", "RUNNING") for r in trials):
+        return []
+    have = {_lr_key(r) for r in trials}
+
+    def fresh(lrs: Sequence[float | None]) -> list[float]:
+        return [lr for lr in dict.fromkeys(lrs) if lr is not None and _lr_key({"lr": lr}) not in have]
+
+    ref = seed_edges(reference, rule) if reference else None
+    done = [r for r in trials if _state(r) in RESULT_STATES]
+    if not done:
+        if ref is None or ref["low"] is None:
+            return fresh(grid)
+        return fresh([x for side in ("low", "high") for x in ref[side]])
+    own = seed_edges(done, rule)
+    if own["low"] is None:  # the neighbourhood holds none of its stable lrs: search from scratch
+        return fresh(grid) or []
+    pts = lattice(grid, resolution)
+    at = {_lr_key({"lr": p}): i for i, p in enumerate(pts)}
+    out: list[float | None] = []
+    for side, step in (("low", -1), ("high", 1)):
+        stable, unstable = own[side]
+        i = at.get(_lr_key({"lr": stable}))
+        if i is None:  # not a lattice point (a study searched with other settings): bisect as from scratch
+            width = bracket_decades(own[side])
+            out.append(midpoint(own[side]) if width is not None and width > resolution else None)
+        elif unstable is None:
+            if 0 < i < len(pts) - 1 or (i == 0 and step > 0) or (i == len(pts) - 1 and step < 0):
+                start = at.get(_lr_key({"lr": ref[side][0]})) if ref and ref[side] else None
+                walked = abs(i - start) if start is not None else 0
+                out.append(pts[min(max(i + step * max(1, walked), 0), len(pts) - 1)])
+        else:
+            j = at.get(_lr_key({"lr": unstable}))
+            if j is None:
+                width = bracket_decades(own[side])
+                out.append(midpoint(own[side]) if width is not None and width > resolution else None)
+            elif abs(i - j) > 1:
+                out.append(pts[(i + j) // 2])
+    return fresh(out)
 
 
 def _spread(values: list[float], log: bool = False) -> dict[str, Any]:

@@ -7,9 +7,10 @@ A *variant* is the tuple of the ``variant_keys`` values (default ``("bn", "bias"
 
 Conventions (the choices a reader needs to interpret the numbers):
 
-* Only ``state == "COMPLETE"`` trials are results (``n_trials``). ``FAIL`` trials are counted as
+* ``COMPLETE`` and ``PRUNED`` trials are results (``n_trials``; ``n_pruned`` of them pruned: stopped early
+  by the sweep's pruner because they could not end stable, so never stable). ``FAIL`` trials are counted as
   ``n_failed`` (attempts; ``n_failed_retried`` of them a later attempt of the same lr and seed completed);
-  any other state (PRUNED, RUNNING, ...) as ``n_other``. A diverged run is a
+  any other state (RUNNING, ...) as ``n_other``. A diverged run is a
   COMPLETE trial with ``diverged=True``: an infeasible *result*, counted, never stable.
 * A trial is stable (``is_stable``) when it did not diverge, its metric is finite, and
   - ``mode="threshold"``: metric >= ``threshold``;
@@ -198,10 +199,15 @@ def state_of(rec: dict) -> str:
     return str(rec.get("state", "COMPLETE")).upper()
 
 
+# the states that are results: a PRUNED trial was stopped early because it could not end stable (the sweep's
+# pruner, bnexp.sweep.pruning): an unstable result at its lr, never stable (`_eligible_value`)
+RESULT_STATES = ("COMPLETE", "PRUNED")
+
+
 def n_failed_retried(recs: list[dict]) -> int:
     """How many of one variant's FAIL attempts (a stop, kill -9, OOM) a later attempt of the same point (lr,
     seed) completed: retried, so no result is missing for them."""
-    done = {(lr_key(r), r.get("seed")) for r in recs if state_of(r) == "COMPLETE"}
+    done = {(lr_key(r), r.get("seed")) for r in recs if state_of(r) in RESULT_STATES}
     return sum(state_of(r) == "FAIL" and (lr_key(r), r.get("seed")) in done for r in recs)
 
 
@@ -506,7 +512,7 @@ def _views(complete: list[dict], rule: StabilityRule, main: dict, per_seed: list
 
 def _analyse_variant(key: tuple, recs: list[dict], rule: StabilityRule, variant_keys: Sequence[str]) -> dict:
     label = variant_label(key, variant_keys)
-    complete = [r for r in recs if state_of(r) == "COMPLETE"]
+    complete = [r for r in recs if state_of(r) in RESULT_STATES]  # pruned: unstable results, counted
     main = stable_range(complete, rule)
     per_seed = _per_seed(complete, rule)
     views = _views(complete, rule, main, per_seed)
@@ -527,7 +533,8 @@ def _analyse_variant(key: tuple, recs: list[dict], rule: StabilityRule, variant_
             "n_diverged": sum(as_bool(r.get("diverged", False)) for r in complete),
             "n_failed": sum(state_of(r) == "FAIL" for r in recs),
             "n_failed_retried": n_failed_retried(recs),
-            "n_other": sum(state_of(r) not in ("COMPLETE", "FAIL") for r in recs),
+            "n_pruned": sum(state_of(r) == "PRUNED" for r in recs),
+            "n_other": sum(state_of(r) not in ("COMPLETE", "FAIL", "PRUNED") for r in recs),
         }
     )
     out.update({k: v for k, v in main.items() if k not in ("n_stable", "variant_best", "points")})

@@ -91,6 +91,11 @@ class TrainerConfig:
     compile: str = "auto"  # auto | none | default | reduce-overhead | max-autotune
     compile_break_even_steps: Optional[int] = None  # auto's threshold in steps per process; null: measured default
     recal_batches: int = 50  # after training: BN statistics recomputed over N training batches (val/acc_recal)
+    # validations before the last score the first N validation images (the curves, at that precision: a
+    # binomial standard error of at most 0.5/sqrt(N)); the final validation, which a verdict reads, is whole.
+    # null: every validation whole. Sweeps default to 1000 (bnexp/conf/study.yaml)
+    val_subset: Optional[int] = None
+    test: bool = True  # the test pass and the single-image checks after training (a sweep's trials: false)
     deterministic: bool = False
     progress_bar: bool = True
     # refuse a config whose net needs more (parameters, gradients, optimizer state, activations: memory_estimate);
@@ -142,6 +147,8 @@ EXECUTION_KEYS = (
     "trainer.strategy",
     "trainer.compile",
     "trainer.recal_batches",  # a view added after training: the weights and the other metrics do not change
+    "trainer.val_subset",  # the intermediate validations' precision: the weights and the final validation do not change
+    "trainer.test",  # the test pass after training: the weights and the validations do not change
     "trainer.compile_break_even_steps",
     "trainer.progress_bar",
     "trainer.deterministic",
@@ -363,6 +370,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     t = cfg.trainer
     for key, example in (("max_steps", 800), ("val_every", 100), ("log_every", 25), ("num_nodes", 1)):
         _at_least(t[key], f"trainer.{key}", 1, example)
+    if t.val_subset is not None:
+        _at_least(t.val_subset, "trainer.val_subset", 1, 1000)
     _choice(t.compile, "trainer.compile", COMPILE_MODES)
     if t.compile_break_even_steps is not None:
         _at_least(t.compile_break_even_steps, "trainer.compile_break_even_steps", 0, 3000)

@@ -206,7 +206,7 @@ class BNExpModule(EvalSteps, L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._sums.has(""):
             return
-        m = self.record.validated(self.global_step, self._sums.validation())
+        m = self.record.validated(self.global_step, self._sums.validation(), n=self._sums.count(""))
         self._log_eval(m)
         if not math.isfinite(m["val/loss"]) and self.trainer.state.fn == "fit":
             self._mark_diverged(self.global_step, self.global_step)
@@ -252,6 +252,26 @@ class Batches:
         return len(self.batches)
 
 
+class ValBatches:
+    """The validation set for one validation: whole for the last one of a fit (step max_steps) and for a
+    validation outside fit (after a divergence), else its first `subset` images (`trainer.val_subset`: the
+    intermediate points of the curves, which no verdict reads). Its length is the whole set's, as Lightning
+    sizes the loop once per fit; a subset pass ends early."""
+
+    def __init__(self, whole: list, part: list | None, trainer: Any) -> None:
+        self.whole, self.part, self.trainer = whole, part, trainer
+
+    def final(self) -> bool:
+        t = self.trainer
+        return t is None or t.state.fn != "fit" or t.global_step >= (t.max_steps or 0)
+
+    def __iter__(self):
+        return iter(self.whole if self.part is None or self.final() else self.part)
+
+    def __len__(self) -> int:
+        return len(self.whole)
+
+
 class MemberBatches:
     """Population members with their own seeds: one BatchStream per distinct seed, member k's images in channel k.
 
@@ -285,8 +305,10 @@ class MNISTDataModule(L.LightningDataModule):
         single_n: int,
         on_device: bool,
         member_seeds: Sequence[int] | None = None,
+        val_subset: int | None = None,
     ):
         super().__init__()
+        self.val_subset = val_subset
         self.splits, self.batch_size, self.eval_batch_size = splits, batch_size, eval_batch_size
         self.seed, self.single_n, self.on_device = seed, single_n, on_device
         self.member_seeds = None if member_seeds is None else [int(s) for s in member_seeds]
@@ -312,7 +334,12 @@ class MNISTDataModule(L.LightningDataModule):
     def val_dataloader(self):
         from bnexp.core.data import eval_batches
 
-        return Batches(eval_batches(self.splits.val_x, self.splits.val_y, self.eval_batch_size))
+        s, n = self.splits, self.val_subset
+        whole = eval_batches(s.val_x, s.val_y, self.eval_batch_size)
+        part = (
+            None if n is None or n >= s.val_x.shape[0] else eval_batches(s.val_x[:n], s.val_y[:n], self.eval_batch_size)
+        )
+        return ValBatches(whole, part, self.trainer)
 
     def test_dataloader(self):
         from bnexp.core.data import eval_batches

@@ -94,6 +94,10 @@ class EvalSums:
     def has(self, prefix: str) -> bool:
         return f"{prefix}n" in self.sums
 
+    def count(self, prefix: str) -> int:
+        """Images scored under `prefix` in this pass."""
+        return int(self.sums.get(f"{prefix}n", 0))
+
     def _rates(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.sums[f"{prefix}n"]
         return self.sums[f"{prefix}loss"].double() / n, self.sums[f"{prefix}correct"].double() / n
@@ -154,6 +158,7 @@ class RunRecord:
     final: dict[str, float] = field(default_factory=dict)
     diverged_step: int | None = None
     stop_step: int | None = None  # steps trained when it stopped early; None: it trains to the run's end
+    pruned_step: int | None = None  # the validation step at which the sweep's pruner stopped it (sweep.prune)
 
     @property
     def diverged(self) -> bool:
@@ -163,10 +168,11 @@ class RunRecord:
     def last_val_step(self) -> int:
         return self.val_history[-1]["step"] if self.val_history else -1
 
-    def validated(self, step: int, m: dict[str, float]) -> dict[str, float]:
-        """Record a validation at `step`; returns its metrics with val/acc_best."""
+    def validated(self, step: int, m: dict[str, float], n: int | None = None) -> dict[str, float]:
+        """Record a validation at `step` (`n`: the images it scored, kept in the history: a subset's
+        precision); returns its metrics with val/acc_best."""
         m = {**m, VAL_ACC_BEST: max([h[VAL_ACC] for h in self.val_history] + [m[VAL_ACC]])}
-        self.val_history.append({"step": step, **m})
+        self.val_history.append({"step": step, **m, **({"n": int(n)} if n is not None else {})})
         self.final.update(m)
         return m
 

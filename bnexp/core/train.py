@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError, training_begins
+from bnexp.core.alloc import applied
 from bnexp.core.config import validate
 from bnexp.core.ddp import ddp_job
 from bnexp.core.metrics import run_metrics
@@ -247,7 +248,10 @@ def build_datamodule(cfg: DictConfig, member_seeds: list[int] | None = None):
     d = cfg.data
     raw = _mnist(data_dir(cfg), d.download, load_mnist)
     splits = make_splits(raw, d.limit_train, d.limit_val, d.limit_test)
-    return MNISTDataModule(splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device, member_seeds)
+    return MNISTDataModule(
+        splits, d.batch_size, d.eval_batch_size, cfg.seed, d.single_n, d.on_device, member_seeds,
+        val_subset=cfg.trainer.val_subset,
+    )  # fmt: skip
 
 
 def _progress_bar(every: int) -> Any:
@@ -326,18 +330,38 @@ def build_trainer(cfg: DictConfig, out_dir: Path, logger: Any, callbacks: list) 
     )
 
 
-def fit_evaluate(trainer: Any, module: Any, dm: Any, resume: Path | None = None) -> float:
+def fit_evaluate(trainer: Any, module: Any, dm: Any, resume: Path | None = None, test: bool = True) -> float:
     """Fit (from the checkpoint `resume` of a stopped run, if given); validate once more where training stopped
-    between validations (divergence); test. Returns the seconds fit took. `module.needs_validation(step)` says
-    whether the last validation is missing."""
+    between validations (divergence); test (`test`: trainer.test). Returns the seconds fit took.
+    `module.needs_validation(step)` says whether the last validation is missing; a run the sweep's pruner
+    stopped (`module.record.pruned_step`) has it: its last validation is the one it was judged by."""
     t_fit = time.perf_counter()
     # weights_only=False: our own checkpoint (it holds the module's record beside the tensors)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=False)
     train_s = time.perf_counter() - t_fit
-    if module.needs_validation(trainer.global_step):
+    pruned = any(getattr(r, "pruned_step", None) is not None for r in records_of(module))
+    if module.needs_validation(trainer.global_step) and not pruned:
         trainer.validate(module, datamodule=dm, verbose=False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    if test and not pruned:
+        trainer.test(module, datamodule=dm, verbose=False)
     return train_s
+
+
+def records_of(module: Any) -> list[Any]:
+    """The RunRecord(s) a module fills: one (BNExpModule), or one per member (a population)."""
+    return list(getattr(module, "records", None) or [module.record])
+
+
+def skipped(cfg: DictConfig, pruned: bool) -> list[str]:
+    """What a run did not compute, said in its metrics.json (`skipped`) and its summary line."""
+    t, out = cfg.trainer, []
+    if t.val_subset is not None:
+        out.append(f"validations before the last on the first {t.val_subset} images (trainer.val_subset)")
+    if pruned:
+        out.append("training after the pruner stopped it, and every evaluation after (sweep.prune)")
+    elif not t.test:
+        out.append("the test pass and the single-image checks (trainer.test=false)")
+    return out
 
 
 def finish_run(out: Path, metrics: dict[str, Any], logger: Any, summarize: Callable[[dict], dict] | None) -> None:
@@ -403,9 +427,11 @@ def train(
         log.info("resuming from %s", resume)
     training_begins()  # SIGINT/SIGTERM now stop training gracefully, with a checkpoint (bnexp.cli)
     with ddp_job(trainer, out):
-        train_s = fit_evaluate(trainer, module, dm, resume)
+        train_s = fit_evaluate(trainer, module, dm, resume, test=bool(cfg.trainer.test))
+    pruned = module.record.pruned_step is not None
     t_recal = time.perf_counter()
-    module.record.tested(recalibrated(module, dm, int(cfg.trainer.recal_batches)))
+    if not pruned:  # a pruned run's verdict is made: nothing to recalibrate for
+        module.record.tested(recalibrated(module, dm, int(cfg.trainer.recal_batches)))
     recal_s = time.perf_counter() - t_recal
     steps = int(trainer.global_step)
     new_graphs = log_compiled(module.compile_mode, g0)
@@ -422,6 +448,10 @@ def train(
         compile=module.compile_mode,
         compile_new_graphs=new_graphs,
         cpu_s=time.process_time() - cpu0,  # this process's CPU time (all its threads): wall_s on a shared machine
+        pruned_step=module.record.pruned_step,
+        malloc=applied(),  # what bnexp.core.alloc set ({}: glibc's defaults)
+        val_subset=cfg.trainer.val_subset,
+        skipped=skipped(cfg, pruned),
     )
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, summarize)

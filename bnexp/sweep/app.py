@@ -40,6 +40,7 @@ from bnexp.cli import (
     redact,
     stopping,
 )
+from bnexp.core.alloc import keep_memory
 from bnexp.sweep.spec import StudyConfig, register_configs
 
 log = logging.getLogger("bnexp.sweep")
@@ -294,7 +295,7 @@ def _prior_walls(url: str, name: str) -> tuple[int, list[float]]:
     from bnexp.sweep.storage import make_storage
 
     for scheme in ("sqlite:///", "journal:///"):
-        if url.startswith(scheme) and not Path(url[len(scheme) :]).is_file():
+        if url.startswith(scheme) and not Path(url[len(scheme) :]).exists():  # a dir in the way: refused below
             return 0, []
     storage = make_storage(url)
     try:
@@ -387,6 +388,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_memory()  # glibc keeps PyTorch's freed blocks (bnexp.core.alloc); local workers are this command too
     logging.basicConfig(level=os.environ.get("BNEXP_LOG", "INFO"), format="[%(asctime)s][%(name)s] %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
 

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError
 from bnexp.core.config import EXECUTION_KEYS, MAX_SEED, Config, flat, validate
+from bnexp.sweep.pruning import plan
 
 ACTIONS = ("all", "work", "create", "report", "plan")
 SEARCHES = ("grid", "edges")
@@ -47,6 +48,9 @@ class LRRange:
     points: int = 24  # points per variant and seed, evenly log-spaced (edges: the coarse grid)
     search: str = "grid"  # grid: the points alone | edges: then bisect each edge of the stable range per seed
     resolution: float = 0.1  # edges: bisect each edge's bracket until it is at most this many decades wide
+    # edges: a seed after the first starts from the first seed's brackets (bnexp.analysis.edges.warm_points): the
+    # same brackets as a search from scratch, in about a third of its trials; false: every seed from scratch
+    warm_start: bool = True
 
 
 @dataclass
@@ -59,6 +63,10 @@ class SweepConfig:
     storage: Optional[str] = None  # None: $BNEXP_STORAGE, else sqlite:///<out_dir>/study.db; journal:///path
     out_dir: str = "outputs/sweeps/${sweep.name}"  # = hydra.run.dir: stable, so a rerun finds its study
     population: int = 1  # K > 1: train K lrs of one variant as one model (bnexp.population)
+    # stop a trial still at chance late in training, recorded PRUNED (bnexp.sweep.pruning): auto (where it cannot
+    # change a verdict: a threshold rule above chance) | true | false
+    prune: Any = "auto"
+    prune_after: Optional[int] = None  # the first step it may prune at; null: 3/4 of trainer.max_steps (600 of 800)
     heartbeat: int = 10  # seconds between heartbeats; 0 disables stale-trial detection
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
     retries: int = 2  # times a failed point is enqueued again
@@ -207,6 +215,8 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
             raise ConfigError(f"sweep.{k}={sw[k]} must be >= {low} (e.g. sweep.{k}={getattr(SweepConfig, k)})")
     if sw.max_trials is not None and sw.max_trials < 1:
         raise ConfigError(f"--max-trials={sw.max_trials}: give a positive whole number, e.g. --max-trials=10")
+    if cfg is not None:
+        check_savings(sw, cfg)
     if not re.fullmatch(r"[\w.\-]+", sw.name):
         raise ConfigError(f"sweep.name={sw.name!r}: use letters, digits, '.', '_' and '-'")
     check_combinations(sw, cfg)
@@ -275,6 +285,20 @@ def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         warn(f"{which} is set per trial by the sweep (from the study and the point); the value given is unused")
 
 
+def check_savings(sw: DictConfig, cfg: DictConfig) -> None:
+    """The settings that save a trial's work, against what a verdict reads: each one that could change a
+    verdict is refused (bnexp.sweep.pruning.plan for the pruner)."""
+    rule = StabilityRule.of(sw.rule, lambda k, v: f"sweep.rule.{k}={v}")
+    t = cfg.trainer
+    if t.val_subset is not None and rule.last_k > 1:
+        raise ConfigError(
+            f"sweep.rule.last_k={rule.last_k} judges the last {rule.last_k} validations, but trainer.val_subset="
+            f"{t.val_subset} scores all but the final one on {t.val_subset} images; set trainer.val_subset=null "
+            "(or sweep.rule.last_k=1)"
+        )
+    plan(sw, t, rule)
+
+
 # ---- the design ----------------------------------------------------------------------------------
 def lr_points(sw: DictConfig) -> list[float]:
     lo, hi, n = math.log10(sw.lr.low), math.log10(sw.lr.high), sw.lr.points
@@ -296,12 +320,22 @@ def point_key(variant: dict[str, Any], seed: int, lr: Any) -> str:
     return " ".join(f"{k}={x}" for k, x in variant.items()) + f" seed={seed} lr={lr}"
 
 
+def warm_seeds(sw: DictConfig) -> list[int]:
+    """The seeds whose search starts from the first seed's brackets (an edge search with sweep.lr.warm_start):
+    their points are planned by the search (bnexp.sweep.worker), none is in the design."""
+    if sw.lr.search != "edges" or not sw.lr.get("warm_start", False):
+        return []
+    return [int(s) for s in sw.seeds[1:]]
+
+
 def design(sw: DictConfig) -> list[dict[str, Any]]:
-    """Every point of the study: variant x seed x lr."""
+    """Every point of the study enqueued when it is created: variant x seed x lr, less the seeds a warm-started
+    edge search plans itself (`warm_seeds`)."""
     lrs = lr_points(sw)
     pts = []
+    warm = set(warm_seeds(sw))
     for v in variants(sw):
-        for s in sw.seeds:
+        for s in [s for s in sw.seeds if int(s) not in warm]:
             for i, lr in enumerate(lrs):
                 key = point_key(v, int(s), lr if lr is not None else i)
                 pts.append({"variant": v, "seed": int(s), "lr": lr, "key": key})
@@ -334,6 +368,7 @@ def _counts(key: str, ignore: tuple[str, ...]) -> bool:
 def _lr_ident(lr: DictConfig) -> dict:
     """The lr node as it identifies a study: a grid study's as before the edge search existed (its hash stays)."""
     ident = OmegaConf.to_container(lr)
+    ident.pop("warm_start", None)  # how the same brackets are found, not which: workers of either join the study
     if ident.get("search", "grid") == "grid":
         ident.pop("search", None)
         ident.pop("resolution", None)

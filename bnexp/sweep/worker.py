@@ -33,6 +33,8 @@ from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
 from bnexp.record import VAL_ACC
 from bnexp.sweep import faults, liveness
+from bnexp.sweep.pruning import EARLY_ATTR
+from bnexp.sweep.pruning import plan as plan_pruning
 from bnexp.sweep.records import trial_attrs, trial_records
 from bnexp.sweep.spec import LR_PARAM, grid_axes, point_key, rerun_overrides, trial_cfg
 
@@ -149,6 +151,11 @@ class Worker:
         self.interrupted = False
         self._said_waiting = False
         self.current: list[Any] = []
+        self.prune_after = plan_pruning(sw, base.trainer, self.rule)  # None: no pruning (bnexp.sweep.pruning)
+        if self.prune_after is not None:
+            from bnexp.sweep.pruner import ChancePruner
+
+            study.pruner = ChancePruner(self.prune_after)  # what trial.should_prune() asks
 
     # ---- one point ---------------------------------------------------------------------------------
     def _point(self, trial: Any) -> tuple[DictConfig, list[str], Path]:
@@ -244,19 +251,24 @@ class Worker:
         from optuna.trial import TrialState
 
         attrs = trial_attrs(metrics, cfg, ov, self.grid_keys)
+        pruned = metrics.get("pruned_step") is not None
         try:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            reported = {int(s) for s in trial.user_attrs.get(EARLY_ATTR) or {}}  # the pruner's callback reported
             for h in metrics.get("val_history") or []:
                 v = h.get(VAL_ACC)
-                if v is not None and math.isfinite(v) and h.get("step") is not None:
+                if v is not None and math.isfinite(v) and h.get("step") is not None and int(h["step"]) not in reported:
                     trial.report(float(v), int(h["step"]))
-            self.study.tell(trial, _objective_value(metrics))
+            if pruned:  # stopped at chance (bnexp.sweep.pruning): a result, recorded as Optuna's PRUNED
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self.study.tell(trial, _objective_value(metrics))
         except Exception as e:
             if liveness.trial_state(self.study, liveness.trial_id(trial)) == TrialState.RUNNING:
                 raise  # not the case below: a real storage error
             return self._keep_stale_result(trial, metrics, attrs, e)
-        return "diverged" if metrics["diverged"] else "complete"
+        return "pruned" if pruned else "diverged" if metrics["diverged"] else "complete"
 
     def _keep_stale_result(self, trial: Any, metrics: dict, attrs: dict, why: BaseException) -> str:
         """Another worker failed this trial as stale while it trained (a long pause, a stopped process, a
@@ -339,20 +351,43 @@ class Worker:
         trains (`_drop_duplicate`), so every point trains once."""
         if self.sw.lr.search != "edges":
             return 0
-        from bnexp.analysis.edges import next_points
-
         groups = self._seed_groups()
         n = 0
-        for (variant, seed), recs in groups.items():
-            for lr in next_points(recs, self.rule, float(self.sw.lr.resolution)):
+        for (variant, seed), lrs, phase in self._edge_points(groups):
+            for lr in lrs:
                 key = point_key(dict(variant), seed, lr)
                 params = {**dict(variant), "seed": seed, LR_PARAM: lr}
-                self.study.enqueue_trial(params, user_attrs={"key": key, "attempt": 0, "phase": "bisect"})
-                log.info(
-                    "edge search: %s seed %d: bisecting at lr %g", " ".join(f"{k}={v}" for k, v in variant), seed, lr
-                )
+                self.study.enqueue_trial(params, user_attrs={"key": key, "attempt": 0, "phase": phase})
+                log.info("edge search: %s seed %d: %s at lr %g", " ".join(f"{k}={v}" for k, v in variant), seed,
+                         "bisecting" if phase == "bisect" else "checking the first seed's edge", lr)  # fmt: skip
                 n += 1
         return n
+
+    def _edge_points(self, groups: dict[tuple, list[dict]]) -> list[tuple[tuple, list[float], str]]:
+        """((variant, seed), lrs, phase) for every seed of every variant: the first seed bisects its own brackets
+        (next_points); a later one, with sweep.lr.warm_start, starts from the first seed's brackets once that
+        seed's search is done (warm_points), and without it trains the coarse grid first."""
+        from bnexp.analysis.edges import next_points, warm_points
+        from bnexp.sweep.spec import lr_points, variants
+
+        res, grid = float(self.sw.lr.resolution), lr_points(self.sw)
+        seeds = [int(s) for s in self.sw.seeds]
+        out = []
+        for v in variants(self.sw):
+            variant = tuple(v.items())
+            first = groups.get((variant, seeds[0]), [])
+            first_done = (
+                bool(first)
+                and not next_points(first, self.rule, res)
+                and not any(r.get("state") in ("WAITING", "RUNNING") for r in first)
+            )
+            for seed in seeds:
+                recs = groups.get((variant, seed), [])
+                if seed == seeds[0] or not self.sw.lr.warm_start:
+                    out.append(((variant, seed), next_points(recs, self.rule, res) if recs else grid, "bisect"))
+                elif first_done or recs:  # a warm seed waits for the first seed's brackets
+                    out.append(((variant, seed), warm_points(recs, first, grid, self.rule, res), "warm"))
+        return out
 
     def _seed_groups(self) -> dict[tuple, list[dict]]:
         """Records per (variant, seed): finished trials as records, unfinished points as WAITING stubs."""
@@ -388,8 +423,14 @@ class Worker:
             self._fail([trial], one_line(e))
             raise
 
+        callbacks = [StopCallback(self)]
+        if self.prune_after is not None:
+            from bnexp.sweep.pruner import callback
+
+            callbacks.append(callback(trial))
+
         def fit() -> list[dict]:
-            return [train(cfg, output_dir=out, callbacks=[StopCallback(self)], summarize=self._summarize)]
+            return [train(cfg, output_dir=out, callbacks=callbacks, summarize=self._summarize)]
 
         def on_stop() -> None:
             if (out / CHECKPOINT).is_file():  # taken at the stop: the retry of this point resumes from it

@@ -1,0 +1,118 @@
+"""Stopping hopeless trials early: a trial still at chance late in training is pruned (`sweep.prune`).
+
+The rule and its checks (pure: no torch, no Optuna); the Optuna pruner and the training callback that apply
+it are bnexp.sweep.pruner's.
+
+The rule, from the committed studies' curves (docs/results/*/curves.csv, 570 finished trials of 800 steps;
+`python bench/prune_evidence.py` recomputes every figure below):
+
+* A trial is *at chance* at a validation when both views score below `CHANCE_ACC` (0.2): the population
+  statistics (inference mode) and the batch statistics. MNIST's chance is 0.10-0.11; a subset validation of
+  1000 images (trainer.val_subset) has a standard error under 0.01 there.
+* Judged by the better view, not the population statistics alone: BN's running averages lag (momentum
+  0.01), so early on the population view reads chance while the batch view shows the net training.
+* Late starters exist. Of the committed trials that ended above chance, the latest was still at chance at
+  step 500 (and went on to 0.26); of those that ended stable (>= 0.9), the latest at step 400 (BN off, depth
+  4, seed 2, lr 0.001: 0.11 at step 400, 0.91 at 500). So a trial is pruned only at a validation at or
+  after `after` steps, by default three quarters of `trainer.max_steps` (600 of 800): 200 steps past the
+  latest stable late starter, 100 past the latest trial that left chance at all. Earlier is refused
+  (`check`): it would have stopped trials that the committed studies saw train.
+* A collapsed trial (a learning rate past the upper edge: trained, then fell back to chance) is at chance
+  too and is pruned by the same test. None of the committed trials at chance at step 600 or later ended
+  above 0.2.
+
+Only a rule that cannot be met at chance can be decided this way: the threshold rule with a threshold
+above `CHANCE_ACC`. A relative rule (stable = near the variant's best, which may itself be chance) or a
+threshold at or below chance turns pruning off under `sweep.prune=auto` and is refused under
+`sweep.prune=true`. A pruned trial is recorded PRUNED in Optuna (optuna-dashboard and `optuna trials` show
+it so) with its curve and user attrs; the report counts it per variant and judges it unstable at its lr.
+
+Why a pruner of our own (bnexp.sweep.pruner.ChancePruner): Optuna's MedianPruner, PercentilePruner and
+ThresholdPruner read one intermediate value (here val/acc, the population view, which reads chance early
+for a healthy BN net); ThresholdPruner(lower=0.2, n_warmup_steps=600) is the nearest fit, but it has no
+second view. This one reads the better view, which the worker keeps in the trial's `early_acc` user attr,
+through the same interface (`BasePruner.prune`, `trial.report`, `trial.should_prune`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bnexp.analysis.stability import StabilityRule
+from bnexp.cli import ConfigError
+
+CHANCE_ACC = 0.2  # both views below this at a validation: at chance (MNIST's chance is 0.10-0.11)
+AFTER_FRACTION = 0.75  # the earliest step a trial may be pruned at, as a fraction of trainer.max_steps
+EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
+PRUNE_VALUES = ("auto", "true", "false")
+
+
+def prune_setting(value: Any) -> str:
+    """`sweep.prune` as one of auto | true | false (YAML and Hydra give bools for true/false)."""
+    v = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+    if v not in PRUNE_VALUES:
+        raise ConfigError(
+            f"sweep.prune={value!r} is not allowed; choose one of: auto, true, false (e.g. sweep.prune=false)"
+        )
+    return v
+
+
+def default_after(max_steps: int, val_every: int) -> int:
+    """Three quarters of the run, on a validation step (the pruner only judges at validations)."""
+    step = math.ceil(AFTER_FRACTION * max_steps)
+    return min(max_steps, math.ceil(step / val_every) * val_every)
+
+
+def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
+    """The step from which a trial may be pruned, or None (no pruning): checks `sweep.prune` and
+    `sweep.prune_after` against the training and the rule, each refusal one ConfigError naming the fix."""
+    mode = prune_setting(sw.get("prune", "auto"))
+    after = sw.get("prune_after")
+    max_steps, val_every = int(trainer.max_steps), int(trainer.val_every)
+    if mode == "false":
+        if after is not None:
+            raise ConfigError(f"sweep.prune_after={after} with sweep.prune=false: nothing is pruned; drop one of them")
+        return None
+    decidable = rule.mode == "threshold" and rule.threshold > CHANCE_ACC
+    if not decidable:
+        if mode == "true" or after is not None:
+            why = (
+                "a relative rule judges against the variant's best, which may itself be chance"
+                if rule.mode != "threshold"
+                else f"sweep.rule.threshold={rule.threshold:g} is met at chance (< {CHANCE_ACC:g} counts as chance)"
+            )
+            raise ConfigError(f"sweep.prune cannot decide this rule: {why}; set sweep.prune=false (or auto)")
+        return None
+    if sw.get("population", 1) > 1:
+        if mode == "true" or after is not None:
+            raise ConfigError(
+                f"sweep.prune=true with sweep.population={sw.population}: a population trains its members as one "
+                "model and is not pruned member by member; set sweep.prune=false or sweep.population=1"
+            )
+        return None
+    if after is None:
+        return default_after(max_steps, val_every)
+    if isinstance(after, bool) or not isinstance(after, int):
+        raise ConfigError(f"sweep.prune_after={after!r} must be a whole number of steps (e.g. sweep.prune_after=600)")
+    if after > max_steps:
+        raise ConfigError(
+            f"sweep.prune_after={after} is after trainer.max_steps={max_steps}: nothing would be pruned; "
+            f"use sweep.prune_after<={max_steps} or sweep.prune=false"
+        )
+    earliest = math.ceil(AFTER_FRACTION * max_steps)
+    if after < earliest:
+        raise ConfigError(
+            f"sweep.prune_after={after} of trainer.max_steps={max_steps} is earlier than {AFTER_FRACTION:g} of the "
+            f"run: a committed trial still at chance at step 500 of 800 went on to train (docs/sweeps.md, pruning); "
+            f"use sweep.prune_after>={earliest}, or sweep.prune=false"
+        )
+    return after
+
+
+def better_view(entry: dict) -> float | None:
+    """The better of a validation's two views (population, batch statistics); None when neither is finite."""
+    vals = [
+        v for k in ("val/acc", "val/acc_batchstats") if isinstance(v := entry.get(k), (int, float)) and math.isfinite(v)
+    ]
+    return max(vals) if vals else None
