@@ -20,6 +20,7 @@ import numpy as np
 from bnexp.analysis.figures.common import (
     THRESHOLD_STYLE,
     FigureData,
+    colour_key,
     facets,
     plt_module,
     save_figure,
@@ -120,7 +121,15 @@ def _legend(fig: Any, d: FigureData, variants: list[dict], several: bool) -> Non
     """One legend for every panel, outside the axes (under them): the variants, then the marks."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=d.colour(v), marker=d.marker(v), lw=1.5, ms=5, label=v["label"]) for v in variants]
+    looks: dict[tuple, list[dict]] = {}  # variants drawn alike, in different depth panels: one entry
+    for v in variants:
+        looks.setdefault((str(d.colour(v)), d.marker(v)), []).append(v)
+    handles = []
+    for (_, marker), same in looks.items():
+        label = same[0]["label"]
+        if len(same) > 1:
+            label = "-".join(str(x) for _, x in colour_key(same[0], d.variant_keys)) + " (every depth panel)"
+        handles.append(Line2D([], [], color=d.colour(same[0]), marker=marker, lw=1.5, ms=5, label=label))
     handles += [
         Line2D([], [], marker="o", color="0.3", ls="none", ms=4.5, label="a trial that passes the rule"),
         Line2D([], [], marker="o", mfc="white", mec="0.3", ls="none", ms=4.5, label="a trial that fails it"),
