@@ -59,6 +59,12 @@ __all__ = [
 ]
 
 
+CURVES_CAPTION = (
+    "{label}: validation accuracy during training, one line per lr (colour) and seed (line style), population"
+    " statistics left, batch statistics right: see at which lr the curves stop rising, swing, or diverge."
+)
+
+
 def write_figures(
     out: Path,
     study: str,
@@ -133,12 +139,5 @@ def write_figures(
     for v in variants:
         f = curves_file(v["label"], fmt)
         plot_curves(out / f, d, v)
-        figs.append(
-            (
-                f,
-                f"{v['label']}: validation accuracy during training, one line per lr (colour) and seed (line style),"
-                " population statistics left, batch statistics right: see at which lr the curves stop"
-                " rising, swing, or diverge.",
-            )
-        )
+        figs.append((f, CURVES_CAPTION.format(label=v["label"])))
     return figs

@@ -43,7 +43,7 @@ DEFAULTS = {"bias": "auto"}
 VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 # Population vs batch statistics: told apart by line style (and marker fill), never by colour, which is the variant's.
 STATS_HATCH = {"population": "", "batch": "////"}
-STATS_NAMES = {"population": "population statistics (val/acc)", "batch": "batch statistics (val/acc_batchstats)"}
+STATS_NAMES = {s: f"{s} statistics ({STATISTICS[s]})" for s in ("population", "batch")}
 SEED_STYLES = ("-", "--", ":", (0, (5, 1, 1, 1, 1, 1)))  # solid, dashed, dotted, dash-dot-dot
 # the rule's threshold: a thick pale solid line, unlike any seed's style
 THRESHOLD_STYLE = {"ls": "-", "color": "0.55", "lw": 3.0, "alpha": 0.45, "zorder": 0.5}
