@@ -413,18 +413,7 @@ def train(
         )
     if trainer.is_global_zero:  # DDP ranks share the run dir; one writer (as for metrics.json)
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    log.info(
-        "training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s",
-        cfg.model.bn,
-        cfg.model.bias,
-        cfg.model.depth,
-        cfg.model.bn_impl,
-        cfg.optim.lr,
-        cfg.trainer.max_steps,
-        trainer.strategy.root_device,
-    )
-    if resume is not None:
-        log.info("resuming from %s", resume)
+    _say_training(cfg, trainer, resume)
     training_begins()  # SIGINT/SIGTERM now stop training gracefully, with a checkpoint (bnexp.cli)
     with ddp_job(trainer, out):
         train_s = fit_evaluate(trainer, module, dm, resume, test=bool(cfg.trainer.test))
@@ -456,6 +445,14 @@ def train(
     if trainer.is_global_zero:
         finish_run(out, metrics, lg, summarize)
     return metrics
+
+
+def _say_training(cfg: DictConfig, trainer: Any, resume: Path | None) -> None:
+    m = cfg.model
+    log.info("training bn=%s bias=%s depth=%d bn_impl=%s lr=%g steps=%d on %s", m.bn, m.bias, m.depth, m.bn_impl,
+             cfg.optim.lr, cfg.trainer.max_steps, trainer.strategy.root_device)  # fmt: skip
+    if resume is not None:
+        log.info("resuming from %s", resume)
 
 
 def _hydra_output_dir() -> Path:

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from bnexp.record import VAL_ACC
 from bnexp.sweep.pruning import CHANCE_ACC, EARLY_ATTR, better_view
 
 
@@ -38,7 +39,7 @@ def callback(trial: Any) -> Any:
             if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.record.val_history:
                 return
             h = pl_module.record.val_history[-1]
-            step, acc = int(h["step"]), h.get("val/acc")
+            step, acc = int(h["step"]), h.get(VAL_ACC)
             if acc is not None and math.isfinite(acc):
                 trial.report(float(acc), step)
             early = dict(trial.user_attrs.get(EARLY_ATTR) or {})

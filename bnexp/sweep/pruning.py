@@ -41,6 +41,7 @@ from typing import Any
 
 from bnexp.analysis.stability import StabilityRule
 from bnexp.cli import ConfigError
+from bnexp.record import VAL_ACC, VAL_ACC_BATCH
 
 CHANCE_ACC = 0.2  # both views below this at a validation: at chance (MNIST's chance is 0.10-0.11)
 AFTER_FRACTION = 0.75  # the earliest step a trial may be pruned at, as a fraction of trainer.max_steps
@@ -112,7 +113,5 @@ def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
 
 def better_view(entry: dict) -> float | None:
     """The better of a validation's two views (population, batch statistics); None when neither is finite."""
-    vals = [
-        v for k in ("val/acc", "val/acc_batchstats") if isinstance(v := entry.get(k), (int, float)) and math.isfinite(v)
-    ]
+    vals = [v for k in (VAL_ACC, VAL_ACC_BATCH) if isinstance(v := entry.get(k), (int, float)) and math.isfinite(v)]
     return max(vals) if vals else None

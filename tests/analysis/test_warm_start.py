@@ -1,0 +1,118 @@
+"""A seed that starts from the first seed's brackets (bnexp.analysis.edges.warm_points) ends at the brackets a
+search from scratch (the coarse grid, then next_points' bisection) finds, in fewer trials: checked against an
+oracle of known edges, every pair of edge positions on the search's lattice and off it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from bnexp.analysis.edges import bracket_decades, lattice, next_points, seed_edges, warm_points
+from bnexp.analysis.stability import StabilityRule
+
+RULE = StabilityRule()
+GRID = [float(f"{10 ** (-5 + i * 0.8):.6g}") for i in range(6)]  # the reference studies' 6 coarse points
+RES = 0.15
+
+
+def oracle(low: float, high: float):
+    """A seed whose stable lrs are exactly [low, high] (None: nothing stable)."""
+
+    def trial(lr: float) -> dict:
+        ok = low is not None and low <= lr <= high
+        return {"state": "COMPLETE", "lr": lr, "seed": 0, "diverged": False, "val/acc": 0.97 if ok else 0.1}
+
+    return trial
+
+
+def search(first: list[float], plan, train) -> list[dict]:
+    """Train `first`, then whatever `plan(trials)` asks, until it asks nothing."""
+    trials = [train(lr) for lr in first]
+    for _ in range(200):
+        nxt = plan(trials)
+        if not nxt:
+            return trials
+        trials += [train(lr) for lr in nxt]
+    raise AssertionError("the search never ended")
+
+
+def scratch(train) -> list[dict]:
+    return search(GRID, lambda t: next_points(t, RULE, RES), train)
+
+
+def warm(train, reference: list[dict]) -> list[dict]:
+    return search(
+        warm_points([], reference, GRID, RULE, RES), lambda t: warm_points(t, reference, GRID, RULE, RES), train
+    )
+
+
+def brackets(trials: list[dict]) -> tuple:
+    e = seed_edges(trials, RULE)
+    return (e["low"], e["high"])
+
+
+PTS = lattice(GRID, RES)
+EDGES = [(PTS[i], PTS[j]) for i, j in itertools.combinations_with_replacement(range(0, len(PTS), 3), 2)]
+
+
+def test_the_lattice_is_what_bisection_from_scratch_trains():
+    assert PTS[0] == GRID[0] and PTS[-1] == GRID[-1] and set(GRID) <= set(PTS)
+    widths = {round(bracket_decades([a, b]), 3) for a, b in zip(PTS, PTS[1:], strict=False)}
+    assert widths == {0.1}  # 0.8 decades halved three times: the finest cells, each <= 0.15
+    # every point a search from scratch trains is on the lattice
+    for lo, hi in EDGES[::7]:
+        assert {t["lr"] for t in scratch(oracle(lo, hi))} <= set(PTS)
+
+
+@pytest.mark.parametrize("ref_edges", [(PTS[10], PTS[25]), (PTS[3], PTS[38]), (PTS[0], PTS[12])])
+def test_a_warm_seed_finds_the_brackets_a_search_from_scratch_finds(ref_edges):
+    reference = scratch(oracle(*ref_edges))
+    checked = 0
+    for lo, hi in EDGES:
+        own = oracle(lo, hi)
+        a = scratch(own)
+        if brackets(a)[0] is None:
+            continue  # a range narrower than the coarse step, which a search from scratch does not see at all
+        assert brackets(warm(own, reference)) == brackets(a), (ref_edges, lo, hi)
+        checked += 1
+    assert checked > 50
+
+
+def test_a_warm_seed_near_the_first_seeds_edges_costs_fewer_trials():
+    """Where a seed's edges lie within a few lattice cells of the first seed's (the committed studies: low
+    edges the same bracket, high edges 0.25-0.75 decades apart) it trains fewer points than from scratch."""
+    reference = scratch(oracle(PTS[10], PTS[25]))
+    for di, dj in [(0, 0), (0, 2), (-1, 3), (1, -2), (0, -3)]:
+        own = oracle(PTS[10 + di], PTS[25 + dj])
+        assert len(warm(own, reference)) < len(scratch(own)) == 12, (di, dj)
+
+
+def test_a_warm_seed_off_the_lattice_and_with_nothing_stable_still_agrees():
+    reference = scratch(oracle(PTS[10], PTS[25]))
+    for lo, hi in [(2.3e-5, 0.0031), (1.01e-5, 0.99), (0.05, 0.06), (None, None), (PTS[24], PTS[24])]:
+        own = oracle(lo, hi)
+        assert brackets(warm(own, reference)) == brackets(scratch(own)), (lo, hi)
+
+
+def test_agreeing_seeds_cost_four_trials_where_from_scratch_costs_twelve():
+    own = oracle(PTS[10], PTS[25])  # the same edges as the first seed
+    reference = scratch(oracle(PTS[10], PTS[25]))
+    assert len(scratch(own)) == 12
+    assert len(warm(own, reference)) == 4
+
+
+def test_a_warm_seed_waits_while_its_own_trial_is_unfinished():
+    reference = scratch(oracle(PTS[10], PTS[25]))
+    running = [{"state": "RUNNING", "lr": PTS[10], "seed": 1}]
+    assert warm_points(running, reference, GRID, RULE, RES) == []
+
+
+def test_a_widening_seed_doubles_its_step():
+    reference = scratch(oracle(PTS[30], PTS[38]))
+    own = oracle(PTS[2], PTS[38])  # its low edge 2.8 decades below the reference's
+    asked = [t["lr"] for t in warm(own, reference)]
+    lows = sorted({math.log10(x) for x in asked if x < PTS[30]}, reverse=True)
+    steps = [round(a - b, 2) for a, b in zip([math.log10(PTS[30])] + lows, lows, strict=False)]
+    assert steps[:3] == [0.1, 0.1, 0.2], steps  # one cell, then doubling the distance walked
