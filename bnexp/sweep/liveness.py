@@ -1,16 +1,33 @@
 """Which trials are alive: claims, heartbeats, dead-worker detection, retries. Every use of Optuna's private
-parts in bnexp is in this module, so an Optuna upgrade that changes them breaks one file.
+parts in bnexp is in this module, so an Optuna upgrade that changes them breaks one file. They are four:
+`study._storage` (a study's storage has no public accessor), `trial._trial_id`, `study._pop_waiting_trial_id`
+(claiming) and `storage._get_stale_trial_ids` (naming why a stale trial failed). Everything else is Optuna's
+public API: `RDBStorage(heartbeat_interval=, grace_period=, heartbeat_stale_trial_callback=)` (make_storage),
+`optuna.storages.fail_stale_trials` and `RetryHeartbeatStaleTrialCallback`.
 
 Claiming. Workers pop WAITING trials (Optuna flips WAITING -> RUNNING atomically in the storage) and never
 sample new ones: `study.ask()` would create an extra, unplanned trial when another worker took the last point.
 
 Heartbeats. A thread beats for each trial in flight: Optuna's own heartbeat on RDB storages, a trial system
-attr (`bnexp:heartbeat`) on Optuna's journal file, which has none. The first beat is recorded at claim time.
+attr (`bnexp:heartbeat`) on Optuna's journal file, which has none. The first beat is recorded at claim time;
+on RDB storages it also marks the trial (`bnexp:optuna_heartbeat`: Optuna's stale check sees it from now on).
 
-Dead workers. `reconcile()` fails RUNNING trials whose worker stopped beating (Optuna's `fail_stale_trials`,
-plus bnexp's own check for what it cannot see: journal storages, and trials that never beat at all because
-their worker died between claim and first beat; their start time stands in for the last beat) and enqueues
-their points again, at most `retries` times. Hosts' clocks must agree to well within the grace period (NTP).
+Dead workers. `reconcile()` fails RUNNING trials whose worker stopped beating: Optuna's `fail_stale_trials`
+where the storage has Optuna's heartbeat, and bnexp's own check for what Optuna cannot see (journal storages;
+trials that never beat at all because their worker died between claim and first beat, their start time
+standing in for the last beat; trials of a dead worker on this host, at once). Hosts' clocks must agree to
+well within the grace period (NTP). A trial claimed by a bnexp from before the mark, still running on an RDB
+storage, is judged by its start time: it may be failed and retried while it trains, and then keeps its result
+(the worker records a finished trial's result even when it was failed meanwhile).
+
+Retries. A point is retried at most `retries` times, counting every failed attempt except those its
+environment caused (bnexp.sweep.faults: a full disk, a missing file; a retry would fail the same way) and
+claims given back. Optuna's `RetryHeartbeatStaleTrialCallback` retries the points of the trials Optuna fails
+as stale (RDB storages); `StaleRetry` hands it the trial as bnexp enqueues a point (its fixed params, `key` and
+`attempt`, none of the dead attempt's attrs: the retry must not inherit its fail_reason, worker or heartbeat)
+and the point's earlier failed attempts as its retry history, so that its `max_retry` spends the same budget
+as bnexp's own retries. `reconcile()` re-enqueues the rest: a trial's own error (an exception, CUDA out of
+memory), a dead local worker, a stale journal trial, a trial that never beat.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from bnexp.sweep import faults
 log = logging.getLogger("bnexp.sweep")
 
 HEARTBEAT_ATTR = "bnexp:heartbeat"  # unix time of the last beat, for storages without Optuna heartbeats
+NATIVE_BEAT_ATTR = "bnexp:optuna_heartbeat"  # set at a trial's first Optuna heartbeat: Optuna's stale check sees it
 
 
 # ---- thin accessors for Optuna's private attributes -------------------------------------------------
@@ -35,7 +53,12 @@ def trial_id(trial: Any) -> int:
 
 def study_user_attrs(study: Any) -> dict:
     """The study's user attrs read from the storage now (no cache)."""
-    return study._storage.get_study_user_attrs(study._study_id)
+    return study.user_attrs
+
+
+def study_id(study: Any) -> int:
+    """The study's id in its storage, by its name (the storage API; Study keeps its own id private)."""
+    return study._storage.get_study_id_from_name(study.study_name)
 
 
 def trial_state(study: Any, tid: int) -> Any:
@@ -76,9 +99,9 @@ def set_state(study: Any, tid: int, state: Any, value: float | None = None) -> b
 
 # ---- heartbeats --------------------------------------------------------------------------------------
 def _native_heartbeat(storage: Any) -> bool:
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+    """Optuna's own heartbeat is on: an RDB storage opened with a heartbeat_interval (bnexp.sweep.storage)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
 
 
 class Heartbeat:
@@ -90,6 +113,7 @@ class Heartbeat:
         self.trial_ids = tid if isinstance(tid, list) else [tid]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._marked: set[int] = set()
         self.native = _native_heartbeat(self.storage)
 
     def __enter__(self) -> Heartbeat:
@@ -103,6 +127,9 @@ class Heartbeat:
         for tid in self.trial_ids:
             if self.native:
                 self.storage.record_heartbeat(tid)
+                if tid not in self._marked:  # after the beat: a marked trial has a heartbeat Optuna judges
+                    self.storage.set_trial_system_attr(tid, NATIVE_BEAT_ATTR, True)
+                    self._marked.add(tid)
             else:
                 self.storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time())
 
@@ -120,24 +147,6 @@ class Heartbeat:
 
 
 # ---- dead workers and retries ------------------------------------------------------------------------
-def _trials_with_native_beat(study: Any) -> set[int]:
-    """Ids of the study's RUNNING trials that have an Optuna heartbeat row (one query)."""
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-    from optuna.trial import TrialState
-
-    hb, tr = models.TrialHeartbeatModel, models.TrialModel
-    rdb = getattr(study._storage, "_backend", study._storage)  # load_study wraps RDBStorage in a cache
-    with _create_scoped_session(rdb.scoped_session) as session:
-        rows = (
-            session.query(hb.trial_id)
-            .join(tr, hb.trial_id == tr.trial_id)
-            .filter(tr.study_id == study._study_id, tr.state == TrialState.RUNNING)
-            .all()
-        )
-    return {r[0] for r in rows}
-
-
 def _fail_stale_by_attr(study: Any, grace: float) -> int:
     """Fail RUNNING trials whose worker stopped beating where Optuna's own check cannot see it (see the
     module docstring)."""
@@ -147,16 +156,11 @@ def _fail_stale_by_attr(study: Any, grace: float) -> int:
     if not running:
         return 0
     native = _native_heartbeat(study._storage)
-    try:
-        beating = _trials_with_native_beat(study) if native else set()
-    except Exception as e:  # Optuna's private RDB models changed: skip this extra check, keep the worker going
-        log.warning("cannot read Optuna heartbeats (%s); beat-less RUNNING trials are not checked", one_line(e))
-        return 0
     now, failed = time.time(), 0
     for t in running:
         if native:
-            if t._trial_id in beating:
-                continue  # Optuna's fail_stale_trials judges it
+            if t.system_attrs.get(NATIVE_BEAT_ATTR):
+                continue  # it beat: Optuna's fail_stale_trials judges it
             last = None
         else:
             last = t.system_attrs.get(HEARTBEAT_ATTR)
@@ -165,10 +169,10 @@ def _fail_stale_by_attr(study: Any, grace: float) -> int:
         if last is None or now - float(last) <= grace:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"no heartbeat for {now - last:.0f} s")
+            study._storage.set_trial_user_attr(trial_id(t), "fail_reason", f"no heartbeat for {now - last:.0f} s")
         except Exception:  # finished meanwhile
             continue
-        if set_state(study, t._trial_id, TrialState.FAIL):
+        if set_state(study, trial_id(t), TrialState.FAIL):
             failed += 1
     if failed:
         log.warning("failed %d trial(s) whose worker stopped beating", failed)
@@ -199,10 +203,10 @@ def _fail_trials_of_dead_local_workers(study: Any) -> int:
         except OSError:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"its worker {worker} is gone (killed)")
+            study._storage.set_trial_user_attr(trial_id(t), "fail_reason", f"its worker {worker} is gone (killed)")
         except Exception:  # finished meanwhile
             continue
-        failed += set_state(study, t._trial_id, TrialState.FAIL)
+        failed += set_state(study, trial_id(t), TrialState.FAIL)
     if failed:
         log.warning("failed %d trial(s) whose worker on this host is gone", failed)
     return failed
@@ -210,13 +214,11 @@ def _fail_trials_of_dead_local_workers(study: Any) -> int:
 
 def _give_stale_trials_a_reason(study: Any) -> None:
     """Optuna's own stale check (SQLite, PostgreSQL) fails a trial without saying why: name it first."""
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
     storage = study._storage
     try:
-        if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        if not _native_heartbeat(storage):
             return
-        stale = storage._get_stale_trial_ids(study._study_id)
+        stale = storage._get_stale_trial_ids(study_id(study))  # Optuna fails them next, saying nothing
     except Exception as e:  # Optuna's private heartbeat API changed: the trials still fail, without a reason
         log.debug("cannot list stale trials: %s", one_line(e))
         return
@@ -228,13 +230,62 @@ def _give_stale_trials_a_reason(study: Any) -> None:
             pass
 
 
+def _spent_a_retry(t: Any) -> bool:
+    """A failed attempt that counts against its point's retries: not a claim given back (population grouping),
+    not a failure its environment caused (a retry would fail the same way; bnexp.sweep.faults)."""
+    from optuna.trial import TrialState
+
+    return (
+        t.state == TrialState.FAIL
+        and not t.user_attrs.get("returned")
+        and not faults.spent_on_environment(t.user_attrs.get("fail_reason"))
+    )
+
+
+def stale_retry(retries: int) -> tuple[str, Any]:
+    """(the RDBStorage keyword, the callback) that retries the points of trials Optuna fails as stale: Optuna's
+    RetryHeartbeatStaleTrialCallback (RetryFailedTrialCallback before Optuna 4.9), given the trial as bnexp
+    enqueues a point (module docstring)."""
+    import copy
+    import inspect
+
+    import optuna
+    from optuna.trial import TrialState
+
+    base = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
+    kw = "heartbeat_stale_trial_callback"
+    if kw not in inspect.signature(optuna.storages.RDBStorage).parameters:
+        kw = "failed_trial_callback"
+
+    class StaleRetry(base):  # type: ignore[misc,valid-type]
+        def __call__(self, study: Any, trial: Any) -> None:
+            key = trial.user_attrs.get("key")
+            same = [t for t in study.get_trials(deepcopy=False) if key is not None and t.user_attrs.get("key") == key]
+            live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+            if key is None or any(t.state in live for t in same):
+                return  # not a point of the design, or another attempt of it is done or under way
+            earlier = sorted(t.number for t in same if t.number != trial.number and _spent_a_retry(t))
+            point = copy.deepcopy(trial)
+            fixed = trial.system_attrs.get("fixed_params") or dict(trial.params)
+            point.params, point.distributions = {}, {}  # the point's params are fixed, as enqueue_trial fixes them
+            point.user_attrs = {"key": key, "attempt": len(earlier) + 1}
+            point.system_attrs = {"fixed_params": fixed, "retry_history": earlier}  # Optuna appends this trial
+            if "failed_trial" in trial.system_attrs:
+                point.system_attrs = {**point.system_attrs, "failed_trial": trial.system_attrs["failed_trial"]}
+            super().__call__(study, point)
+
+    return kw, StaleRetry(max_retry=retries)
+
+
 def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     """Fail stale trials (dead workers) and enqueue again each point that has no live or finished trial."""
     import optuna
     from optuna.trial import TrialState
 
     _give_stale_trials_a_reason(study)
-    optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # and the storage's StaleRetry enqueues their points again
     if heartbeat > 0:
         _fail_stale_by_attr(study, max(grace, 2 * heartbeat))
     _fail_trials_of_dead_local_workers(study)  # the rest: gone before the grace ran out, or no heartbeat at all
@@ -247,13 +298,7 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
     for key, ts in by_key.items():
         if any(t.state in live for t in ts):
             continue
-        failed = [
-            t
-            for t in ts
-            if t.state == TrialState.FAIL
-            and not t.user_attrs.get("returned")
-            and not faults.spent_on_environment(t.user_attrs.get("fail_reason"))  # no retry spent on those
-        ]
+        failed = [t for t in ts if _spent_a_retry(t)]
         if len(failed) > retries:
             continue
         last = max(ts, key=lambda t: t.number)
@@ -268,8 +313,8 @@ def reconcile(study: Any, heartbeat: int, grace: int, retries: int) -> int:
 def set_study_system_attr(study: Any, key: str, value: Any) -> None:
     """A study attr that `optuna studies` does not print (Study.set_system_attr is deprecated; the storage's is
     the storage API every backend implements)."""
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    study._storage.set_study_system_attr(study_id(study), key, value)
 
 
 def study_system_attrs(study: Any) -> dict:
-    return study._storage.get_study_system_attrs(study._study_id)
+    return study._storage.get_study_system_attrs(study_id(study))

@@ -180,9 +180,10 @@ def _check_journal_lines(path: Path) -> None:
                 raise ValueError(f"line {n} is not a journal operation")
 
 
-def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
+def make_storage(url: str, heartbeat: int = 0, grace: int = 0, retries: int = 0) -> Any:
     """An Optuna storage for `url`; a URL that does not open, or a damaged study file, is a ConfigError (password
-    masked)."""
+    masked). With `heartbeat` > 0 an RDB storage has Optuna's heartbeat, and Optuna's stale-trial retry callback
+    retries a stale trial's point up to `retries` times (bnexp.sweep.liveness.stale_retry)."""
     import optuna
 
     remember_secret(url)
@@ -217,6 +218,8 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0) -> Any:
         kw["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}, "pool_pre_ping": True}  # fail, not hang
     if heartbeat > 0:
         kw.update(heartbeat_interval=heartbeat, grace_period=max(grace, 2 * heartbeat))
+        callback_kw, callback = liveness.stale_retry(retries)
+        kw[callback_kw] = callback
     err: BaseException | None = None
     for attempt in range(10):
         try:
@@ -261,7 +264,7 @@ def load_study(url: str, name: str, sw: DictConfig | None = None) -> Any:
     path = sqlite_path(url) or (Path(url[len("journal://") :]) if url.startswith("journal://") else None)
     if path is not None and not path.is_file():
         raise ConfigError(f"no study storage at {path}; give the sweep's dir or its --storage URL")
-    storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0)
+    storage = make_storage(url, sw.heartbeat if sw else 0, sw.grace if sw else 0, sw.retries if sw else 0)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=_sampler())
     except KeyError:
@@ -281,7 +284,7 @@ def open_study(
     of the same name with another spec_hash is refused, naming the fix."""
     import optuna
 
-    storage = make_storage(url, sw.heartbeat, sw.grace)
+    storage = make_storage(url, sw.heartbeat, sw.grace, sw.retries)
     created = False
     try:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.env import REPO, child_env, compose_cfg
+from helpers.env import REPO, child_env, compose_cfg, replace
 from helpers.sweeps import cli, completed_keys, parts, sigterm_worker, storage, sweep_args, wait_running, worker
 
 from bnexp.sweep import liveness
@@ -119,6 +119,48 @@ def test_worker_dead_before_its_first_heartbeat_is_failed_and_retried(tmp_path, 
     assert trials[tid].state.name == "FAIL" and "no heartbeat" in trials[tid].user_attrs["fail_reason"]
     key = trials[tid].user_attrs["key"]
     assert [t.state.name for t in trials.values() if t.user_attrs["key"] == key] == ["FAIL", "WAITING"]
+
+
+def test_a_stale_trials_point_is_retried_by_optunas_callback_within_its_budget(tmp_path):
+    """SQLite with Optuna's heartbeat: a trial that beat and then went quiet is failed by Optuna's
+    fail_stale_trials (not while it beats, however long it has run), and Optuna's own retry callback enqueues
+    its point as bnexp would (its fixed params, key and attempt; nothing of the dead attempt). The budget is the
+    point's, whatever failed before: with sweep.retries=2, a stale third attempt after a stale first and a
+    crashed second is not retried."""
+    from optuna.trial import TrialState
+
+    out = tmp_path / "sw"
+    extra = ["sweep.heartbeat=1", "sweep.grace=1", "sweep.retries=2"]
+    p = parts(replace(sweep_args(out, points=1, extra=extra), "sweep.grid.model.bn=[pre]"))
+    (point,) = p.study.get_trials()
+
+    def dies_after_one_beat() -> int:
+        t = liveness.claim(p.study, heartbeat=1)  # the claim's beat; then its worker is gone (another host)
+        time.sleep(3.5)  # > grace = max(sweep.grace, 2 * sweep.heartbeat) = 2 s, in SQLite's whole seconds
+        return t.number
+
+    live = liveness.claim(p.study, heartbeat=1)
+    with liveness.Heartbeat(p.study, liveness.trial_id(live), 1):  # a live worker, beating past the grace
+        time.sleep(3.5)
+        assert liveness.reconcile(p.study, 1, 1, 2) == 0 and p.study.get_trials()[live.number].state.name == "RUNNING"
+    time.sleep(3.5)  # its worker is gone
+    first = live.number
+    assert liveness.reconcile(p.study, 1, 1, 2) == 0  # bnexp enqueued nothing itself: Optuna's callback did
+    dead, retry = p.study.get_trials()[first], p.study.get_trials()[-1]
+    assert dead.state == TrialState.FAIL and "no heartbeat within sweep.grace" in dead.user_attrs["fail_reason"]
+    assert retry.state == TrialState.WAITING and retry.user_attrs == {"key": point.user_attrs["key"], "attempt": 1}
+    assert retry.system_attrs["fixed_params"] == point.system_attrs["fixed_params"] and not retry.params
+    assert optuna.storages.RetryFailedTrialCallback.retry_history(retry) == [first]  # Optuna's own record
+
+    second = liveness.claim(p.study, heartbeat=1)  # the retry crashes by its own error: bnexp retries that
+    liveness.set_user_attr(p.study, liveness.trial_id(second), "fail_reason", "RuntimeError: a bug in training")
+    liveness.set_state(p.study, liveness.trial_id(second), TrialState.FAIL)
+    assert liveness.reconcile(p.study, 1, 1, 2) == 1 and p.study.get_trials()[-1].user_attrs["attempt"] == 2
+
+    dies_after_one_beat()  # the third attempt goes stale: 3 failed attempts > sweep.retries=2
+    assert liveness.reconcile(p.study, 1, 1, 2) == 0
+    states = collections.Counter(t.state.name for t in p.study.get_trials())
+    assert states == {"FAIL": 3}, states  # given up: neither Optuna's callback nor bnexp enqueued a fourth
 
 
 def test_sigterm_ends_trial_cleanly(tmp_path):
