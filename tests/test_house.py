@@ -1,16 +1,19 @@
 """The house rules a newcomer relies on, read from the code itself (the AST: function-local imports count):
-no function over 80 lines, and subpackages that depend one way."""
+no function over 80 lines, subpackages that depend one way, no module using another's `_private` names, and one
+owner per concept (sweep.json, metric names)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 
 from helpers.env import REPO
 
 PKG = REPO / "bnexp"
 MAX_LINES = 80
-LEAVES = ("cli", "files", "names", "record", "stops")  # top-level modules everything may use: they import no subpackage
+# top-level modules everything may use: they import no subpackage
+LEAVES = ("cli", "files", "names", "record", "stops", "sweep_file")
 
 
 def _modules() -> list[tuple[str, ast.Module]]:
@@ -80,3 +83,71 @@ def test_core_and_analysis_know_nothing_above_them():
     assert edges["core"] <= {*LEAVES, "tracking", "bnexp"}, edges["core"]
     assert "core" not in edges["tracking"]
     assert edges["analysis"] <= {*LEAVES}, edges["analysis"]  # pure: no torch, Optuna, W&B, no sweep
+
+
+def private_uses(mod: str, tree: ast.Module, modules: set[str]) -> list[str]:
+    """`from bnexp.x import _name` and `x._name` (x a bnexp module imported here) where x is not `mod`."""
+    got, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bnexp"):
+            for a in node.names:
+                if f"{node.module}.{a.name}" in modules:  # a module: `from bnexp.sweep import liveness`
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif a.name.startswith("_") and not a.name.startswith("__") and node.module != mod:
+                    got.append(f"{mod}: from {node.module} import {a.name}")
+        elif isinstance(node, ast.Import):
+            aliases.update({a.asname: a.name for a in node.names if a.name.startswith("bnexp") and a.asname})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            if private and aliases[node.value.id] != mod:
+                got.append(f"{mod}: {aliases[node.value.id]}.{node.attr}")
+    return got
+
+
+def test_no_module_uses_another_modules_private_names():
+    """A module's `_private` names are its own: one another module needs has become public, so it is named so."""
+    mods = _modules()
+    names = {m for m, _ in mods}
+    bad = [b for mod, tree in mods for b in private_uses(mod, tree, names)]
+    assert not bad, f"private names used across modules (make them public): {bad}"
+
+
+def test_the_private_use_check_sees_both_spellings():
+    """The check above finds what it looks for (it would pass on an empty walk)."""
+    src = "from bnexp.core.train import _quiet\nfrom bnexp.tracking import wandb_runs\nwandb_runs._close()\n"
+    mods = {"bnexp.core.train", "bnexp.tracking.wandb_runs", "bnexp.lr_find"}
+    got = private_uses("bnexp.lr_find", ast.parse(src), mods)
+    assert got == [
+        "bnexp.lr_find: from bnexp.core.train import _quiet",
+        "bnexp.lr_find: bnexp.tracking.wandb_runs._close",
+    ]
+    assert private_uses("bnexp.tracking.wandb_runs", ast.parse("from bnexp.tracking.wandb_runs import _x"), mods) == []
+
+
+def test_sweep_json_has_one_owner():
+    """sweep.json is written and read by bnexp.sweep_file only: every other module asks it (exists/read/write)."""
+    naming = sorted(
+        mod
+        for mod, tree in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith("sweep.json")
+    )
+    assert naming == ["bnexp.sweep_file"], naming
+
+
+METRIC = re.compile(r"(val|train|test)/[a-z_]+")
+# the lead's files, changed in the same round: their literals are the last ones (they move to bnexp.record's names)
+METRIC_LITERALS_LEFT = {"bnexp.core.lit", "bnexp.core.train"}
+
+
+def test_every_metric_name_is_spelled_in_bnexp_record_only():
+    """One name per metric, as a constant in bnexp.record: a module writing "val/acc" itself spells it again."""
+    spelled = sorted(
+        f"{mod}:{node.lineno} {node.value}"
+        for mod, tree in _modules()
+        if mod != "bnexp.record" and mod not in METRIC_LITERALS_LEFT
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and METRIC.fullmatch(node.value)
+    )
+    assert not spelled, f"metric names spelled outside bnexp.record (use its constants): {spelled}"
