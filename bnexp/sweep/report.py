@@ -113,6 +113,9 @@ def _read_trials(path: Path, keys: tuple[str, ...], metric: str) -> list[dict]:
     from bnexp.cli import one_line
 
     try:
+        bad = _bad_cell(path)  # a hand-edited table: the first cell that is not of its column's kind, by row
+        if bad:
+            raise ConfigError(bad)
         trials = load_trials_csv(path)
     except (UnicodeDecodeError, csv.Error) as e:
         raise ConfigError(f"{path} is not a trials.csv ({one_line(e)[:100]}); give one a report wrote") from None
@@ -136,7 +139,8 @@ STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED")  # Optuna's trial 
 
 
 def _bad_cell(path: Path) -> str | None:
-    """The first cell of `path` that does not parse as its column's type, as one line (None: none found)."""
+    """The first row of `path` with more or fewer cells than the header, or cell that does not parse as its
+    column's type (a number, a whole number, True/False), as one line; None: none found."""
     import csv
 
     from bnexp.record import RESULT_KEYS, canonical
@@ -145,10 +149,17 @@ def _bad_cell(path: Path) -> str | None:
         {"number", "depth", "seed", "step", "diverged_step"},
         {"lr", *RESULT_KEYS} - {"step", "diverged_step"},
     )
+    bools = {"diverged", "stable"}
     with open(path, newline="") as f:
-        for row, cells in enumerate(csv.DictReader(f), start=2):
+        reader = csv.DictReader(f)
+        for row, cells in enumerate(reader, start=2):
+            if None in cells or None in cells.values():  # DictReader: extra cells under None, missing ones None
+                more, n = None in cells, len(reader.fieldnames or [])
+                return f"{path} row {row} has {'more' if more else 'fewer'} cells than its header's {n}; fix the row"
             for k, v in cells.items():
                 k = canonical(k or "")
+                if k in bools and v.strip().lower() not in ("", "true", "false", "1", "0"):
+                    return f"{path} row {row}: {k}={v!r} is not True or False; fix the cell, or delete the row"
                 if v in ("", None) or (k not in ints and k not in floats):
                     continue
                 try:
@@ -169,7 +180,7 @@ def _bad_trial(t: dict) -> str | None:
 
     lr = t.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
-        return f"lr={lr!r} is not a learning rate (a finite number > 0)"
+        return f"lr={'(empty)' if lr is None else repr(lr)} is not a learning rate (a finite number > 0)"
     if t.get("state") not in STATES:
         return f"state={t.get('state')!r} is not a trial state ({', '.join(STATES)})"
     for k in RESULT_KEYS:
