@@ -41,7 +41,7 @@ def test_tiny_two_seed_sweep_writes_every_figure_and_captions_it(tmp_path: Path)
         assert [s["seed"] for s in v["per_seed"]] == [0, 1]
         assert set(v["by_statistics"]) == {"population", "batch", "recal"}
         assert f"| {v['label']} |" in md.split("## Population, batch and recalibrated statistics")[1]
-    assert "| per-seed decades |" in md and "only recombines the seeds that ran" in md
+    assert "| per-seed width |" in md and "not a confidence interval" in md
 
     # the learning curves: in curves.csv for every trial, not as JSON in trials.csv
     with open(out / "trials.csv", newline="") as f:
