@@ -25,7 +25,7 @@ def test_report_has_the_stability_panels():
     val_vs_lr = panels["final val/acc vs log10 lr, per variant"]
     assert val_vs_lr["type"] == "CustomChart"
     assert {"table:points", "log10_lr", "mean", "variant"} <= set(val_vs_lr["plots"])
-    widths = panels["unbroken stable lr range per variant (decades)"]
+    widths = panels["width per variant (decades: median over seeds of log10 high / low edge)"]
     assert widths["type"] == "CustomChart" and "width" in widths["plots"]
     assert "n_diverged" in panels["diverged trials per variant"]["plots"]  # from the sweep-summary table
     assert panels["diverged count per variant (trial runs)"]["plots"] == ["diverged_count"]  # BarPlot, summed
@@ -69,7 +69,7 @@ def test_runsets_select_the_study_and_job_type():
 def test_dry_run_prints_panels(capsys):
     main(["--entity", "ent", "--project", "proj", "--study", "s1", "--dry-run"])
     out = capsys.readouterr().out
-    assert "BN stability: s1" in out and "unbroken stable lr range" in out and "act/z_std" in out
+    assert "BN stability: s1" in out and "width per variant" in out and "act/z_std" in out
 
 
 def test_saving_without_login_exits_2_with_one_line(tmp_path):
