@@ -164,6 +164,12 @@ WARNED = {
     "wandb-project-vs-logger-none": (["logger.project=mine"], "logger.project=mine is a W&B setting"),
     "batch-statistics-vs-bn-off-only": (["sweep.rule.statistics=batch", "model.bn=off"], "without BN every"),
     "run-id-vs-sweep": (["logger.run_id=mine"], "logger.run_id is set per trial by the sweep"),
+    "one-lr-point-vs-lr-range": (["sweep.lr.points=1"], "sweep.lr.high=0.1 is unused"),
+    "epsilon-vs-threshold-mode": (["sweep.rule.epsilon=0.05"], "with sweep.rule.mode=threshold it is unused"),
+    "threshold-vs-relative-mode": (["sweep.rule.mode=relative"], "with sweep.rule.mode=relative it is unused"),
+    "seed-quorum-vs-one-seed": (["sweep.rule.seed_quorum=1"], "sweep.rule.seed_quorum=1 with one seed"),
+    "max-trials-vs-dry-run": (["--max-trials", "3"], "sweep.action=plan trains none"),
+    "momentum-vs-adam": (["optim.momentum=0.5"], "with optim.name=adam it is unused"),
 }
 
 

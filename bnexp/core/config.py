@@ -427,6 +427,8 @@ def check_combinations(cfg: DictConfig) -> None:
         warn("model.sync_bn=true with model.bn=off: there is no BN to synchronise; drop model.sync_bn")
     if t.compile_break_even_steps is not None and t.compile != "auto":
         warn(f"trainer.compile_break_even_steps is auto's threshold; with trainer.compile={t.compile} it is unused")
+    if cfg.optim.name == "adam" and cfg.optim.momentum != OptimConfig.momentum:
+        warn(f"optim.momentum={cfg.optim.momentum} is SGD's; with optim.name=adam it is unused (optim=sgd uses it)")
     if lg.name != "wandb":
         for key, default in (("mode", "auto"), ("project", None), ("entity", None)):
             if lg[key] != default:

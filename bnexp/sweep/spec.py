@@ -249,6 +249,20 @@ def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     if sw.population > 1 and lr.points > 1 and sw.population > lr.points and lr.search == "grid":
         warn(f"sweep.population={sw.population} > sweep.lr.points={lr.points}: a population holds the lrs of one "
              f"variant and seed, so at most {lr.points}; sweep.population={lr.points} says what runs")  # fmt: skip
+    if lr.points == 1 and lr.high != lr.low:
+        warn(f"sweep.lr.points=1 trains sweep.lr.low={lr.low:g} alone; sweep.lr.high={lr.high:g} is unused "
+             "(sweep.lr.points=2 or more spans the range)")  # fmt: skip
+    default_rule = StabilityRule()
+    if rule.mode == "threshold" and rule.epsilon != default_rule.epsilon:
+        warn(f"sweep.rule.epsilon={rule.epsilon:g} is the relative mode's; with sweep.rule.mode=threshold it is unused")
+    if rule.mode == "relative" and rule.threshold != default_rule.threshold:
+        warn(f"sweep.rule.threshold={rule.threshold:g} is the threshold mode's; with sweep.rule.mode=relative it is "
+             "unused (sweep.rule.epsilon sets the margin)")  # fmt: skip
+    if len(sw.seeds) == 1 and rule.seed_quorum != default_rule.seed_quorum:
+        warn(f"sweep.rule.seed_quorum={rule.seed_quorum:g} with one seed: an lr is stable when its seed is, "
+             "whatever the quorum (sweep.seeds=[0,1,2] gives it seeds to count)")  # fmt: skip
+    if sw.max_trials is not None and sw.action in ("create", "report", "plan"):
+        warn(f"--max-trials={sw.max_trials} caps the trials a worker trains; sweep.action={sw.action} trains none")
     if sw.max_trials is not None and str(sw.jobs).strip().lower() not in ("auto", "1"):
         raise ConfigError(
             f"--max-trials stops one worker after N trials, and sweep.jobs={sw.jobs} asks for several; give one: "
