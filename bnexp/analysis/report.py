@@ -27,6 +27,7 @@ from bnexp.analysis.figures import colour_of_label, write_figures
 from bnexp.analysis.figures.edges import EDGES_CAPTION, plot_edges
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
+    RESULT_STATES,
     STATISTICS,
     StabilityRule,
     analyse,
@@ -270,8 +271,9 @@ def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
         " trained (so about one bracket less than the width); an unstable lr between stable ones is a *hole*,"
         " counted and named, and the span that ignores holes is given apart, labelled as such. Diverged trials"
         " are COMPLETE results that"
-        " are never stable; FAIL trials (attempts) are counted apart, with how many a later attempt of the same"
-        " point completed.",
+        " are never stable; so are PRUNED trials, stopped at chance late in training by the sweep's pruner"
+        " (sweep.prune; counted per variant); FAIL trials (attempts) are counted apart, with how many a later"
+        " attempt of the same point completed.",
         "",
     ]
     if summary.get("rule_note"):
@@ -281,14 +283,14 @@ def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
 
 def _variant_table(summary: dict) -> list[str]:
     lines = [
-        "| variant | trials | stable | diverged | failed | width (decades) | per-seed width"
+        "| variant | trials | stable | diverged | pruned | failed | width (decades) | per-seed width"
         " | stable lr range (unbroken, pooled) | stable span (decades) | holes | span ignoring holes (decades)"
         " | best lr | best value |",
-        "|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|---:|",
     ]
     for v in summary["variants"]:
         lines.append(
-            f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']}"
+            f"| {v['label']} | {v['n_trials']} | {v['n_stable']} | {v['n_diverged']} | {v.get('n_pruned', 0)}"
             f" | {_failed_txt(v, short=True)} | {width_txt(v)} | {_per_seed_txt(v)} | {_range(v)}"
             f" | {v['stable_span']:.2f} | {_holes_txt(v)} | {v['span_with_holes']:.2f}"
             f" | {_fmt(v['best_lr'], '.3g')} | {_fmt(v['best_value'], '.4f')} |"
@@ -467,7 +469,8 @@ def write_report(
                 "statistics": dict(STATISTICS),
                 "variant_keys": list(variant_keys),
                 "n_records": len(trials),
-                "n_trials": sum(_state(r) == "COMPLETE" for r in trials),
+                "n_trials": sum(_state(r) in RESULT_STATES for r in trials),
+                "n_pruned": sum(_state(r) == "PRUNED" for r in trials),
                 "n_failed": sum(_state(r) == "FAIL" for r in trials),
                 "n_failed_retried": sum(v.get("n_failed_retried", 0) for v in variants),
                 "variants": variants,

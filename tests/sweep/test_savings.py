@@ -1,0 +1,162 @@
+"""What a sweep trial no longer computes, through the real commands: validations before the last on a subset,
+no test pass, hopeless trials pruned (Optuna's PRUNED), later seeds warm-started, glibc told to keep its
+memory; each saving shown to leave the verdict's inputs alone, and each setting that could change a verdict
+refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers.env import REPO, TINY, bnexp, replace
+
+sys.path.insert(0, str(REPO / "bench"))
+
+# 40 steps, a validation every 10: the pruner's first step is 30 (3/4 of 40), before the last validation
+TRAIN = replace(TINY, "trainer.max_steps=40", "trainer.val_every=10", "data.limit_val=500", "data.eval_batch_size=250")
+
+
+def sweep(out: Path, *extra: str, bn: str = "pre", lrs: tuple = (1e-3, 1e-2)) -> None:
+    args = [
+        "sweep=lr_stability",
+        f"sweep.out_dir={out}",
+        f"sweep.grid.model.bn=[{bn}]",
+        f"sweep.lr.low={lrs[0]}",
+        f"sweep.lr.high={lrs[-1]}",
+        f"sweep.lr.points={len(lrs)}",
+        "sweep.seeds=[0]",
+        "sweep.jobs=1",
+        "sweep.progress=false",
+        "sweep.rule.threshold=0.3",
+        "trainer.val_subset=200",
+        *TRAIN,
+        *extra,
+    ]
+    r = bnexp("sweep", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def trial_metrics(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/*/metrics.json"))]
+
+
+def test_a_trial_validates_on_a_subset_before_the_last_and_skips_the_test_pass(tmp_path):
+    sweep(tmp_path / "new")
+    sweep(tmp_path / "full", "trainer.val_subset=null", "trainer.test=true")
+    new, full = trial_metrics(tmp_path / "new"), trial_metrics(tmp_path / "full")
+    assert len(new) == len(full) == 2
+    for m, f in zip(new, full, strict=True):
+        assert [h["n"] for h in m["val_history"]] == [200, 200, 200, 500]  # the last one whole
+        assert [h["n"] for h in f["val_history"]] == [500] * 4
+        # the same weights: the final validation, which the verdict reads, is the same to the last bit
+        for k in ("val/acc", "val/acc_batchstats", "val/loss", "val/acc_recal"):
+            assert m[k] == f[k], k
+        assert m.get("test/acc") is None and f["test/acc"] is not None and f["test/acc_single"] is not None
+        assert any("trainer.test=false" in s for s in m["skipped"]) and any("val_subset" in s for s in m["skipped"])
+        assert m["val_subset"] == 200 and f["skipped"] == []
+
+
+def _states(out: Path) -> list[str]:
+    storage = f"sqlite:///{out}/study.db"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    return [t.state.name for t in study.get_trials()]
+
+
+def test_a_trial_at_chance_is_pruned_recorded_and_counted(tmp_path):
+    """At lr 1e-2, BN off is still at chance at step 30 of 40 and BN pre is not: only the first is pruned."""
+    sweep(tmp_path / "p", bn="off,pre", lrs=(1e-2,))
+    states = dict(zip(("off", "pre"), _states(tmp_path / "p"), strict=True))
+    assert states == {"off": "PRUNED", "pre": "COMPLETE"}
+    m = {x["bn"]: x for x in trial_metrics(tmp_path / "p")}
+    assert m["off"]["pruned_step"] == 30 and m["off"]["step"] == 30 and m["pre"]["pruned_step"] is None
+    assert any("pruner" in s for s in m["off"]["skipped"])
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    off, pre = s["variants"]
+    assert (off["n_pruned"], off["n_trials"], off["n_stable"]) == (1, 1, 0) and pre["n_pruned"] == 0
+    assert "pruned" in (tmp_path / "p" / "report.md").read_text()
+    assert "PRUNED" in (tmp_path / "p" / "trials.csv").read_text()
+    sweep(tmp_path / "off", "sweep.prune=false", bn="off", lrs=(1e-2,))
+    assert _states(tmp_path / "off") == ["COMPLETE"]
+
+
+def test_no_committed_trial_that_ended_stable_would_have_been_pruned():
+    """The rule's evidence: 570 committed trials' curves (bench/prune_evidence.py); pruning from step 400 of
+    800 instead would have stopped one that ended stable, so the check can fail."""
+    from prune_evidence import evidence, load
+
+    curves, trials = load(REPO / "docs" / "results")
+    ours = evidence(curves, trials, None, 0.9)
+    assert ours["n_trials"] >= 570 and ours["stopped"] > 150
+    assert ours["false_stops"] == 0 and ours["stopped_above_chance"] == 0
+    assert evidence(curves, trials, 400, 0.9)["false_stops"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["sweep.prune_after=900"], "after trainer.max_steps=800"),
+        (["sweep.prune_after=300"], "earlier than 0.75 of the run"),
+        (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
+        (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
+        (["sweep.prune=maybe"], "choose one of: auto, true, false"),
+        (["sweep.prune=false", "sweep.prune_after=700"], "nothing is pruned"),
+        (["sweep.rule.last_k=2"], "trainer.val_subset=1000 scores all but the final one"),
+        (["trainer.val_subset=0"], "trainer.val_subset=0 must be >= 1"),
+    ],
+)
+def test_a_saving_that_could_change_a_verdict_is_refused(tmp_path, args, says):
+    out = tmp_path / "s"
+    r = bnexp("sweep", "sweep=lr_stability", f"sweep.out_dir={out}", *args)
+    assert r.returncode == 2, r.stderr[-1500:]
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert not (out / "study.db").exists() and not (out / "sweep.json").exists()  # nothing of a study
+
+
+def test_run_and_sweep_keep_glibc_from_returning_memory(tmp_path):
+    """bnexp.run sets glibc's mmap and trim thresholds at start (bnexp.core.alloc); BNEXP_MALLOC=default
+    and a user's own MALLOC_*_ variables leave glibc alone; metrics.json says which."""
+    from helpers.env import child_env
+
+    def run(name: str, **env: str) -> dict:
+        r = bnexp("run", *TINY, f"hydra.run.dir={tmp_path / name}", env=child_env(**env))
+        assert r.returncode == 0, r.stderr[-1500:]
+        return json.loads((tmp_path / name / "metrics.json").read_text())["malloc"]
+
+    assert run("kept") == {"mmap_threshold": 32 * 2**20, "trim_threshold": 2**31 - 1, "top_pad": 64 * 2**20}
+    assert run("default", BNEXP_MALLOC="default") == {}
+    assert run("user", MALLOC_TRIM_THRESHOLD_="1000000") == {}
+
+
+def test_a_warm_started_seed_ends_at_the_brackets_of_a_search_from_scratch(tmp_path):
+    """Two seeds' edge search through the real command, with and without sweep.lr.warm_start: the same
+    brackets per seed at the same resolution, in fewer trials (the oracle test in
+    tests/analysis/test_warm_start.py checks every pair of edges)."""
+    common = [
+        "sweep.grid.model.bn=[pre]",
+        "sweep.seeds=[0,1]",
+        "sweep.lr.search=edges",
+        "sweep.lr.low=1e-5",
+        "sweep.lr.high=1",
+        "sweep.lr.points=6",
+        "sweep.lr.resolution=0.3",
+        "sweep.rule.statistics=batch",  # 40 steps are too few for BN's running averages to follow
+        "sweep.rule.threshold=0.5",
+        "sweep.jobs=1",
+        "sweep.progress=false",
+        *replace(TRAIN, "trainer.max_steps=30", "trainer.val_every=15"),
+    ]
+    got = {}
+    for warm in ("true", "false"):
+        out = tmp_path / warm
+        r = bnexp("sweep", "sweep=lr_stability", f"sweep.out_dir={out}", f"sweep.lr.warm_start={warm}", *common)
+        assert r.returncode == 0, r.stderr[-2000:]
+        (v,) = json.loads((out / "summary.json").read_text())["variants"]
+        per = v["edges"]["per_seed"]
+        got[warm] = ({s: (e["low"], e["high"]) for s, e in per.items()}, v["edges"]["n_trials"])
+    assert got["true"][0] == got["false"][0]
+    assert all(lo and hi for lo, hi in got["true"][0].values())  # both seeds found a range to bracket
+    assert got["true"][1] < got["false"][1]
