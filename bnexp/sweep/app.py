@@ -265,6 +265,7 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
     n_var = len({json.dumps(p["variant"], sort_keys=True) for p in pts})
     seeds = list(sw.seeds)
     workers, _, _ = local.plan(sw, base, len(pts))
+    n_trials = len(pts)
     lines = [
         f"study {name}: {n_var} variant(s) x {len(seeds)} seed(s) {seeds} x {sw.lr.points} lr(s) "
         f"[{sw.lr.low:g}, {sw.lr.high:g}] = {len(pts)} trials of {base.trainer.max_steps} steps",
@@ -272,10 +273,21 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
         f"out dir: {out_dir}",
         f"workers here: {workers} (sweep.jobs={sw.jobs})",
     ]
+    if sw.lr.search == "edges":
+        from bnexp.sweep.spec import edge_trials_estimate, warm_seeds
+
+        e = edge_trials_estimate(sw)
+        n_trials = e["typical"]
+        planned = "the first seed's coarse grid" if warm_seeds(sw) else "every seed's coarse grid"
+        lines[0] = lines[0].replace(f"= {len(pts)} trials", f"= {n_var * len(seeds) * sw.lr.points} coarse points")
+        lines.insert(1, f"edge search: the design holds {len(pts)} points ({planned}); with the bisections and "
+                        f"the later seeds' searches, an estimate of {e['typical']} trials in all ({e['low']} where "
+                        f"nothing is stable, up to {e['high']} where every seed brackets two edges): what it finds "
+                        "decides")  # fmt: skip
     done, walls = _prior_walls(url, name)
     if walls:
         mean = sum(walls) / len(walls)
-        left = max(len(pts) - done, 0)
+        left = max(n_trials - done, 0)
         lines.append(
             f"estimated cost: {left} trials left x {mean:.0f} s (mean wall time of {len(walls)} finished) = "
             f"{left * mean / 3600:.2f} trial-hours, about {left * mean / workers / 3600:.2f} h with {workers} worker(s)"

@@ -342,6 +342,25 @@ def warm_seeds(sw: DictConfig) -> list[int]:
     return [int(s) for s in sw.seeds[1:]]
 
 
+def edge_trials_estimate(sw: DictConfig) -> dict[str, int]:
+    """How many trials an edge search may take, from its settings alone (what it finds decides): `low` where
+    no variant has a stable lr (each seed trains the coarse grid), `high` where every seed brackets two
+    closed edges (each bisected down to the resolution; a warm-started seed at its dearest near the first
+    seed's edges, 9), `typical` between (warm-started seeds at 7, the median of tests/analysis/
+    test_warm_start.py's seeds within 0.5 decades of the first seed's edges)."""
+    n, points = len(variants(sw)), int(sw.lr.points)
+    step = (math.log10(sw.lr.high) - math.log10(sw.lr.low)) / max(points - 1, 1)
+    halvings = max(0, math.ceil(math.log2(step / float(sw.lr.resolution)))) if step > sw.lr.resolution else 0
+    first = points + 2 * halvings
+    later = len(sw.seeds) - 1
+    warm = bool(warm_seeds(sw))
+    return {
+        "low": n * points * len(sw.seeds),
+        "typical": n * (first + later * (7 if warm else first)),
+        "high": n * (first + later * (9 if warm else first)),
+    }
+
+
 def design(sw: DictConfig) -> list[dict[str, Any]]:
     """Every point of the study enqueued when it is created: variant x seed x lr, less the seeds a warm-started
     edge search plans itself (`warm_seeds`)."""
