@@ -1,0 +1,123 @@
+"""One small three-seed edge study under the old settings (every saving off) and the new defaults, side by side:
+trials, summed CPU, wall, and each seed's brackets. The savings must leave the brackets alone.
+
+    python bench/bench_study.py                                 # depth 8, BN off and pre, 3 seeds, 400 steps
+    python bench/bench_study.py --depth 4 --steps 200 --out-dir outputs/bench_study_d4
+    python bench/bench_study.py --arms new                      # one arm (resumable: a rerun goes on)
+
+Each arm is `python -m bnexp.sweep` through the real command (its own study dir under --out-dir; a rerun
+of this script resumes an arm that was stopped and only re-reads one that finished):
+  old   trainer.val_subset=null trainer.test=true sweep.prune=false sweep.lr.warm_start=false, and
+        BNEXP_MALLOC=default (glibc's own allocator settings): every trial as before this round;
+  new   the defaults.
+Summed CPU is the CPU time of the arm's whole process tree (the sweep, its workers, W&B's service), from
+the kernel's accounting of the children this script waited for, summed over the arm's invocations; the
+trials' own `cpu_s` (their processes' CPU while they trained) is given beside it. Writes the table to
+stdout and JSON to <out-dir>/bench_study.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OLD = ["trainer.val_subset=null", "trainer.test=true", "sweep.prune=false", "sweep.lr.warm_start=false"]
+
+
+def study_args(a: argparse.Namespace, out: Path) -> list[str]:
+    return [
+        "sweep=lr_stability",
+        f"sweep.out_dir={out}",
+        f"sweep.grid.model.bn=[{a.bn}]",
+        f"model.depth={a.depth}",
+        f"trainer.max_steps={a.steps}",
+        "sweep.lr.search=edges",
+        f"sweep.lr.points={a.points}",
+        f"sweep.lr.resolution={a.resolution}",
+        f"sweep.seeds=[{a.seeds}]",
+        f"sweep.jobs={a.jobs}",
+        "sweep.progress=false",
+        *a.extra,
+    ]
+
+
+def run_arm(name: str, a: argparse.Namespace, root: Path) -> dict:
+    out = root / name
+    acct = root / f"{name}.cpu.json"  # CPU and wall of every invocation of this arm (a resumed arm has several)
+    spent = json.loads(acct.read_text()) if acct.is_file() else []
+    if not (out / "summary.json").is_file() or not spent:
+        env = {**os.environ, **({"BNEXP_MALLOC": "default"} if name == "old" else {})}
+        args = [sys.executable, "-m", "bnexp.sweep", *study_args(a, out), *(OLD if name == "old" else [])]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        spent.append({"wall_s": wall, "cpu_s": cpu, "sys_s": after.ru_stime - before.ru_stime, "rc": r.returncode})
+        acct.write_text(json.dumps(spent, indent=2) + "\n")
+        if r.returncode != 0:
+            sys.exit(f"bench_study: arm {name} exited {r.returncode}:\n{r.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    trials = [json.loads(p.read_text()) for p in out.glob("trials/*/*/metrics.json")]
+    brackets = {
+        v["label"]: {s: [e["low"], e["high"]] for s, e in (v.get("edges") or {}).get("per_seed", {}).items()}
+        for v in summary["variants"]
+    }
+    return {
+        "trials": sum(v["n_trials"] for v in summary["variants"]),
+        "pruned": sum(v.get("n_pruned", 0) for v in summary["variants"]),
+        "cpu_s": sum(x["cpu_s"] for x in spent),
+        "sys_s": sum(x["sys_s"] for x in spent),
+        "wall_s": sum(x["wall_s"] for x in spent),
+        "trial_cpu_s": sum(m.get("cpu_s") or 0 for m in trials),
+        "brackets": brackets,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--bn", default="off,pre")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--points", type=int, default=6)
+    ap.add_argument("--resolution", type=float, default=0.25)
+    ap.add_argument("--jobs", default="auto")
+    ap.add_argument("--arms", default="old,new")
+    ap.add_argument("--out-dir", default=str(REPO / "outputs" / "bench_study"))
+    ap.add_argument("extra", nargs="*", help="more overrides for both arms (e.g. logger=none)")
+    a = ap.parse_args()
+    root = Path(a.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    res = {name: run_arm(name, a, root) for name in a.arms.split(",")}
+    out = {"config": vars(a), "arms": res}
+    if {"old", "new"} <= set(res):
+        o, n = res["old"], res["new"]
+        out["cpu_ratio"] = n["cpu_s"] / o["cpu_s"]
+        out["wall_ratio"] = n["wall_s"] / o["wall_s"]
+        out["same_brackets"] = o["brackets"] == n["brackets"]
+    print("| arm | trials | pruned | CPU, summed (s) | of it kernel (s) | trials' own CPU (s) | wall (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in res.items():
+        print(f"| {name} | {r['trials']} | {r['pruned']} | {r['cpu_s']:.0f} | {r['sys_s']:.0f} | "
+              f"{r['trial_cpu_s']:.0f} | {r['wall_s']:.0f} |")  # fmt: skip
+    if "cpu_ratio" in out:
+        print(f"new / old: CPU {out['cpu_ratio']:.2f}x, wall {out['wall_ratio']:.2f}x; "
+              f"the same brackets for every seed: {out['same_brackets']}")  # fmt: skip
+    for name, r in res.items():
+        for label, seeds in r["brackets"].items():
+            for s, (lo, hi) in seeds.items():
+                print(f"  {name} {label} seed {s}: low {lo} high {hi}")
+    (root / "bench_study.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
