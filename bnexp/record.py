@@ -35,6 +35,14 @@ WALL_S = "wall_s"
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
 TRAIN_GRAD_NORM = "train/grad_norm"
+STEPS_PER_S = "perf/steps_per_s"
+GLOBAL_STEP = "trainer/global_step"  # Lightning's step, every W&B chart's x axis
+# the loss landscape along the gradient (bnexp.tracking.diagnostics, logger.landscape_every), in the order computed
+LANDSCAPE_LOSS_RANGE = "landscape/loss_range"
+LANDSCAPE_GRAD_CHANGE_MAX = "landscape/grad_change_max"
+LANDSCAPE_BETA_SMOOTHNESS = "landscape/beta_smoothness"
+LANDSCAPE_KEYS = (LANDSCAPE_LOSS_RANGE, LANDSCAPE_GRAD_CHANGE_MAX, LANDSCAPE_BETA_SMOOTHNESS, "landscape/grad_norm",
+                  "landscape/loss")  # fmt: skip
 
 # what a run costs: kept with each trial, so trials.csv traces a study's CPU hours (older studies: empty)
 TRAIN_S = "train_s"  # wall seconds in fit and the final validation

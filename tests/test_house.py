@@ -136,7 +136,7 @@ def test_sweep_json_has_one_owner():
     assert naming == ["bnexp.sweep_file"], naming
 
 
-METRIC = re.compile(r"(val|train|test)/[a-z_]+")
+METRIC = re.compile(r"(val|train|test|perf|landscape)/[a-z_]+|trainer/global_step")
 # the lead's files, changed in the same round: their literals are the last ones (they move to bnexp.record's names)
 METRIC_LITERALS_LEFT = {"bnexp.core.lit", "bnexp.core.train"}
 

@@ -20,7 +20,15 @@ import os
 from typing import Any
 
 from bnexp.cli import fail
-from bnexp.record import TRAIN_LOSS, VAL_ACC
+from bnexp.record import (
+    GLOBAL_STEP,
+    LANDSCAPE_BETA_SMOOTHNESS,
+    LANDSCAPE_GRAD_CHANGE_MAX,
+    LANDSCAPE_LOSS_RANGE,
+    STEPS_PER_S,
+    TRAIN_LOSS,
+    VAL_ACC,
+)
 
 SUMMARY_TABLE_CHARTS = (
     # (title, vega preset, table logged by the sweep-summary run, field mapping)
@@ -91,17 +99,15 @@ def _trial_panels(variant: Any) -> list:
         ),
         wr.LinePlot(
             title="training loss by variant (mean, min-max over trials)",
-            x="trainer/global_step",
+            x=GLOBAL_STEP,
             y=[TRAIN_LOSS],
             groupby=variant,
             groupby_aggfunc="mean",
             groupby_rangefunc="minmax",
             log_y=True,
         ),
-        wr.LinePlot(
-            title=f"{VAL_ACC} by variant", x="trainer/global_step", y=[VAL_ACC], groupby=variant, groupby_aggfunc="mean"
-        ),
-        wr.LinePlot(title="steps per second", x="trainer/global_step", y=["perf/steps_per_s"], groupby=variant),
+        wr.LinePlot(title=f"{VAL_ACC} by variant", x=GLOBAL_STEP, y=[VAL_ACC], groupby=variant, groupby_aggfunc="mean"),
+        wr.LinePlot(title="steps per second", x=GLOBAL_STEP, y=[STEPS_PER_S], groupby=variant),
     ]
 
 
@@ -109,9 +115,7 @@ def _diag_panels(variant: Any) -> list:
     import wandb_workspaces.reports.v2 as wr
 
     def layers(title: str, regex: str) -> Any:
-        return wr.LinePlot(
-            title=title, x="trainer/global_step", metric_regex=regex, groupby=variant, groupby_aggfunc="mean"
-        )
+        return wr.LinePlot(title=title, x=GLOBAL_STEP, metric_regex=regex, groupby=variant, groupby_aggfunc="mean")
 
     return [
         layers("pre-activation std per layer (z = conv(x))", r"act/z_std/.*"),
@@ -119,9 +123,9 @@ def _diag_panels(variant: Any) -> list:
         layers("BN output std per layer", r"act/bn_out_std/.*"),
         layers("BN output mean per layer", r"act/bn_out_mean/.*"),
         layers("gradient norm per layer", r"grad/.*"),
-        layers("loss variation along the gradient (Santurkar et al.)", r"landscape/loss_range"),
-        layers("gradient predictiveness: max ||g(w - eta g) - g||", r"landscape/grad_change_max"),
-        layers("effective beta-smoothness", r"landscape/beta_smoothness"),
+        layers("loss variation along the gradient (Santurkar et al.)", LANDSCAPE_LOSS_RANGE),
+        layers("gradient predictiveness: max ||g(w - eta g) - g||", LANDSCAPE_GRAD_CHANGE_MAX),
+        layers("effective beta-smoothness", LANDSCAPE_BETA_SMOOTHNESS),
     ]
 
 

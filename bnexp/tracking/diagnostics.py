@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from bnexp.record import LANDSCAPE_KEYS, STEPS_PER_S
+
 HIST_MAX = 65536  # values per histogram (a strided subsample of the activation)
 HIST_BINS = 64
 
@@ -109,7 +111,7 @@ class Throughput(Callback):
         now = time.perf_counter()
         dt = now - self._t - self._paused
         if dt > 0 and step > self._step:
-            _log(trainer, {"perf/steps_per_s": (step - self._step) / dt})
+            _log(trainer, {STEPS_PER_S: (step - self._step) / dt})
         self._t, self._step, self._paused = now, step, 0.0
 
 
@@ -239,8 +241,7 @@ class LandscapeProbe(Callback):
         vals = torch.stack(
             [ls.max() - ls.min(), torch.stack(changes).max(), torch.stack(betas).max(), g_norm, ls[0]]
         ).tolist()  # one host sync
-        names = ["loss_range", "grad_change_max", "beta_smoothness", "grad_norm", "loss"]
-        _log(trainer, {f"landscape/{n}": v for n, v in zip(names, vals, strict=True)})
+        _log(trainer, dict(zip(LANDSCAPE_KEYS, vals, strict=True)))
 
 
 class WandbFinishOnError(Callback):

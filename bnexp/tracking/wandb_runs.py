@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp import names
 from bnexp.cli import redact
 from bnexp.files import FileWriteError
+from bnexp.record import GLOBAL_STEP
 from bnexp.tracking import wandb_record
 from bnexp.tracking.wandb_mode import resolve_mode
 
@@ -162,8 +163,8 @@ def close_run(run: Any, exit_code: int) -> None:
 def _define_axes(run: Any) -> None:
     # as Lightning's WandbLogger does for the runs it creates: every metric against trainer/global_step
     if getattr(run, "define_metric", None) is not None:
-        run.define_metric("trainer/global_step")
-        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        run.define_metric(GLOBAL_STEP)
+        run.define_metric("*", step_metric=GLOBAL_STEP, step_sync=True)
 
 
 def _logger_class() -> type:
