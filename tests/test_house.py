@@ -151,3 +151,35 @@ def test_every_metric_name_is_spelled_in_bnexp_record_only():
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and METRIC.fullmatch(node.value)
     )
     assert not spelled, f"metric names spelled outside bnexp.record (use its constants): {spelled}"
+
+
+# Optuna's private names bnexp needs (bnexp.sweep.liveness's docstring says why each): no public way exists
+OPTUNA_PRIVATE_ALLOWED = {"_storage", "_trial_id", "_pop_waiting_trial_id", "_get_stale_trial_ids"}
+
+
+def _optuna_private_names() -> set[str]:
+    """Every `_name` of Optuna's study, trial and storage objects, their classes' and their instances' own."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend  # noqa: F401  (the journal classes load)
+
+    study = optuna.create_study()
+    trial = study.ask()
+    objs = [study, trial, study.trials[0], study._storage, optuna.storages.RDBStorage, optuna.storages.JournalStorage]
+    objs += [optuna.storages.BaseStorage, type(study._storage)]
+    names = {n for o in objs for n in [*dir(o), *getattr(o, "__dict__", {})]}
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_optunas_private_names_are_used_in_liveness_only_and_only_those_it_names():
+    private = _optuna_private_names()
+    used: dict[str, set[str]] = defaultdict(set)
+    for mod, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                if not (isinstance(node.value, ast.Name) and node.value.id == "self"):  # bnexp's own attrs
+                    used[mod].add(node.attr)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optuna"):
+                used[mod].update(p for p in node.module.split(".") if p.startswith("_"))
+    used = {m: names for m, names in used.items() if names}
+    assert set(used) <= {"bnexp.sweep.liveness"}, used
+    assert used.get("bnexp.sweep.liveness", set()) <= OPTUNA_PRIVATE_ALLOWED, used
