@@ -35,17 +35,28 @@ def callback(trial: Any) -> Any:
     import lightning as L
 
     class PruneOnValidation(L.Callback):
+        finished_elsewhere = False  # another worker failed the trial as stale: its result is kept at the end
+
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.record.val_history:
                 return
+            if self.finished_elsewhere:
+                return
             h = pl_module.record.val_history[-1]
             step, acc = int(h["step"]), h.get(VAL_ACC)
-            if acc is not None and math.isfinite(acc):
-                trial.report(float(acc), step)
-            early = dict(trial.user_attrs.get(EARLY_ATTR) or {})
-            early[str(step)] = better_view(h)
-            trial.set_user_attr(EARLY_ATTR, early)
-            if step < trainer.max_steps and trial.should_prune():
+            try:
+                if acc is not None and math.isfinite(acc):
+                    trial.report(float(acc), step)
+                early = dict(trial.user_attrs.get(EARLY_ATTR) or {})
+                early[str(step)] = better_view(h)
+                trial.set_user_attr(EARLY_ATTR, early)
+                prune = step < trainer.max_steps and trial.should_prune()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # failed as stale while it trained (a long pause): training goes on, the worker records the
+                # result on the retry of its point (bnexp.sweep.worker: _keep_stale_result)
+                self.finished_elsewhere = True
+                return
+            if prune:
                 pl_module.record.pruned_step = step
                 trainer.should_stop = True
 
