@@ -31,6 +31,7 @@ def sweep_args(out: Path, name: str = "t", points: int = 2, extra: tuple | list 
         "sweep.lr.high=1e-1",
         "sweep.progress=false",
         "sweep.rule.threshold=0.3",
+        "sweep.prune=false",  # these sweeps test liveness, storage and reports; tests/sweep/test_savings.py prunes
         *TRAIN,
         *extra,
     ]

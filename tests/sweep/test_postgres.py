@@ -81,6 +81,7 @@ def worker_cmd(url, name, out, *extra):
         "sweep.lr.low=1e-4",
         "sweep.lr.high=1e-1",
         "sweep.progress=false",
+        "sweep.prune=false",  # a killed worker's trials are counted COMPLETE: tests/sweep/test_savings.py prunes
         "sweep.rule.threshold=0.3",
         *TRAIN,
         *extra,
