@@ -40,10 +40,14 @@ def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
     complete = [r for r in trials if _state(r) in RESULT_STATES]  # a pruned trial: an unstable result
     w = _width(complete, rule)
     lrs = [p["lr"] for p in w["points"]]
-    out: dict[str, Any] = {"n_trials": len(complete), "low": None, "high": None, "stable_lr_min": None}
+    out: dict[str, Any] = {"n_trials": len(complete), "low": None, "high": None, "stable_lr_min": None,
+                           "best_lr": None}  # fmt: skip
     if w["stable_lr_min"] is None:
         return out  # nothing stable: no edge to find
     lo, hi = lrs.index(w["stable_lr_min"]), lrs.index(w["stable_lr_max"])
+    # the stable lr the run is taken around: the highest mean judged value (ties: the lowest lr)
+    best = max((p for p in w["points"][lo : hi + 1] if p["mean"] is not None), key=lambda p: (p["mean"], -p["lr"]))
+    out["best_lr"] = best["lr"]
     out["low"] = [lrs[lo], lrs[lo - 1] if lo > 0 else None]
     out["high"] = [lrs[hi], lrs[hi + 1] if hi + 1 < len(lrs) else None]
     out["stable_lr_min"], out["stable_lr_max"] = lrs[lo], lrs[hi]
@@ -131,10 +135,11 @@ def warm_points(
     done = [r for r in trials if _state(r) in RESULT_STATES]
     pts = lattice(grid, resolution)
     at = {_lr_key({"lr": p}): i for i, p in enumerate(pts)}
-    if not done:
-        if ref is None or ref["low"] is None:
-            return fresh(grid)
-        return fresh([x for side in ("low", "high") for x in ref[side]])
+    if ref is None or ref["low"] is None:  # no range to start from: a search from scratch
+        return fresh(grid) if not done else next_points(trials, rule, resolution) or []
+    anchor = fresh([ref["best_lr"]])  # the first seed's best lr: this seed's run is taken around it, as from scratch
+    if not done or anchor:
+        return fresh([*anchor, *(x for side in ("low", "high") for x in ref[side])])
     own = seed_edges(done, rule)
     if own["low"] is None:  # none of its own points stable: the reference range's middle, then from scratch
         ends = [at.get(_lr_key({"lr": ref[s][0]})) for s in ("low", "high")] if ref and ref["low"] else [None]
