@@ -6,7 +6,8 @@
 
 Three arms, each round in turn (alternating which goes first), in this one process, one thread unless
 --threads says otherwise (a sweep worker's setting on a CPU):
-  steps      a plain PyTorch loop of the trial's optimizer steps alone (forward, sigmoid loss, backward, Adam);
+  steps      a plain PyTorch loop of the trial's optimizer steps alone (forward, sigmoid loss, backward, Adam:
+             bench_step.plain_steps);
   trial      bnexp.core.train.train(cfg) with a sweep trial's settings (bnexp/conf/study.yaml: validations
              before the last on 1000 images, no test pass), the W&B logger off, the trial's recalibration in;
   full       the same with every evaluation saving off (trainer.val_subset=null trainer.test=true): what a
@@ -31,33 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bnexp.core.data import BatchStream, load_mnist, make_splits  # noqa: E402
-from bnexp.core.lit import compute_loss  # noqa: E402
-from bnexp.core.net import DeepConvNet  # noqa: E402
+sys.path.insert(0, str(REPO / "bench"))
 
+from bench_step import plain_steps  # noqa: E402  the same plain loop bench_step times
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def plain_steps(splits, bn: str, depth: int, steps: int, device: str, compile_mode: str) -> float:
-    """Wall seconds of `steps` optimizer steps of the plainest correct loop (model built and compiled inside)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    s = splits.to(device)
-    model = DeepConvNet(depth=depth, bn=bn).to(device)
-    fwd = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
-    opt = torch.optim.Adam(model.parameters(), lr=0.002)
-    it = iter(BatchStream(s.train_x, s.train_y, 64, 0))
-    for _ in range(steps):
-        x, y = next(it)
-        loss = compute_loss(fwd(x), y, "sigmoid")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    sync(device)
-    return time.perf_counter() - t0
+from bnexp.core.data import load_mnist, make_splits  # noqa: E402
 
 
 def trial(bn: str, depth: int, steps: int, device: str, compile_mode: str, full: bool) -> dict:
@@ -103,7 +82,7 @@ def main() -> None:
     splits = make_splits(load_mnist(os.environ.get("BNEXP_DATA_DIR")), None, None, None)
     times: dict[str, list[float]] = {"steps": [], "trial": [], "full": []}
     arms = {
-        "steps": lambda: plain_steps(splits, a.bn, a.depth, a.steps, a.device, a.compile),
+        "steps": lambda: a.steps * plain_steps(splits, a.bn, a.depth, a.steps, 0, a.device, a.compile),
         "trial": lambda: trial(a.bn, a.depth, a.steps, a.device, a.compile, full=False)["wall_s"],
         "full": lambda: trial(a.bn, a.depth, a.steps, a.device, a.compile, full=True)["wall_s"],
     }
