@@ -222,9 +222,10 @@ class Worker:
         from optuna.trial import TrialState
 
         key = trial.user_attrs.get("key")
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.user_attrs.get("key") == key and t.number != trial.number:
-                if t.state == TrialState.COMPLETE or t.number < trial.number:
+        done = (TrialState.COMPLETE, TrialState.PRUNED)  # a pruned trial is a result too (not a dropped duplicate)
+        for t in self.study.get_trials(deepcopy=False, states=(*done, TrialState.RUNNING)):
+            if t.user_attrs.get("key") == key and t.number != trial.number and not t.user_attrs.get("duplicate"):
+                if t.state in done or t.number < trial.number:
                     return True
         return False
 

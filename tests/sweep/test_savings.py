@@ -160,3 +160,22 @@ def test_a_warm_started_seed_ends_at_the_brackets_of_a_search_from_scratch(tmp_p
     assert got["true"][0] == got["false"][0]
     assert all(lo and hi for lo, hi in got["true"][0].values())  # both seeds found a range to bracket
     assert got["true"][1] < got["false"][1]
+
+
+def test_a_point_already_pruned_is_not_trained_again(tmp_path):
+    """Two workers planning at one moment may enqueue one point twice; the later claim is dropped as a
+    duplicate when the first is finished, and a pruned trial is finished (the depth-19 study trained one
+    pruned point twice before this)."""
+    from helpers.sweeps import parts, sweep_args, worker
+    from optuna.trial import TrialState
+
+    from bnexp.sweep import liveness
+
+    p = parts(sweep_args(tmp_path / "s", points=1, extra=["sweep.grid.model.bn=[pre]"]))
+    first = p.study.ask()
+    key = first.user_attrs["key"]
+    p.study.enqueue_trial(liveness.fixed_params(p.study, first), user_attrs={"key": key, "attempt": 0})
+    p.study.tell(first, state=TrialState.PRUNED)
+    again = p.study.ask()
+    assert again.user_attrs["key"] == key
+    assert worker(p)._drop_duplicate(again)
