@@ -18,6 +18,7 @@ from bnexp.analysis.stability import StabilityRule
 from bnexp.names import axis_name, variant_keys
 from bnexp.record import TrialRecord
 from bnexp.sweep import liveness
+from bnexp.sweep.pruning import EARLY_ATTR
 from bnexp.sweep.spec import LR_PARAM, grid_axes
 
 
@@ -39,7 +40,9 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         if "key" not in ua or ua.get("returned") or ua.get("duplicate") or t.state.name in ("WAITING", "RUNNING"):
             continue
         fp = t.params or t.system_attrs.get("fixed_params", {})
-        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir")}
+        # early_acc: the pruner's running record of each validation's better view (bnexp.sweep.pruning), which
+        # val_history holds in full
+        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR)}
         row.update(number=t.number, state=t.state.name, lr=fp.get(LR_PARAM, fp.get("lr")), seed=fp.get("seed"))
         out.append(TrialRecord.from_row(row).row())
     # a trial that died before it finished (kill -9, OOM, a stop) has no variant fields: take them from a
