@@ -37,6 +37,7 @@ from bnexp.analysis.stability import (
     variant_label,
 )
 from bnexp.analysis.stability import state_of as _state
+from bnexp.cli import ConfigError
 from bnexp.files import staged, write_json_atomic, write_text_atomic
 from bnexp.record import as_bool as _as_bool
 
@@ -407,6 +408,24 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
     return "\n".join(lines)
 
 
+def check_judged_whole(trials: list[dict], rule: StabilityRule) -> None:
+    """A rule with last_k > 1 judges validations before the last: refused (ConfigError, before anything is
+    written) where a trial scored those on a subset (trainer.val_subset: `n` in its val_history below the
+    final one's), as their precision is not the final validation's."""
+    if rule.last_k <= 1:
+        return
+    for r in trials:
+        hist = [h for h in r.get("val_history") or [] if isinstance(h, dict)]
+        judged = hist[-rule.last_k :]
+        ns = [h.get("n") for h in judged if h.get("n") is not None]
+        if ns and min(ns) < max(ns):
+            raise ConfigError(
+                f"last_k={rule.last_k} judges {rule.last_k} validations, but trial {r.get('number')} scored "
+                f"{min(ns)} of the final {max(ns)} images in those before the last (trainer.val_subset); judge the "
+                "final validation alone (last_k 1), or rerun the study with trainer.val_subset=null"
+            )
+
+
 def write_report(
     out_dir: str | Path,
     study: str,
@@ -424,6 +443,7 @@ def write_report(
 
     Returns the summary dict (as written to summary.json); its `figures` lists each figure with its caption.
     """
+    check_judged_whole(trials, rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant_keys = tuple(variant_keys)

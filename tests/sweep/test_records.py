@@ -17,7 +17,8 @@ def _spec(*overrides: str):
 
 
 def test_last_k_from_the_command_line_reaches_the_rule() -> None:
-    rule = rule_of(_spec("sweep.rule.last_k=3", "sweep.rule.seed_quorum=1.0"))
+    # last_k judges 3 validations: every one whole (a subset before the last is refused with it)
+    rule = rule_of(_spec("sweep.rule.last_k=3", "sweep.rule.seed_quorum=1.0", "trainer.val_subset=null"))
     assert rule == StabilityRule(threshold=0.9, last_k=3, seed_quorum=1.0)
     assert rule_of(_spec()).last_k == 1  # default: the final validation alone, as before last_k existed
 

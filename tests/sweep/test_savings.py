@@ -57,6 +57,10 @@ def test_a_trial_validates_on_a_subset_before_the_last_and_skips_the_test_pass(t
         assert m.get("test/acc") is None and f["test/acc"] is not None and f["test/acc_single"] is not None
         assert any("trainer.test=false" in s for s in m["skipped"]) and any("val_subset" in s for s in m["skipped"])
         assert m["val_subset"] == 200 and f["skipped"] == []
+    # a re-judgement by the last 2 validations reads one scored on 200 images: refused, nothing written
+    r = bnexp("report", str(tmp_path / "new"), "--last-k", "2", "--out", str(tmp_path / "k2"))
+    assert r.returncode == 2 and "trainer.val_subset" in r.stderr and not (tmp_path / "k2").exists(), r.stderr
+    assert bnexp("report", str(tmp_path / "full"), "--last-k", "2", "--out", str(tmp_path / "k2f")).returncode == 0
 
 
 def _states(out: Path) -> list[str]:
