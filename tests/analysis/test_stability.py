@@ -114,12 +114,13 @@ def test_diverged_counted_and_never_stable() -> None:
 def test_failed_trials_counted_apart() -> None:
     trials = sweep([0.5, 0.95, 0.95, 0.95, 0.5])
     trials.append(trial(10.0, 0.99, state="FAIL", number=9))  # would widen the range if counted
-    trials.append(trial(1e-5, 0.99, state="PRUNED", number=10))
+    trials.append(trial(1e-5, 0.99, state="PRUNED", number=10))  # stopped at chance: a result, never stable
+    trials.append(trial(1e-5, 0.99, state="RUNNING", number=11))
     v = only(analyse(trials, RULE))
-    assert v["n_failed"] == 1 and v["n_other"] == 1
-    assert v["n_trials"] == 5 and v["n_lrs"] == 5 and v["n_stable"] == 3
+    assert v["n_failed"] == 1 and v["n_pruned"] == 1 and v["n_other"] == 1
+    assert v["n_trials"] == 6 and v["n_lrs"] == 6 and v["n_stable"] == 3
     assert v["stable_lr_max"] == pytest.approx(1e-1) and v["stable_lr_min"] == pytest.approx(1e-3)
-    assert not is_stable(trials[-2], RULE)
+    assert not is_stable(trials[-3], RULE) and not is_stable(trials[-2], RULE)
 
 
 @pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), "oops"])
