@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.env import REPO, TINY, child_env, replace
+from helpers.env import REPO, TINY, child_env, replace, wait_until_caught
 from helpers.sweeps import cli, parts, sweep_args, wait_running
 
 from bnexp import cli as bnexp_cli
@@ -366,17 +366,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def _wait_until_caught(p: subprocess.Popen, sig: int, timeout: float = 120) -> None:
-    """Until process `p` catches `sig` (the kernel's SigCgt mask): bnexp's handlers are in, torch and Hydra are
-    still to import. On a loaded machine a fixed delay may land before the interpreter has even started."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and p.poll() is None:
-        try:
-            line = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
-        except (OSError, StopIteration):
-            line = "SigCgt: 0"
-        if int(line.split()[1], 16) >> (sig - 1) & 1:
-            return
-        time.sleep(0.02)
+    wait_until_caught(p, sig, timeout)
 
 
 def _stopped(p: subprocess.Popen) -> str:

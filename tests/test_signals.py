@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.env import REPO, TINY, child_env, replace
+from helpers.env import REPO, TINY, child_env, replace, wait_until_caught
 from helpers.sweeps import cli, wait_running
 
 from bnexp.core.train import CHECKPOINT
@@ -26,17 +26,9 @@ def _clean_stop(p: subprocess.Popen, err: str) -> str:
 
 
 def _wait_until_bnexp_is_in(p: subprocess.Popen, timeout: float = 120) -> None:
-    """Until `p` catches SIGTERM (the kernel's SigCgt mask): Python does not, bnexp's stop policy does, from
-    `import bnexp` on. Python's own SIGINT handler is in earlier, when a Ctrl-C still lands in `site`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and p.poll() is None:
-        try:
-            line = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
-        except (OSError, StopIteration):
-            line = "SigCgt: 0"
-        if int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
-            return
-        time.sleep(0.02)
+    """Until `p` catches SIGTERM: Python does not, bnexp's stop policy does, from `import bnexp` on. Python's own
+    SIGINT handler is in earlier, when a Ctrl-C still lands in `site`."""
+    wait_until_caught(p, signal.SIGTERM, timeout)
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:

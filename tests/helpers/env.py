@@ -58,3 +58,19 @@ def bnexp(command: str, *args: str, cwd: Path | str = REPO, timeout: float = 600
         text=True,
         timeout=timeout,
     )
+
+
+def wait_until_caught(p: subprocess.Popen, sig: int, timeout: float = 120) -> None:
+    """Until process `p` catches `sig` (the kernel's SigCgt mask in /proc): bnexp's handlers are in. On a loaded
+    machine a fixed delay may land before the interpreter has even started (a Ctrl-C in Python's `site`)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        try:
+            line = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            line = "SigCgt: 0"
+        if int(line.split()[1], 16) >> (sig - 1) & 1:
+            return
+        time.sleep(0.02)
