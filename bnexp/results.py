@@ -167,8 +167,9 @@ def _curves_of(trials: list[dict], keys: tuple[str, ...]) -> Any:
 
 def _from_storage(url: str, study_name: str, source: str | None = None) -> Results:
     """Read a study from its storage and judge it by its recorded rule (what its report would say)."""
+    from bnexp.analysis.bn_gain import compare
     from bnexp.analysis.edges import add_widths
-    from bnexp.analysis.stability import STATISTICS, analyse, compare, is_stable, variant_key
+    from bnexp.analysis.stability import STATISTICS, analyse, is_stable, variant_key
     from bnexp.sweep.records import keys_of, recorded_spec, rule_of, trial_records
     from bnexp.sweep.storage import load_study
 

@@ -137,8 +137,7 @@ def test_sweep_json_has_one_owner():
 
 
 METRIC = re.compile(r"(val|train|test|perf|landscape)/[a-z_]+|trainer/global_step")
-# the lead's files, changed in the same round: their literals are the last ones (they move to bnexp.record's names)
-METRIC_LITERALS_LEFT = {"bnexp.core.lit", "bnexp.core.train"}
+METRIC_LITERALS_LEFT: set[str] = set()  # none left
 
 
 def test_every_metric_name_is_spelled_in_bnexp_record_only():

@@ -22,22 +22,22 @@ from typing import Any
 import numpy as np
 
 from bnexp import record
+from bnexp.analysis.bn_gain import compare
 from bnexp.analysis.edges import add_widths, width_txt
 from bnexp.analysis.figures import colour_of_label, write_figures
 from bnexp.analysis.figures.edges import EDGES_CAPTION, plot_edges
+from bnexp.analysis.rule import check_judged_whole
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
     RESULT_STATES,
     STATISTICS,
     StabilityRule,
     analyse,
-    compare,
     is_stable,
     variant_key,
     variant_label,
 )
 from bnexp.analysis.stability import state_of as _state
-from bnexp.cli import ConfigError
 from bnexp.files import staged, write_json_atomic, write_text_atomic
 from bnexp.record import as_bool as _as_bool
 
@@ -406,24 +406,6 @@ def _markdown(summary: dict, rule: StabilityRule, commands: Sequence[str], figur
         lines += [f"![{f.rsplit('.', 1)[0]}]({f})", "", f"*{caption}*", ""]
     lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     return "\n".join(lines)
-
-
-def check_judged_whole(trials: list[dict], rule: StabilityRule) -> None:
-    """A rule with last_k > 1 judges validations before the last: refused (ConfigError, before anything is
-    written) where a trial scored those on a subset (trainer.val_subset: `n` in its val_history below the
-    final one's), as their precision is not the final validation's."""
-    if rule.last_k <= 1:
-        return
-    for r in trials:
-        hist = [h for h in r.get("val_history") or [] if isinstance(h, dict)]
-        judged = hist[-rule.last_k :]
-        ns = [h.get("n") for h in judged if h.get("n") is not None]
-        if ns and min(ns) < max(ns):
-            raise ConfigError(
-                f"last_k={rule.last_k} judges {rule.last_k} validations, but trial {r.get('number')} scored "
-                f"{min(ns)} of the final {max(ns)} images in those before the last (trainer.val_subset); judge the "
-                "final validation alone (last_k 1), or rerun the study with trainer.val_subset=null"
-            )
 
 
 def write_report(

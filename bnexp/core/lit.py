@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from bnexp import record
 from bnexp.core.compiled import match_state_keys
 from bnexp.core.metrics import Divergence, EvalSums, RunRecord, compute_loss
 from bnexp.core.net import DeepConvNet
@@ -170,10 +171,10 @@ class BNExpModule(EvalSteps, L.LightningModule):
         if self.divergence is None:  # Lightning's Tuner.lr_find (bnexp.lr_find) trains without on_fit_start
             self.on_fit_start()
         self.divergence.update(loss, self.global_step)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.log(record.TRAIN_LOSS, loss, on_step=True, on_epoch=False)
         step = self.global_step
         if is_log_step(step, self.hparams.log_every):
-            self.log("train/acc", (logits.argmax(-1) == y).float().mean(), on_step=True, on_epoch=False)
+            self.log(record.TRAIN_ACC, (logits.argmax(-1) == y).float().mean(), on_step=True, on_epoch=False)
         if step % self._check_every == 0:
             self._poll()
         return loss
@@ -190,7 +191,7 @@ class BNExpModule(EvalSteps, L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if is_log_step(self.global_step, self.hparams.log_every):
             grads = [p.grad for p in self.parameters() if p.grad is not None]
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            self.log(record.TRAIN_GRAD_NORM, torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
             self.log("lr", optimizer.param_groups[0]["lr"])
 
     def on_train_end(self) -> None:
@@ -208,7 +209,7 @@ class BNExpModule(EvalSteps, L.LightningModule):
             return
         m = self.record.validated(self.global_step, self._sums.validation(), n=self._sums.count(""))
         self._log_eval(m)
-        if not math.isfinite(m["val/loss"]) and self.trainer.state.fn == "fit":
+        if not math.isfinite(m[record.VAL_LOSS]) and self.trainer.state.fn == "fit":
             self._mark_diverged(self.global_step, self.global_step)
 
     def on_test_epoch_end(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnexp import record
 from bnexp.cli import ConfigError, training_begins
 from bnexp.core.alloc import applied
 from bnexp.core.config import validate
@@ -282,10 +283,10 @@ def _progress_bar(every: int) -> Any:
         def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, str]:
             m = trainer.callback_metrics
             out = {}
-            if "train/loss" in m:
-                out["loss"] = f"{float(m['train/loss']):.4f}"
-            if "val/acc" in m:
-                out["val/acc"] = f"{float(m['val/acc']):.3f}"
+            if record.TRAIN_LOSS in m:
+                out["loss"] = f"{float(m[record.TRAIN_LOSS]):.4f}"
+            if record.VAL_ACC in m:
+                out[record.VAL_ACC] = f"{float(m[record.VAL_ACC]):.3f}"
             return out
 
         def _quiet(self, *args: Any, **kwargs: Any) -> None:
@@ -470,7 +471,16 @@ def summary_line(m: dict[str, Any]) -> str:
 
     return (
         f"bn={m['bn']} bias={m['bias']} depth={m['depth']} lr={m['lr']:g} seed={m['seed']} | "
-        f"steps={m['step']} diverged={m['diverged']} | val/acc={f('val/acc')} "
-        f"val/acc_batchstats={f('val/acc_batchstats')} val/acc_best={f('val/acc_best')} "
-        f"test/acc={f('test/acc')} test/acc_single={f('test/acc_single')} | {m['wall_s']:.1f}s"
+        f"steps={m['step']} diverged={m['diverged']} | "
+        + " ".join(
+            f"{k}={f(k)}"
+            for k in (
+                record.VAL_ACC,
+                record.VAL_ACC_BATCH,
+                record.VAL_ACC_BEST,
+                record.TEST_ACC,
+                record.TEST_ACC_SINGLE,
+            )
+        )  # fmt: skip
+        + f" | {m['wall_s']:.1f}s"
     )

@@ -75,3 +75,40 @@ def stop_if_environment(worker: Any, trials: list[Any], e: BaseException) -> Non
         f"trial {trials[0].number} could not run: {problem[:400]} -- not the trial's result: its point is waiting "
         "again and no retry was spent; fix this, then rerun the same command"
     ) from None
+
+
+def oom_kind(e: BaseException) -> str | None:
+    """The kind of out-of-memory error: CUDA (torch.OutOfMemoryError), other (cuDNN/cuBLAS/CPU allocator), None."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):  # = torch.cuda.OutOfMemoryError
+        return "CUDA out of memory"
+    msg = str(e).lower()
+    if isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg):
+        return "out of memory"
+    return None
+
+
+def fail_reason(e: BaseException) -> str:
+    """The one line a FAIL trial keeps (user attr fail_reason). Out of memory gets a fixed prefix, so a
+    report can count OOMs apart from bugs, and says what to shrink."""
+    msg = one_line(e)[:500]
+    kind = oom_kind(e)
+    if kind is None:
+        return f"{type(e).__name__}: {msg}"
+    detail = msg.removeprefix("CUDA out of memory").lstrip(". ") or type(e).__name__
+    return f"{kind}: {detail} (try a smaller data.batch_size or data.eval_batch_size, or data.on_device=false)"
+
+
+def free_accelerator_memory() -> None:
+    """Release a failed trial's memory before the next trial (its Trainer and module cycles hold its tensors)."""
+    import gc
+
+    gc.collect()  # the failed trial's Trainer/module cycles hold its CUDA tensors
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass

@@ -32,11 +32,11 @@ from bnexp.cli import ConfigError, one_line, stopping
 from bnexp.core.train import CHECKPOINT, StopRequested, is_stop
 from bnexp.population.train import POP_CHECKPOINT
 from bnexp.record import VAL_ACC
-from bnexp.sweep import faults, liveness
+from bnexp.sweep import edge_plan, faults, liveness
 from bnexp.sweep.pruning import EARLY_ATTR
 from bnexp.sweep.pruning import plan as plan_pruning
-from bnexp.sweep.records import trial_attrs, trial_records
-from bnexp.sweep.spec import LR_PARAM, grid_axes, point_key, rerun_overrides, trial_cfg
+from bnexp.sweep.records import trial_attrs
+from bnexp.sweep.spec import LR_PARAM, grid_axes, rerun_overrides, trial_cfg
 
 log = logging.getLogger("bnexp.sweep")
 INTERRUPTED = "interrupted (SIGTERM/SIGINT); the point will be retried"
@@ -49,29 +49,6 @@ class Interrupted(StopRequested):
 def _is_stop(e: BaseException) -> bool:
     """A stop, not a failure (bnexp.core.train.is_stop), except a second Ctrl-C: that one ends the worker."""
     return is_stop(e) and not isinstance(e, KeyboardInterrupt)
-
-
-def _oom_kind(e: BaseException) -> str | None:
-    """The kind of out-of-memory error: CUDA (torch.OutOfMemoryError), other (cuDNN/cuBLAS/CPU allocator), None."""
-    import torch
-
-    if isinstance(e, torch.OutOfMemoryError):  # = torch.cuda.OutOfMemoryError
-        return "CUDA out of memory"
-    msg = str(e).lower()
-    if isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg):
-        return "out of memory"
-    return None
-
-
-def fail_reason(e: BaseException) -> str:
-    """The one line a FAIL trial keeps (user attr fail_reason). Out of memory gets a fixed prefix, so a
-    report can count OOMs apart from bugs, and says what to shrink."""
-    msg = one_line(e)[:500]
-    kind = _oom_kind(e)
-    if kind is None:
-        return f"{type(e).__name__}: {msg}"
-    detail = msg.removeprefix("CUDA out of memory").lstrip(". ") or type(e).__name__
-    return f"{kind}: {detail} (try a smaller data.batch_size or data.eval_batch_size, or data.on_device=false)"
 
 
 def _state_of(reason: str) -> str:
@@ -90,19 +67,6 @@ def worker_id() -> str:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         wid += f" slurm:{job}" + (f"_{task}" if task else "")
     return wid
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    gc.collect()  # the failed trial's Trainer/module cycles hold its CUDA tensors
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 def _objective_value(metrics: dict) -> float:
@@ -308,7 +272,7 @@ class Worker:
     def _fail(self, trials: list[Any], reason: str) -> list[str]:
         from optuna.trial import TrialState
 
-        _free_accelerator_memory()
+        faults.free_accelerator_memory()
         for t in trials:
             t.set_user_attr("fail_reason", reason)
             self.study.tell(t, state=TrialState.FAIL)
@@ -335,7 +299,7 @@ class Worker:
             if not isinstance(e, Exception):  # KeyboardInterrupt (a second Ctrl-C), a real SystemExit
                 raise
             faults.stop_if_environment(self, trials, e)  # data, logger, permissions...: exit 2, points waiting
-            reason = fail_reason(e)  # one broken trial (OOM, a bug in training) never stops the sweep
+            reason = faults.fail_reason(e)  # one broken trial (OOM, a bug in training) never stops the sweep
         if reason is not None:  # out of the except block: its traceback no longer pins the trials' tensors
             log.error("trial %s failed: %s", ",".join(str(t.number) for t in trials), reason)
             return self._fail(trials, reason)
@@ -343,71 +307,10 @@ class Worker:
         self.plan_edges()  # each new point goes to the study as soon as the result that asks for it is recorded
         return states
 
-    # ---- the edge search (sweep.lr.search=edges) --------------------------------------------------------
+    # ---- the edge search (sweep.lr.search=edges): bnexp.sweep.edge_plan ---------------------------------
     def plan_edges(self) -> int:
-        """Enqueue every bisection point that the recorded results ask for (bnexp.analysis.edges.next_points),
-        per variant and seed; returns how many. Idempotent: a point already in the study (in any state) is not
-        enqueued again, so a rerun after a kill -9 goes on where the search stopped. Two workers planning at
-        the same moment may both enqueue one point; the later claim of it is dropped as a duplicate before it
-        trains (`_drop_duplicate`), so every point trains once."""
-        if self.sw.lr.search != "edges":
-            return 0
-        groups = self._seed_groups()
-        n = 0
-        for (variant, seed), lrs, phase in self._edge_points(groups):
-            for lr in lrs:
-                key = point_key(dict(variant), seed, lr)
-                params = {**dict(variant), "seed": seed, LR_PARAM: lr}
-                self.study.enqueue_trial(params, user_attrs={"key": key, "attempt": 0, "phase": phase})
-                log.info("edge search: %s seed %d: %s at lr %g", " ".join(f"{k}={v}" for k, v in variant), seed,
-                         "bisecting" if phase == "bisect" else "checking the first seed's edge", lr)  # fmt: skip
-                n += 1
-        return n
-
-    def _edge_points(self, groups: dict[tuple, list[dict]]) -> list[tuple[tuple, list[float], str]]:
-        """((variant, seed), lrs, phase) for every seed of every variant: the first seed bisects its own brackets
-        (next_points); a later one, with sweep.lr.warm_start, starts from the first seed's brackets once that
-        seed's search is done (warm_points), and without it trains the coarse grid first."""
-        from bnexp.analysis.edges import next_points, warm_points
-        from bnexp.sweep.spec import lr_points, variants
-
-        res, grid = float(self.sw.lr.resolution), lr_points(self.sw)
-        seeds = [int(s) for s in self.sw.seeds]
-        out = []
-        for v in variants(self.sw):
-            variant = tuple(v.items())
-            first = groups.get((variant, seeds[0]), [])
-            first_done = (
-                bool(first)
-                and not next_points(first, self.rule, res)
-                and not any(r.get("state") in ("WAITING", "RUNNING") for r in first)
-            )
-            for seed in seeds:
-                recs = groups.get((variant, seed), [])
-                if seed == seeds[0] or not self.sw.lr.warm_start:
-                    out.append(((variant, seed), next_points(recs, self.rule, res) if recs else grid, "bisect"))
-                elif first_done or recs:  # a warm seed waits for the first seed's brackets
-                    out.append(((variant, seed), warm_points(recs, first, grid, self.rule, res), "warm"))
-        return out
-
-    def _seed_groups(self) -> dict[tuple, list[dict]]:
-        """Records per (variant, seed): finished trials as records, unfinished points as WAITING stubs."""
-        from optuna.trial import TrialState
-
-        axes = list(grid_axes(self.sw.grid))
-        finished = {r["key"]: r for r in trial_records(self.study)}
-        groups: dict[tuple, list[dict]] = {}
-        for t in self.study.get_trials(deepcopy=False):
-            ua = t.user_attrs
-            if "key" not in ua or ua.get("returned") or ua.get("duplicate"):
-                continue
-            fp = t.params or liveness.fixed_params(self.study, t) or {}
-            group = groups.setdefault((tuple((k, fp.get(k)) for k in axes), fp.get("seed")), [])
-            if t.state in (TrialState.WAITING, TrialState.RUNNING):
-                group.append({"state": t.state.name, "lr": fp.get(LR_PARAM), "key": ua["key"]})
-            elif ua["key"] in finished and finished[ua["key"]] not in group:
-                group.append(finished[ua["key"]])
-        return groups
+        """Enqueue the points the edge search's recorded results ask for (bnexp.sweep.edge_plan.plan)."""
+        return edge_plan.plan(self.study, self.sw, self.rule)
 
     def _summarize(self, metrics: dict) -> dict:
         """The trial's verdict for its W&B run summary, under the study's rule (core training knows no rule)."""

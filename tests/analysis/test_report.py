@@ -97,8 +97,8 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert pre19["width"] == pytest.approx(3.75) and pre19["width_range"] == pytest.approx([3.5, 4.0])
 
     md = (tmp_path / "report.md").read_text()
-    assert "| variant | trials | stable | diverged | failed |" in md
-    assert "| pre-auto-d19 | 10 | 9 | 1 | 1 | 3.75 [3.50, 4.00] | s0 4.00, s1 3.50 | 0.0001 – 1 | 4.00 |" in md
+    assert "| variant | trials | stable | diverged | pruned | failed |" in md
+    assert "| pre-auto-d19 | 10 | 9 | 1 | 0 | 1 | 3.75 [3.50, 4.00] | s0 4.00, s1 3.50 | 0.0001 – 1 | 4.00 |" in md
     assert "| 19 | auto | pre | 3.75 | 2.50 | +1.25 | 0 / 0 |" in md
     assert "![stability](stability.png)" in md and "![heatmap](heatmap.png)" in md
     for f in summary["figures"]:  # each figure with its one-line caption under it

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from helpers.tables import GRID, RULE, only, seeded, sweep, trial, with_curve
 
+from bnexp.analysis.bn_gain import compare
 from bnexp.analysis.edges import add_widths
 from bnexp.analysis.stability import (
     DEFAULT_VARIANT_KEYS,
     StabilityRule,
     analyse,
-    compare,
     is_stable,
     judge,
     record_of,

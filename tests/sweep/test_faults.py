@@ -16,7 +16,7 @@ from helpers.env import TINY
 from helpers.sweeps import run_sweep
 
 import bnexp.core.train
-from bnexp.sweep.worker import fail_reason
+from bnexp.sweep.faults import fail_reason
 
 TRAIN = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_every"))]
 TRAIN += ["trainer.max_steps=12", "trainer.val_every=6"]
