@@ -39,6 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
+from bnexp.core.alloc import applied
 from bnexp.core.config import validate
 from bnexp.core.metrics import run_metrics
 from bnexp.core.provenance import provenance
@@ -53,6 +54,7 @@ from bnexp.core.train import (
     log_compiled,
     model_kwargs,
     quiet_lightning,
+    skipped,
 )
 from bnexp.files import write_text_atomic
 from bnexp.record import VAL_ACC_RECAL, VAL_LOSS_RECAL
@@ -225,7 +227,7 @@ def train_population(
     if resume is not None:
         log.info("population: resuming from %s", resume)
     with _cudnn_benchmark(device.type == "cuda" and not t.deterministic):
-        train_s = fit_evaluate(trainer, module, dm, resume)
+        train_s = fit_evaluate(trainer, module, dm, resume, test=bool(cfg.trainer.test))
     new_graphs = log_compiled(module.compile_mode, g0)
     done, wall_s, prov = int(trainer.global_step), time.perf_counter() - t0, provenance(device, t_wall)
     timing = dict(wall_s=wall_s, train_s=train_s, steps_trained=done - (module.resumed_from_step or 0))
@@ -234,7 +236,8 @@ def train_population(
         met = run_metrics(module.records[k], c, step=step, **timing, provenance=prov,
                           resumed_from_step=module.resumed_from_step, population=K, compile=module.compile_mode,
                           compile_new_graphs=new_graphs, cpu_s=time.process_time() - cpu0,
-                          recal_s=None, **NO_RECAL)  # fmt: skip
+                          recal_s=None, **NO_RECAL, pruned_step=None, malloc=applied(),
+                          val_subset=c.trainer.val_subset, skipped=skipped(c, False))  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)
     ckpt.unlink(missing_ok=True)  # every member's metrics.json is the result now

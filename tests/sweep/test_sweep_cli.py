@@ -202,7 +202,8 @@ def test_logger_wandb_on_the_command_line_logs_every_trial_and_the_summary(tmp_p
     env = child_env(HOME=str(home), NETRC=str(home / "none"), BNEXP_LOG="INFO")
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
         env.pop(var, None)
-    args = [a for a in sweep_args(out) if a != "logger=none"]
+    # trainer.test=true: a sweep's trials skip the test pass by default; here its metric's one name is checked too
+    args = [a for a in sweep_args(out) if a != "logger=none"] + ["trainer.test=true"]
     primary, secondary = pty.openpty()
     p = subprocess.Popen(
         [*cli(out)[:3], *args, "logger=wandb", "logger.diagnostics_every=5"],
@@ -339,7 +340,7 @@ def test_the_console_script_completes_on_tab(tmp_path):
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points=", "sweep.lr.search=",
-                                     "sweep.lr.resolution="}  # fmt: skip
+                                     "sweep.lr.resolution=", "sweep.lr.warm_start="}  # fmt: skip
 
 
 def test_local_workers_share_the_study_and_split_the_cores(tmp_path):
