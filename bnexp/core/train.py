@@ -354,7 +354,7 @@ def records_of(module: Any) -> list[Any]:
 
 
 def skipped(cfg: DictConfig, pruned: bool) -> list[str]:
-    """What a run did not compute, said in its metrics.json (`skipped`) and its summary line."""
+    """What a run did not compute, said in its metrics.json (`skipped`)."""
     t, out = cfg.trainer, []
     if t.val_subset is not None:
         out.append(f"validations before the last on the first {t.val_subset} images (trainer.val_subset)")
