@@ -47,10 +47,17 @@ def compose(overrides: list[str]):
     return compose_config(overrides)
 
 
-def plain_steps(splits, bn: str, depth: int, steps: int, warmup: int, device: str, compile_mode: str) -> float:
-    """Seconds per step of the plainest correct loop: forward, sigmoid loss, backward, Adam."""
+def plain_steps(
+    splits, bn: str, depth: int, steps: int, warmup: int, device: str, compile_mode: str, layout: str = "auto"
+) -> float:
+    """Seconds per step of the plainest correct loop: forward, sigmoid loss, backward, Adam; the net in `layout`
+    (trainer.memory_format's values; auto as bnexp decides it for the device: bnexp.core.layout.choose)."""
+    from bnexp.core.layout import choose
+
     torch.manual_seed(0)
+    fmt = choose(layout, "cuda" if device.startswith("cuda") else "cpu")
     model = DeepConvNet(depth=depth, bn=bn).to(device)
+    model = model.to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
     fwd = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
     opt = torch.optim.Adam(model.parameters(), lr=0.002)
     it = iter(BatchStream(splits.train_x, splits.train_y, 64, 0))

@@ -7,8 +7,9 @@ trials, summed CPU, wall, and each seed's brackets. The savings must leave the b
 
 Each arm is `python -m bnexp.sweep` through the real command (its own study dir under --out-dir; a rerun
 of this script resumes an arm that was stopped and only re-reads one that finished):
-  old   trainer.val_subset=null trainer.test=true sweep.prune=false sweep.lr.warm_start=false, and
-        BNEXP_MALLOC=default (glibc's own allocator settings): every trial as before this round;
+  old   trainer.val_subset=null trainer.test=true sweep.prune=false sweep.lr.warm_start=false
+        trainer.memory_format=contiguous, and BNEXP_MALLOC=default (glibc's own allocator settings): every
+        trial as before this round;
   new   the defaults.
 Summed CPU is the CPU time of the arm's whole process tree (the sweep, its workers, W&B's service), from
 the kernel's accounting of the children this script waited for, summed over the arm's invocations; the
@@ -28,7 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OLD = ["trainer.val_subset=null", "trainer.test=true", "sweep.prune=false", "sweep.lr.warm_start=false"]
+OLD = [
+    "trainer.val_subset=null", "trainer.test=true", "sweep.prune=false", "sweep.lr.warm_start=false",
+    "trainer.memory_format=contiguous",
+]  # fmt: skip
 
 
 def study_args(a: argparse.Namespace, out: Path) -> list[str]:

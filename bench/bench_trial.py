@@ -10,8 +10,10 @@ Three arms, each round in turn (alternating which goes first), in this one proce
              bench_step.plain_steps);
   trial      bnexp.core.train.train(cfg) with a sweep trial's settings (bnexp/conf/study.yaml: validations
              before the last on 1000 images, no test pass), the W&B logger off, the trial's recalibration in;
-  full       the same with every evaluation saving off (trainer.val_subset=null trainer.test=true): what a
-             trial cost before.
+  full       the same with every saving off (trainer.val_subset=null trainer.test=true
+             trainer.memory_format=contiguous): what a trial cost before.
+The steps and trial arms run in the same layout (--memory-format, default auto: bnexp's choice for the device,
+channels_last on a CPU), so trial / steps is what a trial adds to its own steps.
 Prints the median wall times and the ratios trial / steps and full / steps (the goal: trial <= 1.25x), and
 writes JSON (--out, default bench/results/trial-<device>.json).
 """
@@ -39,14 +41,15 @@ from bench_step import plain_steps  # noqa: E402  the same plain loop bench_step
 from bnexp.core.data import load_mnist, make_splits  # noqa: E402
 
 
-def trial(bn: str, depth: int, steps: int, device: str, compile_mode: str, full: bool) -> dict:
+def trial(bn: str, depth: int, steps: int, device: str, compile_mode: str, full: bool, layout: str = "auto") -> dict:
     """One trial through train(cfg), composed as a sweep composes its trials (bnexp.conf's study config)."""
     from bnexp.conf import compose
     from bnexp.core.train import train
 
     acc = "gpu" if device.startswith("cuda") else "cpu"
     over = [f"model.bn={bn}", f"model.depth={depth}", f"trainer.max_steps={steps}", f"trainer.accelerator={acc}",
-            f"trainer.compile={compile_mode}", "trainer.progress_bar=false", "logger=none"]  # fmt: skip
+            f"trainer.compile={compile_mode}", "trainer.progress_bar=false", "logger=none",
+            f"trainer.memory_format={'contiguous' if full else layout}"]  # fmt: skip
     if full:
         over += ["trainer.val_subset=null", "trainer.test=true"]
     cfg = compose(over, "study")
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", default="none")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--memory-format", default="auto", help="trainer.memory_format of the steps and trial arms")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -82,8 +86,8 @@ def main() -> None:
     splits = make_splits(load_mnist(os.environ.get("BNEXP_DATA_DIR")), None, None, None)
     times: dict[str, list[float]] = {"steps": [], "trial": [], "full": []}
     arms = {
-        "steps": lambda: a.steps * plain_steps(splits, a.bn, a.depth, a.steps, 0, a.device, a.compile),
-        "trial": lambda: trial(a.bn, a.depth, a.steps, a.device, a.compile, full=False)["wall_s"],
+        "steps": lambda: a.steps * plain_steps(splits, a.bn, a.depth, a.steps, 0, a.device, a.compile, a.memory_format),
+        "trial": lambda: trial(a.bn, a.depth, a.steps, a.device, a.compile, False, a.memory_format)["wall_s"],
         "full": lambda: trial(a.bn, a.depth, a.steps, a.device, a.compile, full=True)["wall_s"],
     }
     for r in range(a.rounds):

@@ -131,12 +131,17 @@ def graphs() -> int:
 
 def _signature(net: Any) -> tuple:
     """What makes two nets the same variant for a compiled graph: each module's type and plain settings, each
-    parameter's and buffer's name, shape and dtype."""
+    parameter's and buffer's name, shape, dtype and layout."""
+    import torch
+
     mods = tuple(
         (name, type(m).__qualname__, tuple(sorted((k, v) for k, v in vars(m).items() if _plain(k, v))))
         for name, m in net.named_modules()
     )
-    tensors = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in net.state_dict(keep_vars=True).items())
+    tensors = tuple(
+        (k, tuple(v.shape), str(v.dtype), v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last))
+        for k, v in net.state_dict(keep_vars=True).items()
+    )  # a graph is traced for its inputs' layout (trainer.memory_format): another layout is another entry
     return type(net).__qualname__, mods, tensors
 
 

@@ -143,7 +143,28 @@ def build_module(cfg: DictConfig):
         loss=cfg.loss,
         log_every=cfg.trainer.log_every,
     )
-    return compile_model(module, compile_mode(cfg))
+    return compile_model(with_layout(module, cfg), compile_mode(cfg))
+
+
+def run_device(cfg: DictConfig) -> str:
+    """'cuda' or 'cpu': where `trainer.accelerator` puts this config's training (what `auto`s decide for)."""
+    from bnexp.core.compiled import device_type
+
+    t = cfg.trainer
+    cuda = False
+    if str(t.accelerator) in ("auto", "gpu", "cuda"):
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return device_type(t.accelerator, cuda)
+
+
+def with_layout(module: Any, cfg: DictConfig) -> Any:
+    """The module's net in `trainer.memory_format`'s layout (auto: bnexp.core.layout.choose for this device), before
+    any compile: a compiled graph is traced for the layout it sees."""
+    from bnexp.core import layout
+
+    return layout.apply(module, layout.choose(cfg.trainer.memory_format, run_device(cfg)))
 
 
 def compile_mode(cfg: DictConfig, runs: int = 1) -> str:
@@ -152,14 +173,9 @@ def compile_mode(cfg: DictConfig, runs: int = 1) -> str:
     t = cfg.trainer
     if t.compile != "auto":
         return t.compile
-    from bnexp.core.compiled import choose, device_type
+    from bnexp.core.compiled import choose
 
-    cuda = False
-    if str(t.accelerator) in ("auto", "gpu", "cuda"):
-        import torch
-
-        cuda = torch.cuda.is_available()
-    return choose("auto", device_type(t.accelerator, cuda), runs, t.max_steps, t.compile_break_even_steps)
+    return choose("auto", run_device(cfg), runs, t.max_steps, t.compile_break_even_steps)
 
 
 def compile_model(module: Any, mode: str, cfg: DictConfig | None = None) -> Any:
@@ -437,6 +453,7 @@ def train(
         recal_s=recal_s,
         compile=module.compile_mode,
         compile_new_graphs=new_graphs,
+        memory_format=module.memory_format,
         cpu_s=time.process_time() - cpu0,  # this process's CPU time (all its threads): wall_s on a shared machine
         pruned_step=module.record.pruned_step,
         malloc=applied(),  # what bnexp.core.alloc set ({}: glibc's defaults)

@@ -39,6 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.cli import ConfigError
+from bnexp.core import layout
 from bnexp.core.alloc import applied
 from bnexp.core.config import validate
 from bnexp.core.metrics import run_metrics
@@ -78,6 +79,12 @@ def _check_supported(cfg: DictConfig) -> None:
         raise ConfigError("population training runs on one device; set trainer.devices=1 trainer.strategy=auto")
     if cfg.model.sync_bn:
         raise ConfigError("model.sync_bn=true needs several devices; population training runs on one")
+    if t.memory_format == "channels_last":  # auto and contiguous train contiguous
+        raise ConfigError(
+            "trainer.memory_format=channels_last is not supported by population training: its optimizer updates "
+            "each member's slice of the packed weights as one contiguous block; use trainer.memory_format=auto "
+            "(contiguous there) or contiguous"
+        )
 
 
 def member_configs(
@@ -212,7 +219,7 @@ def train_population(
     o, t = cfg.optim, cfg.trainer
     hp = dict(loss=cfg.loss, optim=o.name, momentum=o.momentum, weight_decay=o.weight_decay, log_every=t.log_every)
     module = PopulationModule(model_kwargs(cfg), seeds, lrs, **hp)
-    compile_model(module, t.compile, cfg)
+    compile_model(layout.apply(module, "contiguous"), t.compile, cfg)  # the packed weights' slices (_check_supported)
     g0 = graphs_compiled(module.compile_mode)
     loggers = _member_loggers(cfgs, outs)
     ckpt = outs[0] / POP_CHECKPOINT
@@ -235,7 +242,8 @@ def train_population(
     for k, (c, out, step) in enumerate(zip(cfgs, outs, module.steps(), strict=True)):
         met = run_metrics(module.records[k], c, step=step, **timing, provenance=prov,
                           resumed_from_step=module.resumed_from_step, population=K, compile=module.compile_mode,
-                          compile_new_graphs=new_graphs, cpu_s=time.process_time() - cpu0,
+                          compile_new_graphs=new_graphs, memory_format=module.memory_format,
+                          cpu_s=time.process_time() - cpu0,
                           recal_s=None, **NO_RECAL, pruned_step=None, malloc=applied(),
                           val_subset=c.trainer.val_subset, skipped=skipped(c, False))  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
