@@ -30,20 +30,22 @@ from typing import Any
 
 log = logging.getLogger("bnexp")
 
-# The break-even of `auto`, in training steps per process: what compiling one variant costs (its training step
-# and evaluation passes, inductor's cache cold) over what it saves per step. CPU, 2 threads, depth 19 bn=pre,
-# 300-step trials on this project's 2-core machine: ~57 s of compilation (trial 1 68.7 s) against ~5.6 s saved per
-# trial (11.4 s vs 17.0 s), ~19 ms per step. CPU, 1 thread (sweep.jobs=auto's CPU workers), measured on the same
-# machine under load (README, "Compile"): 253 s of compilation through the real command, and 0.81x eager per step
-# in an interleaved plain-loop A/B, ~14 ms of a ~74 ms step: ~18000 steps. CUDA: an estimate until
-# bench/gpu_check.py's compile section has run on a GPU (reduce-overhead saves ~9.4 ms per step on an H100,
-# 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
-# On this project's 2-core CPU, quiet, 2 threads, depth-19 300-step trials through the real sweep command
-# (bench/bench_compile.py --points 4 --steps 300 --threads 2 --break-even 1000 --no-plain): 21.9 s eager, 21.8 s
-# compiled after a 117.5 s compile. A CPU trial gains nothing per step that the compile could pay back, so
-# `auto` stays eager on a CPU (None: never); `trainer.compile_break_even_steps=N` or `trainer.compile=default`
-# still compile there on purpose.
-BREAK_EVEN_STEPS: dict[str, int | None] = {"cpu": None, "cpu-1-thread": None, "cuda": 6000}
+# The break-even of `auto`, in training steps per variant per process: what compiling one variant costs (its
+# training step and evaluation passes, inductor's cache cold) over what it saves per step, against eager in
+# the layout bnexp trains (trainer.memory_format=auto: channels_last on a CPU, bnexp.core.layout).
+# CPU, 1 thread (sweep.jobs=auto's CPU workers), this project's 2-core AMD EPYC (AVX512), quiet, depth 19 bn=pre,
+# through the real command (`python bench/bench_compile.py --points 4 --steps 300 --threads 1 --break-even 1000
+# --no-plain`): a 300-step trial 13.8 s eager, 13.4 s compiled (0.97x) after a 53.8 s compile: 42777 steps.
+# Why so little: most of what inductor gains on this CPU is the layout, which eager now has too. Per step
+# (`python bench/bench_layout.py`, plain loop, depth 19, ms): 1 thread, pre: contiguous 41.5, channels_last
+# 34.6, compiled 33.0 (0.80x contiguous, 0.95x channels_last); off: 34.1, 28.1, 34.2 (inductor leaves BN-off
+# nets contiguous: 1.22x channels_last). 2 threads, pre: 27.9, 27.4, 22.9 (0.84x channels_last); off: 22.2,
+# 17.8, 21.8. So the compile gain depends on the variant and the thread count, and with a BN-off variant in
+# most studies a multi-threaded CPU process stays eager (None: `auto` never compiles) until a trial-level
+# measurement says otherwise; `trainer.compile_break_even_steps=N` or `trainer.compile=default` compile on
+# purpose. CUDA: an estimate until bench/gpu_check.py's compile section has run on a GPU (reduce-overhead
+# saves ~9.4 ms per step on an H100, 11.2 -> 1.79 ms; the compile is assumed to cost ~50 s).
+BREAK_EVEN_STEPS: dict[str, int | None] = {"cpu": None, "cpu-1-thread": 43000, "cuda": 6000}
 COMPILED_MODE = {"cpu": "default", "cuda": "reduce-overhead"}
 # graphs per code object before dynamo gives up and runs eagerly: every variant in a process adds its training
 # graph and ~4 evaluation graphs to the same forward (torch's default, 8, is two variants)
@@ -214,12 +216,20 @@ def match_state_keys(state: dict[str, Any], own: dict[str, Any]) -> dict[str, An
 
 
 def sweep_mode(
-    trainer: Any, waiting: int, workers: int, gpus: int, population: int, max_trials: int | None, threads: int = 0
+    trainer: Any,
+    waiting: int,
+    workers: int,
+    gpus: int,
+    population: int,
+    max_trials: int | None,
+    threads: int = 0,
+    variants: int = 1,
 ) -> str:
-    """`auto` decided once for a sweep's workers (the same answer for each: each compiles once, then reuses):
-    `waiting` points shared by `workers` processes of `threads` threads (0: this process's), on GPUs if `gpus`.
-    Logs the decision and its numbers."""
-    runs = runs_per_worker(waiting, workers, population, max_trials)
+    """`auto` decided once for a sweep's workers (the same answer for each: each compiles once per variant, then
+    reuses): `waiting` points of `variants` variants shared by `workers` processes of `threads` threads (0: this
+    process's), on GPUs if `gpus`. A process compiles each variant it trains, so the break-even is reached by
+    one variant's share of the points. Logs the decision and its numbers."""
+    runs = runs_per_worker(math.ceil(waiting / max(1, variants)), workers, population, max_trials)
     dev = "cuda" if gpus else "cpu"
     if not threads:  # this process's own (one worker): what OMP_NUM_THREADS or torch gave it
         import torch
@@ -227,10 +237,10 @@ def sweep_mode(
         threads = torch.get_num_threads()
     mode = choose(trainer.compile, dev, runs, int(trainer.max_steps), trainer.compile_break_even_steps, threads)
     need = break_even(dev, threads) if trainer.compile_break_even_steps is None else trainer.compile_break_even_steps
-    pays = f"compiling pays from {need} steps" if need is not None else "compiling does not pay on a CPU"
+    pays = f"compiling pays from {need} steps" if need is not None else "compiling is not measured to pay here"
     log.info(
-        "trainer.compile=%s -> %s: %d waiting point(s), %d worker(s): ~%d training(s) of %d steps per worker "
-        "on %s, %d thread(s) (%s)",
-        *(trainer.compile, mode, waiting, workers, runs, trainer.max_steps, dev, threads, pays),
+        "trainer.compile=%s -> %s: %d point(s) to train, %d variant(s), %d worker(s): ~%d training(s) of %d steps "
+        "per variant per worker on %s, %d thread(s) (%s)",
+        *(trainer.compile, mode, waiting, variants, workers, runs, trainer.max_steps, dev, threads, pays),
     )
     return mode

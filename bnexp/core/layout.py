@@ -6,15 +6,14 @@ does), so a choice made from a measurement under load would make the same comman
 another day. A sweep trial and `python -m bnexp.run` with the same overrides on the same machine therefore
 compute the same trajectory.
 
-Why channels_last on a CPU (measured with torch 2.13.0+cpu on this project's 2-core AMD EPYC, AVX512, one
-thread as a sweep worker runs, depth 19, batch 64, plain PyTorch loop: forward, sigmoid loss, backward,
-Adam): a training step takes 40.6-45.2 ms contiguous and 35.0-36.8 ms channels_last (0.80x-0.87x; BN off
-33.8 -> 27.2 ms, 0.80x), at depth 8 29.6 -> 25.4 ms; a 1000-image evaluation forward 247 -> 164 ms (0.66x).
-oneDNN runs these small-channel convolutions (4-76 channels) faster in NHWC. At two threads the BN nets gain
-nothing (26.2 vs 25.5 ms at depth 19, 17.6 vs 18.6 ms at depth 8) and BN off still 0.78x; nothing measured
-is slower beyond noise. This is also most of what torch.compile gains on this CPU: inductor converts the
-convolutions to channels_last itself (its layout optimisation), so a compiled step (33.2 ms) is 0.76x an
-eager contiguous one but only 0.91x-0.95x an eager channels_last one (bnexp.core.compiled, "the rule").
+Why channels_last on a CPU (`python bench/bench_layout.py`: a plain PyTorch loop of the training step,
+depth 19, batch 64, interleaved rounds, torch 2.13.0+cpu on this project's 2-core AMD EPYC, AVX512): at one
+thread, as a sweep worker trains, a step takes 41.5 ms contiguous and 34.6 ms channels_last with BN pre
+(0.83x), 34.1 and 28.1 ms without BN (0.83x); a 1000-image evaluation forward 247 and 164 ms (0.66x, timed
+by hand in the same way). oneDNN runs these small convolutions (4 to 76 channels) faster in NHWC. At two
+threads BN pre gains little (27.9 -> 27.4 ms) and BN off 0.80x; nothing measured is slower. This is most of what torch.compile gains on this CPU:
+inductor converts a BN net's convolutions to channels_last itself, so a compiled step is 0.80x an eager
+contiguous one but 0.95x an eager channels_last one at one thread (bnexp.core.compiled, "the break-even").
 On a GPU cuDNN's choice is left alone until bench/gpu_check.py has measured it there.
 """
 

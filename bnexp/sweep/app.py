@@ -212,10 +212,16 @@ def _compile_mode(study: Any, sw: DictConfig, base: DictConfig, n: int, threads:
     from optuna.trial import TrialState
 
     from bnexp.core.compiled import cluster_workers, sweep_mode
+    from bnexp.sweep.spec import edge_trials_estimate, variants
 
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if sw.lr.search == "edges":  # an edge search enqueues as it goes: its estimate, less what is done
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        waiting = max(waiting, edge_trials_estimate(sw)["typical"] - done)
     t = threads if n > 1 else 0  # one worker: torch's own thread count (OMP_NUM_THREADS)
-    return sweep_mode(base.trainer, waiting, n * cluster_workers(), gpus, sw.population, sw.max_trials, t)
+    return sweep_mode(
+        base.trainer, waiting, n * cluster_workers(), gpus, sw.population, sw.max_trials, t, len(variants(sw))
+    )
 
 
 def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path, task: list, url: str,

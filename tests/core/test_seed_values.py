@@ -14,14 +14,18 @@ import sys
 import pytest
 from helpers.env import REPO
 
+from bnexp.core.layout import choose
 from bnexp.core.provenance import cpu_capability, cpu_model
 
 KEYS = ("val/acc", "val/acc_batchstats", "test/acc", "test/acc_single")
 
-# (CPU model, torch CPU capability, torch threads) -> variant -> the values of
-# `python -m bnexp.run model.bn=<variant> logger=none` (torch 2.13.0+cpu)
+# (CPU model, torch CPU capability, torch threads) -> the conv layout they were recorded in
+# (trainer.memory_format) and, per variant, the values of `python -m bnexp.run model.bn=<variant> logger=none`
+# (torch 2.13.0+cpu). The Intel row predates channels_last on a CPU: it is checked with
+# trainer.memory_format=contiguous, the layout it was recorded in.
 SEED_VALUES = {
     ("Intel(R) Xeon(R) Processor", "AVX512", 2): {
+        "layout": "contiguous",
         "pre": {"val/acc": 0.973, "val/acc_batchstats": 0.97, "test/acc": 0.976, "test/acc_single": 0.99},
         "post": {"val/acc": 0.9742, "val/acc_batchstats": 0.9762, "test/acc": 0.9749, "test/acc_single": 0.99},
     },
@@ -53,15 +57,17 @@ def test_main_command_gives_this_machine_s_pinned_values(bn, tmp_path):
     if bn not in known:
         pytest.skip(
             f"no seed-0 values recorded for model.bn={bn} on {machine}: run `python -m bnexp.run model.bn={bn} "
-            "logger=none` here and add its metrics.json values to SEED_VALUES"
+            "logger=none` here and add its metrics.json values, with its `memory_format` as the layout, to SEED_VALUES"
         )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # as typed
     r = subprocess.run(
         [sys.executable, "-m", "bnexp.run", f"model.bn={bn}", "logger=none", "trainer.progress_bar=false",
+         *([f"trainer.memory_format={known['layout']}"] if known["layout"] != choose("auto", "cpu") else []),
          f"hydra.run.dir={tmp_path}"],  # fmt: skip
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert (m["provenance"]["cpu_model"], m["provenance"]["cpu_capability"]) == machine[:2]
+    assert m["memory_format"] == known["layout"]
     assert {k: m[k] for k in KEYS} == known[bn]  # bitwise: the same machine, the same numbers
