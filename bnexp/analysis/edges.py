@@ -116,6 +116,11 @@ def warm_points(
     edge until its bracket is one lattice cell. With none of its own points stable, it tries the middle of the
     reference's range, then the coarse grid, as a search from scratch does, and goes on from there.
 
+    Where the first seed's best lr falls outside the run its own points show (a hole there, or the run is an
+    island past an unstable point, as a chaotic edge gives), it trains the coarse grid, as from scratch, and goes
+    on on the lattice from the run around its best lr (the bench study's pre seed 2: unstable at the first seed's
+    best lr 0.1, stable at 0.133 alone, which became its whole range).
+
     Under the assumption every edge search makes, that a seed's stable lrs are one unbroken run containing a
     coarse grid point, it ends at the bracket a search from scratch ends at (tests/analysis/
     test_warm_start.py checks every pair of edges on a reference study's lattice), at the same resolution.
@@ -141,6 +146,13 @@ def warm_points(
     if not done or anchor:
         return fresh([*anchor, *(x for side in ("low", "high") for x in ref[side])])
     own = seed_edges(done, rule)
+    if own["low"] is not None and not own["stable_lr_min"] <= ref["best_lr"] <= own["stable_lr_max"]:
+        # the first seed's best lr lies outside this seed's run (unstable here, or past a hole): the assumption
+        # that this seed's range holds it is broken, and the run its own points show may be an island at a
+        # chaotic edge: train the coarse grid, as from scratch, then go on from the run around its best lr
+        coarse = fresh(grid)
+        if coarse:
+            return coarse
     if own["low"] is None:  # none of its own points stable: the reference range's middle, then from scratch
         ends = [at.get(_lr_key({"lr": ref[s][0]})) for s in ("low", "high")] if ref and ref["low"] else [None]
         middle = [pts[(ends[0] + ends[1]) // 2]] if None not in ends else []

@@ -6,16 +6,15 @@ does), so a choice made from a measurement under load would make the same comman
 another day. A sweep trial and `python -m bnexp.run` with the same overrides on the same machine therefore
 compute the same trajectory.
 
-Why channels_last on a CPU (`python bench/bench_layout.py`: a plain PyTorch loop of the training step,
-depth 19, batch 64, interleaved rounds, torch 2.13.0+cpu on this project's 2-core AMD EPYC, AVX512): at one
-thread, as a sweep worker trains, a step takes 41.5 ms contiguous and 34.6 ms channels_last with BN pre
-(0.83x), 34.1 and 28.1 ms without BN (0.83x); a 1000-image evaluation forward 247 and 164 ms (0.66x, timed
-by hand in the same way). oneDNN runs these small convolutions (4 to 76 channels) faster in NHWC. At two
-threads BN pre gains little (27.9 -> 27.4 ms) and BN off 0.80x; nothing measured is slower. This is most of what torch.compile gains on this CPU:
-inductor converts a BN net's convolutions to channels_last itself, so a compiled step is 0.80x an eager
-contiguous one but 0.95x an eager channels_last one at one thread (bnexp.core.compiled, "the break-even").
-On a GPU cuDNN's choice is left alone until bench/gpu_check.py has measured it there.
-"""
+Why channels_last on a CPU (`python bench/bench_layout.py`: a plain PyTorch loop of the training step, depth 19,
+batch 64, interleaved rounds, torch 2.13.0+cpu on this project's 2-core AMD EPYC, AVX512): at one thread, as a
+sweep worker trains, a step takes 41.5 ms contiguous and 34.6 ms channels_last with BN pre (0.83x), 34.1 and 28.1
+ms without BN (0.83x); a 1000-image evaluation forward 247 and 164 ms (0.66x, timed by hand in the same way).
+oneDNN runs these small convolutions (4 to 76 channels) faster in NHWC. At two threads BN pre gains little (27.9
+-> 27.4 ms) and BN off 0.80x; nothing measured is slower. This is most of what torch.compile gains on this CPU:
+inductor converts a BN net's convolutions to channels_last itself, so a compiled step is 0.80x an eager contiguous
+one but 0.95x an eager channels_last one at one thread (bnexp.core.compiled, "the break-even"). On a GPU cuDNN's
+choice is left alone until bench/gpu_check.py has measured it there."""
 
 from __future__ import annotations
 

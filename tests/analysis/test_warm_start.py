@@ -17,15 +17,16 @@ GRID = [float(f"{10 ** (-5 + i * 0.8):.6g}") for i in range(6)]  # the reference
 RES = 0.15
 
 
-def oracle(low: float, high: float, islands: tuple = ()):
+def oracle(low: float, high: float, islands: tuple = (), island_value: float = 0.95):
     """A seed whose stable lrs are exactly [low, high] (None: nothing stable), best in the middle of the range
-    (as a net's accuracy peaks inside its stable range), plus stable `islands` outside it (a chaotic edge)."""
+    (as a net's accuracy peaks inside its stable range), plus stable `islands` outside it (a chaotic edge),
+    judged `island_value` there."""
     mid = (math.log10(low) + math.log10(high)) / 2 if low is not None else 0.0
 
     def trial(lr: float) -> dict:
         ok = low is not None and low <= lr <= high
         half = max((math.log10(high) - math.log10(low)) / 2, 1e-9) if low is not None else 1.0
-        value = 0.98 - 0.06 * abs(math.log10(lr) - mid) / half if ok else 0.95 if lr in islands else 0.1
+        value = 0.98 - 0.06 * abs(math.log10(lr) - mid) / half if ok else island_value if lr in islands else 0.1
         return {"state": "COMPLETE", "lr": lr, "seed": 0, "diverged": False, "val/acc": value}
 
     return trial
@@ -130,3 +131,17 @@ def test_a_stable_island_past_the_edge_does_not_capture_a_warm_seed():
     own = oracle(PTS[10], PTS[20], islands=(PTS[26],))
     assert brackets(scratch(own)) == ([PTS[10], PTS[9]], [PTS[20], PTS[21]])
     assert brackets(warm(own, reference)) == brackets(scratch(own))
+
+
+def test_a_warm_seed_whose_only_stable_point_is_an_island_searches_from_scratch():
+    """The bench study's pre seed 2 (depth 8, channels_last): unstable at the first seed's best lr (0.1) and at
+    both ends of its low bracket, stable only at 0.133, one cell past its high bracket. Its own points made that
+    lone island its whole range. The first seed's best lr outside its run sends it to the coarse grid, which
+    finds its real run lower down, as a search from scratch does."""
+    reference = scratch(oracle(PTS[10], PTS[25]))
+    anchor = seed_edges(reference, RULE)["best_lr"]
+    own = oracle(PTS[1], PTS[8], islands=(PTS[26],), island_value=0.91)
+    assert brackets(scratch(own)) == ([PTS[1], PTS[0]], [PTS[8], PTS[9]])
+    trials = warm(own, reference)
+    assert brackets(trials) == brackets(scratch(own))
+    assert {anchor, PTS[26]} <= {t["lr"] for t in trials} and set(GRID) <= {t["lr"] for t in trials}
