@@ -32,7 +32,7 @@ log = logging.getLogger("bnexp")
 
 # The break-even of `auto`, in training steps per variant per process: what compiling one variant costs (its
 # training step and evaluation passes, inductor's cache cold) over what it saves per step, against eager in
-# the layout bnexp trains (trainer.memory_format=auto: channels_last on a CPU, bnexp.core.layout).
+# the layout a sweep trains (trainer.memory_format=auto: channels_last on a CPU, bnexp.core.layout).
 # CPU, 1 thread (sweep.jobs=auto's CPU workers), this project's 2-core AMD EPYC (AVX512), quiet, depth 19 bn=pre,
 # through the real command (`python bench/bench_compile.py --points 4 --steps 300 --threads 1 --break-even 1000
 # --no-plain`): a 300-step trial 13.8 s eager, 13.4 s compiled (0.97x) after a 53.8 s compile: 42777 steps.

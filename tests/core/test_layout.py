@@ -1,9 +1,9 @@
 """`trainer.memory_format`: the conv layout, decided from the device alone (bnexp.core.layout).
 
-On a CPU `auto` trains channels_last (measured 0.80x-0.87x a depth-19 step at one thread); the choice never
-depends on a timing or on the thread count, so a sweep trial (a one-thread worker) and `python -m bnexp.run`
-(the machine's threads) with the same overrides compute the same numbers. Population training keeps its packed
-weights contiguous and refuses channels_last with one line, exit 2."""
+A sweep's default, `auto`, trains channels_last on a CPU (0.83x a depth-19 step at one thread); bnexp.run keeps
+the seed's contiguous arithmetic. The choice never depends on a timing, so a sweep trial and `python -m
+bnexp.run` with the same overrides, layout and thread count compute the same numbers. Population training
+keeps its packed weights contiguous and refuses channels_last with one line, exit 2."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def conv_weights(module) -> list[torch.Tensor]:
     return [m.weight for m in module.model.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
+def test_a_sweep_defaults_to_auto_and_bnexp_run_to_the_seeds_contiguous_arithmetic():
+    assert compose_cfg([]).trainer.memory_format == "contiguous"
+    assert compose_cfg([], "study").trainer.memory_format == "auto"
+
+
 def test_auto_is_channels_last_on_a_cpu_and_contiguous_on_a_gpu():
     assert layout.choose("auto", "cpu") == "channels_last"
     assert layout.choose("auto", "cuda") == "contiguous"
@@ -29,10 +34,10 @@ def test_auto_is_channels_last_on_a_cpu_and_contiguous_on_a_gpu():
 
 
 @pytest.mark.parametrize(
-    "setting, channels_last", [("auto", True), ("channels_last", True), ("contiguous", False)]
+    "setting, channels_last", [("auto", True), ("channels_last", True), ("contiguous", False), (None, False)]
 )  # fmt: skip
 def test_the_net_is_built_in_the_chosen_layout(setting, channels_last):
-    cfg = compose_cfg([*TINY, f"trainer.memory_format={setting}"])
+    cfg = compose_cfg([*TINY, *([f"trainer.memory_format={setting}"] if setting else [])])  # None: bnexp.run's
     module = build_module(cfg)
     ws = conv_weights(module)[1:]  # the first conv's single input channel is contiguous in both layouts
     assert ws and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in ws)
@@ -41,11 +46,12 @@ def test_the_net_is_built_in_the_chosen_layout(setting, channels_last):
 
 
 def test_a_sweep_trial_and_bnexp_run_agree_to_the_bit_in_the_layout_they_record(tmp_path):
-    """The same point through the sweep and through bnexp.run, each in its own process at one thread (as a
-    sweep.jobs=auto worker trains; the thread count changes oneDNN's float32 rounding in either layout): the
-    same layout recorded, the same numbers to the last bit."""
+    """A sweep trains channels_last on a CPU (study.yaml: auto) and bnexp.run contiguous (the seed's arithmetic).
+    The same point through the sweep and through bnexp.run with trainer.memory_format=channels_last, each in
+    its own process at one thread (as a sweep.jobs=auto worker trains; the thread count changes oneDNN's
+    float32 rounding in either layout): the same layout recorded, the same numbers to the last bit."""
     point = [*TINY, "model.bn=pre", "optim.lr=0.01", "seed=0"]
-    r = bnexp("run", *point, "trainer.val_subset=null", f"hydra.run.dir={tmp_path / 'run'}")
+    r = bnexp("run", *point, "trainer.memory_format=channels_last", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads((tmp_path / "run" / "metrics.json").read_text())
     args = ["sweep=lr_stability", f"sweep.out_dir={tmp_path / 'sw'}", "sweep.grid.model.bn=[pre]", "sweep.lr.low=0.01",
@@ -57,8 +63,8 @@ def test_a_sweep_trial_and_bnexp_run_agree_to_the_bit_in_the_layout_they_record(
     assert run["memory_format"] == trial["memory_format"] == "channels_last"
     for k in ("val/acc", "val/loss", "val/acc_batchstats", "val/loss_batchstats", "test/acc", "val/acc_recal"):
         assert run[k] == trial[k], k
-    c = tmp_path / "contig"
-    r = bnexp("run", *point, "trainer.memory_format=contiguous", f"hydra.run.dir={c}")
+    c = tmp_path / "contig"  # bnexp.run's own default: the seed's arithmetic
+    r = bnexp("run", *point, f"hydra.run.dir={c}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((c / "metrics.json").read_text())["memory_format"] == "contiguous"
 
