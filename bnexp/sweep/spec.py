@@ -222,6 +222,15 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     check_combinations(sw, cfg)
 
 
+def _check_population_layout(sw: DictConfig, t: DictConfig) -> None:
+    if sw.population > 1 and t.memory_format == "channels_last":  # as bnexp.population.train refuses it
+        raise ConfigError(
+            f"trainer.memory_format=channels_last with sweep.population={sw.population}: population training "
+            "updates each member's slice of the packed weights as one contiguous block; use "
+            "trainer.memory_format=auto (contiguous there), or sweep.population=1"
+        )
+
+
 def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     """Study settings each valid alone, unsafe (refused, naming the fix) or meaningless (a warning) together,
     with each other or with the training config `cfg` (tests/test_break_round3.py lists every pair)."""
@@ -290,12 +299,7 @@ def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
                 f"sweep.rule.statistics=recal judges val/acc_recal, but {why}, so no trial could be stable; "
                 "use sweep.rule.statistics=population or batch"
             )
-    if sw.population > 1 and t.memory_format == "channels_last":  # as bnexp.population.train refuses it
-        raise ConfigError(
-            f"trainer.memory_format=channels_last with sweep.population={sw.population}: population training "
-            "updates each member's slice of the packed weights as one contiguous block; use "
-            "trainer.memory_format=auto (contiguous there), or sweep.population=1"
-        )
+    _check_population_layout(sw, t)
     bns = {str(x) for x in grid_axes(sw.grid).get("model.bn", [m.bn])}
     if rule.statistics != "population" and bns <= {"off", "False"}:
         warn(f"sweep.rule.statistics={rule.statistics} with only model.bn=off: without BN every statistics "

@@ -20,10 +20,12 @@ def test_specs_are_a_config_group_over_the_run_config():
     cfg, sw, _ = study("sweep=lr_stability", "sweep.lr.points=12")
     run = compose_cfg([])
     # the same root config: every training key and value as bnexp.run's defaults, the same default logger, but
-    # the two evaluation savings of a sweep's trials (bnexp/conf/study.yaml), which change no verdict
+    # the two evaluation savings of a sweep's trials (bnexp/conf/study.yaml), which change no verdict, and their
+    # conv layout (channels_last on a CPU: another rounding, not another computation)
     swept, ran = OmegaConf.to_container(training_cfg(cfg)), OmegaConf.to_container(training_cfg(run))
-    assert (swept["trainer"].pop("val_subset"), swept["trainer"].pop("test")) == (1000, False)
-    assert (ran["trainer"].pop("val_subset"), ran["trainer"].pop("test")) == (None, True)
+    keys = ("val_subset", "test", "memory_format")
+    assert tuple(swept["trainer"].pop(k) for k in keys) == (1000, False, "auto")
+    assert tuple(ran["trainer"].pop(k) for k in keys) == (None, True, "contiguous")
     assert swept == ran
     assert cfg.logger.name == run.logger.name == "wandb"
     lrs = lr_points(sw)
