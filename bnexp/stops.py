@@ -27,6 +27,9 @@ AS_SIGTERM = tuple(getattr(signal, n) for n in ("SIGHUP", "SIGQUIT") if hasattr(
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *AS_SIGTERM)
 
 
+_SAID = False  # stopping(say=True) has said its line in this process
+
+
 def _stop_now(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     os.write(2, f"bnexp: stopped ({name}) before training began; rerun the same command to start again\n".encode())
@@ -76,8 +79,12 @@ def stopping(say: bool = False) -> None:
     """A stop has begun (its checkpoint is written, or being written): later SIGINT/SIGTERM are ignored, so the
     stop ends as it began, with its one line and exit 130 (not 143, not an "Exception ignored" trace). SIG_IGN,
     not a Python handler: interpreter shutdown puts Python handlers back to the default (kill) before the exit
-    status is delivered. `say`: print that the signal was received and what stops at once."""
-    if say:
+    status is delivered. `say`: print that the signal was received and what stops at once, once per process:
+    Lightning's fit puts back the handler it found when it ends (a sweep worker's), so a signal after that
+    reaches the worker's handler again while the stop is still being said."""
+    global _SAID
+    if say and not _SAID:
+        _SAID = True
         os.write(2, b"bnexp: already stopping (the work in flight is being saved); kill -9 stops at once\n")
     if _main_thread():
         for sig in STOP_SIGNALS:
