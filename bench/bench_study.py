@@ -13,14 +13,17 @@ of this script resumes an arm that was stopped and only re-reads one that finish
   new   the defaults.
 Summed CPU is the CPU time of the arm's whole process tree (the sweep, its workers, W&B's service), from
 the kernel's accounting of the children this script waited for, summed over the arm's invocations; the
-trials' own `cpu_s` (their processes' CPU while they trained) is given beside it. Writes the table to
-stdout and JSON to <out-dir>/bench_study.json.
+trials' own `cpu_s` (their processes' CPU while they trained) is given beside it. Each new bracket is set
+against the old one: same, touch (an end shared), overlap, or apart by so many decades (a saving that changes
+float rounding, the conv layout, can move a bracket at a chaotic edge by a cell). Writes the table to stdout
+and JSON to <out-dir>/bench_study.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -86,6 +89,22 @@ def run_arm(name: str, a: argparse.Namespace, root: Path) -> dict:
     }
 
 
+def relation(a: list | None, b: list | None) -> str:
+    """How bracket `b` sits to bracket `a` ([stable_lr, unstable_lr]; None: no bracket; an unstable end None:
+    open): "same", "touch" (they share an end), "overlap", or "apart D" (D decades between their nearest
+    ends): a saving that changes float rounding can move a bracket at a chaotic edge by a cell."""
+    if a is None or b is None or None in a or None in b:
+        return "same" if a == b else "differ"
+    (a0, a1), (b0, b1) = sorted(a), sorted(b)
+    if math.isclose(a0, b0, rel_tol=1e-6) and math.isclose(a1, b1, rel_tol=1e-6):
+        return "same"
+    if math.isclose(a1, b0, rel_tol=1e-6) or math.isclose(b1, a0, rel_tol=1e-6):
+        return "touch"
+    if a1 < b0 or b1 < a0:
+        return f"apart {math.log10(max(b0 / a1, a0 / b1)):.2f}"
+    return "overlap"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depth", type=int, default=8)
@@ -108,6 +127,12 @@ def main() -> None:
         out["cpu_ratio"] = n["cpu_s"] / o["cpu_s"]
         out["wall_ratio"] = n["wall_s"] / o["wall_s"]
         out["same_brackets"] = o["brackets"] == n["brackets"]
+        out["relations"] = {
+            f"{label} seed {s} {side}": relation(lo_hi_o[k], n["brackets"].get(label, {}).get(s, [None, None])[k])
+            for label, seeds in o["brackets"].items()
+            for s, lo_hi_o in seeds.items()
+            for k, side in enumerate(("low", "high"))
+        }
     print("| arm | trials | pruned | CPU, summed (s) | of it kernel (s) | trials' own CPU (s) | wall (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in res.items():
@@ -116,6 +141,8 @@ def main() -> None:
     if "cpu_ratio" in out:
         print(f"new / old: CPU {out['cpu_ratio']:.2f}x, wall {out['wall_ratio']:.2f}x; "
               f"the same brackets for every seed: {out['same_brackets']}")  # fmt: skip
+        for where, rel in out["relations"].items():
+            print(f"  new against old, {where}: {rel}")
     for name, r in res.items():
         for label, seeds in r["brackets"].items():
             for s, (lo, hi) in seeds.items():
