@@ -11,12 +11,17 @@ The rule, from the committed studies' curves (docs/results/*/curves.csv, 570 fin
   1000 images (trainer.val_subset) has a standard error under 0.01 there.
 * Judged by the better view, not the population statistics alone: BN's running averages lag (momentum
   0.01), so early on the population view reads chance while the batch view shows the net training.
-* Late starters exist. Of the committed trials that ended above chance, the latest was still at chance at
-  step 500 (and went on to 0.26); of those that ended stable (>= 0.9), the latest at step 400 (BN off, depth
-  4, seed 2, lr 0.001: 0.11 at step 400, 0.91 at 500). So a trial is pruned only at a validation at or
-  after `after` steps, by default three quarters of `trainer.max_steps` (600 of 800): 200 steps past the
-  latest stable late starter, 100 past the latest trial that left chance at all. Earlier is refused
-  (`check`): it would have stopped trials that the committed studies saw train.
+* Late starters exist, and when they leave chance is a matter of steps, not of the run's share: a run of
+  T steps is the first T steps of a longer one (a constant lr, the same batches). Of the committed trials
+  that left chance, the latest was still at chance at step 500 (and went on to 0.26); of those that ended
+  stable, step 400 (BN off, depth 4, seed 2, lr 0.001: 0.11 at step 400, 0.91 at 500), and a BN-off seed at
+  depth 8 goes from chance at step 350 to 0.92 at 500 (docs/results/no_bn_seeds: seed 5). So a trial is
+  pruned only at a validation at or after three quarters of `trainer.max_steps` *and* after step
+  `LATE_DEPARTURE` (500): 600 of 800, and nothing in a run of 600 steps or fewer. A share alone is not
+  enough: in a run of 500 steps, 3/4 is step 400, where the depth-4 late starter was at chance one
+  validation before it ended stable (`python bench/prune_evidence.py --prefixes` judges every committed
+  curve cut at every validation step as a run of that length: 0 false stops under this rule, 1 under the
+  share alone). Earlier is refused (`check`).
 * A collapsed trial (a learning rate past the upper edge: trained, then fell back to chance) is at chance
   too and is pruned by the same test. None of the committed trials at chance at step 600 or later ended
   above 0.2.
@@ -45,6 +50,7 @@ from bnexp.record import VAL_ACC, VAL_ACC_BATCH
 
 CHANCE_ACC = 0.2  # both views below this at a validation: at chance (MNIST's chance is 0.10-0.11)
 AFTER_FRACTION = 0.75  # the earliest step a trial may be pruned at, as a fraction of trainer.max_steps
+LATE_DEPARTURE = 500  # and after this step: the latest a committed trial was at chance before it left chance
 EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
 PRUNE_VALUES = ("auto", "true", "false")
 
@@ -59,10 +65,17 @@ def prune_setting(value: Any) -> str:
     return v
 
 
-def default_after(max_steps: int, val_every: int) -> int:
-    """Three quarters of the run, on a validation step (the pruner only judges at validations)."""
-    step = math.ceil(AFTER_FRACTION * max_steps)
-    return min(max_steps, math.ceil(step / val_every) * val_every)
+def earliest_after(max_steps: int, val_every: int) -> int:
+    """The first validation step a trial may be pruned at: at or after 3/4 of the run and after step
+    LATE_DEPARTURE (the pruner only judges at validations)."""
+    step = max(math.ceil(AFTER_FRACTION * max_steps), LATE_DEPARTURE + 1)
+    return math.ceil(step / val_every) * val_every
+
+
+def default_after(max_steps: int, val_every: int) -> int | None:
+    """`earliest_after`, or None where it is not before the last step (a run too short to prune)."""
+    step = earliest_after(max_steps, val_every)
+    return step if step < max_steps else None
 
 
 def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
@@ -93,7 +106,15 @@ def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
             )
         return None
     if after is None:
-        return default_after(max_steps, val_every)
+        step = default_after(max_steps, val_every)
+        if step is None and mode == "true":
+            raise ConfigError(
+                f"sweep.prune=true with trainer.max_steps={max_steps}: a trial may be pruned only at a validation "
+                f"after step {LATE_DEPARTURE} (committed trials were at chance that late and went on to train) and "
+                f"before its last, and this run has none; use trainer.max_steps>"
+                f"{earliest_after(max_steps, val_every)}, or sweep.prune=auto"
+            )
+        return step
     if isinstance(after, bool) or not isinstance(after, int):
         raise ConfigError(f"sweep.prune_after={after!r} must be a whole number of steps (e.g. sweep.prune_after=600)")
     if after > max_steps:
@@ -101,12 +122,13 @@ def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
             f"sweep.prune_after={after} is after trainer.max_steps={max_steps}: nothing would be pruned; "
             f"use sweep.prune_after<={max_steps} or sweep.prune=false"
         )
-    earliest = math.ceil(AFTER_FRACTION * max_steps)
+    earliest = earliest_after(max_steps, val_every)
     if after < earliest:
         raise ConfigError(
-            f"sweep.prune_after={after} of trainer.max_steps={max_steps} is earlier than {AFTER_FRACTION:g} of the "
-            f"run: a committed trial still at chance at step 500 of 800 went on to train (docs/sweeps.md, pruning); "
-            f"use sweep.prune_after>={earliest}, or sweep.prune=false"
+            f"sweep.prune_after={after} of trainer.max_steps={max_steps} is earlier than step {earliest} (3/4 of the "
+            f"run, after step {LATE_DEPARTURE}): committed trials still at chance at step {LATE_DEPARTURE} went on "
+            f"to train "
+            f"(docs/sweeps.md, pruning); use sweep.prune_after>={earliest}, or sweep.prune=false"
         )
     return after
 

@@ -66,7 +66,8 @@ class SweepConfig:
     # stop a trial still at chance late in training, recorded PRUNED (bnexp.sweep.pruning): auto (where it cannot
     # change a verdict: a threshold rule above chance) | true | false
     prune: Any = "auto"
-    prune_after: Optional[int] = None  # the first step it may prune at; null: 3/4 of trainer.max_steps (600 of 800)
+    # the first step it may prune at; null: 3/4 of trainer.max_steps and after step 500 (600 of 800)
+    prune_after: Optional[int] = None
     heartbeat: int = 10  # seconds between heartbeats; 0 disables stale-trial detection
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
     retries: int = 2  # times a failed point is enqueued again

@@ -15,11 +15,13 @@ from helpers.env import REPO, TINY, bnexp, replace
 
 sys.path.insert(0, str(REPO / "bench"))
 
-# 40 steps, a validation every 10: the pruner's first step is 30 (3/4 of 40), before the last validation
 TRAIN = replace(TINY, "trainer.max_steps=40", "trainer.val_every=10", "data.limit_val=500", "data.eval_batch_size=250")
+# a trial may be pruned only after step 500 (bnexp.sweep.pruning): 640 steps, a validation every 80, the
+# pruner's first step is 560 (3/4 of 640 is 480, before step 500), before the last validation
+PRUNE = replace(TRAIN, "trainer.max_steps=640", "trainer.val_every=80")
 
 
-def sweep(out: Path, *extra: str, bn: str = "pre", lrs: tuple = (1e-3, 1e-2)) -> None:
+def sweep(out: Path, *extra: str, bn: str = "pre", lrs: tuple = (1e-3, 1e-2), train: list = TRAIN) -> None:
     args = [
         "sweep=lr_stability",
         f"sweep.out_dir={out}",
@@ -32,7 +34,7 @@ def sweep(out: Path, *extra: str, bn: str = "pre", lrs: tuple = (1e-3, 1e-2)) ->
         "sweep.progress=false",
         "sweep.rule.threshold=0.3",
         "trainer.val_subset=200",
-        *TRAIN,
+        *train,
         *extra,
     ]
     r = bnexp("sweep", *args)
@@ -70,39 +72,50 @@ def _states(out: Path) -> list[str]:
 
 
 def test_a_trial_at_chance_is_pruned_recorded_and_counted(tmp_path):
-    """At lr 1e-2, BN off is still at chance at step 30 of 40 and BN pre is not: only the first is pruned."""
-    sweep(tmp_path / "p", bn="off,pre", lrs=(1e-2,))
+    """At lr 1e-2, BN off is still at chance at step 560 of 640 and BN pre is not: only the first is pruned."""
+    sweep(tmp_path / "p", bn="off,pre", lrs=(1e-2,), train=PRUNE)
     states = dict(zip(("off", "pre"), _states(tmp_path / "p"), strict=True))
     assert states == {"off": "PRUNED", "pre": "COMPLETE"}
     m = {x["bn"]: x for x in trial_metrics(tmp_path / "p")}
-    assert m["off"]["pruned_step"] == 30 and m["off"]["step"] == 30 and m["pre"]["pruned_step"] is None
+    assert m["off"]["pruned_step"] == 560 and m["off"]["step"] == 560 and m["pre"]["pruned_step"] is None
     assert any("pruner" in s for s in m["off"]["skipped"])
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     off, pre = s["variants"]
     assert (off["n_pruned"], off["n_trials"], off["n_stable"]) == (1, 1, 0) and pre["n_pruned"] == 0
     assert "pruned" in (tmp_path / "p" / "report.md").read_text()
     assert "PRUNED" in (tmp_path / "p" / "trials.csv").read_text()
-    sweep(tmp_path / "off", "sweep.prune=false", bn="off", lrs=(1e-2,))
+    sweep(tmp_path / "off", "sweep.prune=false", bn="off", lrs=(1e-2,), train=PRUNE)
     assert _states(tmp_path / "off") == ["COMPLETE"]
+    # 600 steps are too few to prune under auto: a validation after step 500 and before the last is none
+    short = replace(PRUNE, "trainer.max_steps=600", "trainer.val_every=100")
+    sweep(tmp_path / "short", bn="off", lrs=(1e-2,), train=short)
+    assert _states(tmp_path / "short") == ["COMPLETE"]
 
 
 def test_no_committed_trial_that_ended_stable_would_have_been_pruned():
-    """The rule's evidence: 570 committed trials' curves (bench/prune_evidence.py); pruning from step 400 of
-    800 instead would have stopped one that ended stable, so the check can fail."""
-    from prune_evidence import evidence, load
+    """The rule's evidence: the committed trials' curves (bench/prune_evidence.py); pruning from step 400 of
+    800 instead would have stopped one that ended stable, so the check can fail. Shorter runs too: every curve
+    cut at every validation step T is a run of T steps; 3/4 of the run alone (no step floor) stops one that
+    ends stable at T=500 (the depth-4 late starter: chance at 400, 0.91 at 500), the rule none."""
+    from prune_evidence import evidence, load, prefixes
 
     curves, trials = load(REPO / "docs" / "results")
     ours = evidence(curves, trials, None, 0.9)
     assert ours["n_trials"] >= 570 and ours["stopped"] > 150
     assert ours["false_stops"] == 0 and ours["stopped_above_chance"] == 0
     assert evidence(curves, trials, 400, 0.9)["false_stops"] >= 1
+    cut = prefixes(curves, 0.9)
+    assert cut["total"]["runs"] > 5000 and cut["total"]["stopped"] > 300 and cut["total"]["false_stops"] == 0
+    assert cut["by_steps"]["500"]["share_false_stops"] >= 1 and cut["by_steps"]["500"]["stopped"] == 0
 
 
 @pytest.mark.parametrize(
     "args, says",
     [
         (["sweep.prune_after=900"], "after trainer.max_steps=800"),
-        (["sweep.prune_after=300"], "earlier than 0.75 of the run"),
+        (["sweep.prune_after=300"], "earlier than step 600"),
+        (["sweep.prune_after=500", "trainer.max_steps=600"], "earlier than step 600"),
+        (["sweep.prune=true", "trainer.max_steps=400"], "use trainer.max_steps>600"),
         (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
         (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
         (["sweep.prune=maybe"], "choose one of: auto, true, false"),
