@@ -1,15 +1,15 @@
 """One small three-seed edge study under the old settings (every saving off) and the new defaults, side by side:
 trials, summed CPU, wall, and each seed's brackets. The savings must leave the brackets alone.
 
-    python bench/bench_study.py                                 # depth 8, BN off and pre, 3 seeds, 400 steps
-    python bench/bench_study.py --depth 4 --steps 200 --out-dir outputs/bench_study_d4
+    python bench/bench_study.py                                 # depth 8, BN off and pre, 3 seeds, 800 steps
+    python bench/bench_study.py --depth 4 --steps 400 --out-dir outputs/bench_study_d4
     python bench/bench_study.py --arms new                      # one arm (resumable: a rerun goes on)
 
 Each arm is `python -m bnexp.sweep` through the real command (its own study dir under --out-dir; a rerun
 of this script resumes an arm that was stopped and only re-reads one that finished):
   old   trainer.val_subset=null trainer.test=true sweep.prune=false sweep.lr.warm_start=false
-        trainer.memory_format=contiguous, and BNEXP_MALLOC=default (glibc's own allocator settings): every
-        trial as before this round;
+        sweep.lr.coarse=all trainer.memory_format=contiguous, and BNEXP_MALLOC=default (glibc's own allocator
+        settings): every trial and every seed's search as before this round;
   new   the defaults.
 Summed CPU is the CPU time of the arm's whole process tree (the sweep, its workers, W&B's service), from
 the kernel's accounting of the children this script waited for, summed over the arm's invocations; the
@@ -17,6 +17,9 @@ trials' own `cpu_s` (their processes' CPU while they trained) is given beside it
 against the old one: same, touch (an end shared), overlap, or apart by so many decades (a saving that changes
 float rounding, the conv layout, can move a bracket at a chaotic edge by a cell). Writes the table to stdout
 and JSON to <out-dir>/bench_study.json.
+
+800 steps by default, the studies' own length: a trial may be pruned only after step 500 (bnexp.sweep.pruning),
+so a study of 600 steps or fewer prunes nothing and measures every other saving alone.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OLD = [
     "trainer.val_subset=null", "trainer.test=true", "sweep.prune=false", "sweep.lr.warm_start=false",
-    "trainer.memory_format=contiguous",
+    "sweep.lr.coarse=all", "trainer.memory_format=contiguous",
 ]  # fmt: skip
 
 
@@ -108,7 +111,7 @@ def relation(a: list | None, b: list | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--bn", default="off,pre")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--points", type=int, default=6)

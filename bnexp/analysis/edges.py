@@ -89,6 +89,57 @@ def next_points(trials: Sequence[dict], rule: StabilityRule, resolution: float) 
     return out
 
 
+def coarse_points(
+    trials: Sequence[dict], grid: Sequence[float], rule: StabilityRule, outward: bool = True
+) -> list[float]:
+    """The coarse-grid points a seed searched from scratch still needs, before it bisects: all of `grid` not yet
+    trained (`outward` False), or, outward (`sweep.lr.coarse=outward`), the grid from its middle out.
+
+    Outward: the middle point(s) of the grid first (`middle`); then, on each side of the run of stable points
+    they show, the next grid point out, until that side ends at an unstable point or at the grid's end; with
+    no stable point yet, every point of the grid, as `all` does. The trained points are always a contiguous
+    stretch of the grid, so each bracket is a grid cell whose unstable end is the stable run's neighbour, as
+    with the whole grid. Under the assumption every edge search makes (a seed's stable lrs are one unbroken
+    run containing a coarse point) it ends at the coarse brackets the whole grid gives, and then bisects them
+    alike (tests/analysis/test_warm_start.py checks every pair of edges); the points past an unstable one are
+    never trained. Where the stable lrs are not one run (a stable island past an unstable point, as a chaotic
+    edge gives), the whole grid may take an island whose value is higher as the run; outward keeps the run
+    that holds the middle of the grid.
+
+    [] while a trial of this seed is unfinished (its result may move the run), and when the coarse stage is
+    done (then `next_points` bisects)."""
+    if any(_state(r) in ("WAITING", "RUNNING") for r in trials):
+        return []
+    have = {_lr_key(r) for r in trials}
+
+    def fresh(lrs: Sequence[float]) -> list[float]:
+        return [lr for lr in dict.fromkeys(lrs) if _lr_key({"lr": lr}) not in have]
+
+    pts = sorted(float(g) for g in grid)
+    if not outward or not pts:
+        return fresh(pts)
+    if not trials:
+        return fresh(middle(pts))
+    e = seed_edges([r for r in trials if _state(r) in RESULT_STATES], rule)
+    if e["low"] is None:  # nothing stable yet: the rest of the grid, as a search of the whole grid
+        return fresh(pts)
+    out = []
+    for side, d in (("low", -1), ("high", 1)):
+        stable, unstable = e[side]
+        if unstable is None:  # no unstable point trained past this end of the run: the next grid point out
+            beyond = [g for g in pts if (g - stable) * d > 0]
+            if beyond:
+                out.append(max(beyond) if d < 0 else min(beyond))
+    return fresh(out)
+
+
+def middle(grid: Sequence[float]) -> list[float]:
+    """The grid's middle point (an odd count) or two (an even count): where an outward scan starts."""
+    pts = sorted(grid)
+    n = len(pts)
+    return pts[(n - 1) // 2 : n // 2 + 1]
+
+
 def lattice(grid: Sequence[float], resolution: float) -> list[float]:
     """Every lr a search from scratch can train: the coarse `grid` and, cell by cell, the geometric midpoints
     (`midpoint`, rounded as a trial's lr) of neighbouring points, while a cell is wider than `resolution`

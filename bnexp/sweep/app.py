@@ -232,7 +232,9 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
     from bnexp.sweep.worker import Worker, install_signal_handlers  # torch and Lightning: to train only
 
     check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
-    n, threads, gpus = local.plan(sw, base, n_points)
+    from bnexp.sweep.spec import worker_points
+
+    n, threads, gpus = local.plan(sw, base, worker_points(sw, n_points))
     if base.trainer.compile == "auto":  # decided once for all the workers: each compiles once, then reuses
         mode = _compile_mode(study, sw, base, n, threads, gpus)
         base.trainer.compile = mode
@@ -242,7 +244,10 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
     others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
     if n > 1:
         local.pin_this_worker(threads)
-    bar = Progress(study, sw, n_points, rule)
+    from bnexp.sweep.spec import edge_trials_estimate
+
+    # an edge search plans as it goes: its bar counts towards the estimate --dry-run gives
+    bar = Progress(study, sw, edge_trials_estimate(sw)["typical"] if sw.lr.search == "edges" else n_points, rule)
     try:
         counts = worker.loop(progress=bar, max_trials=sw.max_trials)
     finally:
@@ -270,7 +275,9 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
     check_writable_dir(out_dir, "sweep.out_dir")  # as the real command would refuse it, before it says anything
     n_var = len({json.dumps(p["variant"], sort_keys=True) for p in pts})
     seeds = list(sw.seeds)
-    workers, _, _ = local.plan(sw, base, len(pts))
+    from bnexp.sweep.spec import worker_points
+
+    workers, _, _ = local.plan(sw, base, worker_points(sw, len(pts)))
     n_trials = len(pts)
     lines = [
         f"study {name}: {n_var} variant(s) x {len(seeds)} seed(s) {seeds} x {sw.lr.points} lr(s) "
@@ -280,11 +287,13 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
         f"workers here: {workers} (sweep.jobs={sw.jobs})",
     ]
     if sw.lr.search == "edges":
-        from bnexp.sweep.spec import edge_trials_estimate, warm_seeds
+        from bnexp.sweep.spec import edge_trials_estimate, scans_outward, warm_seeds
 
         e = edge_trials_estimate(sw)
         n_trials = e["typical"]
         planned = "the first seed's coarse grid" if warm_seeds(sw) else "every seed's coarse grid"
+        if scans_outward(sw):
+            planned = f"the middle of {planned}; the rest of it is trained outward from there, sweep.lr.coarse=outward"
         lines[0] = lines[0].replace(f"= {len(pts)} trials", f"= {n_var * len(seeds) * sw.lr.points} coarse points")
         lines.insert(1, f"edge search: the design holds {len(pts)} points ({planned}); with the bisections and "
                         f"the later seeds' searches, an estimate of {e['typical']} trials in all ({e['low']} where "

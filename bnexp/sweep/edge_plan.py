@@ -2,9 +2,10 @@
 variant and seed, enqueued in the study. Every worker plans after each result it records and when it finds
 the queue empty, so a rerun after a kill -9 goes on where the search stopped.
 
-The first seed of `sweep.seeds` bisects its own brackets (bnexp.analysis.edges.next_points); a later one,
-with `sweep.lr.warm_start`, starts from the first seed's brackets once that seed's search is done
-(bnexp.analysis.edges.warm_points), and without it trains the coarse grid first.
+The first seed of `sweep.seeds` trains the coarse grid, from its middle out under `sweep.lr.coarse=outward`
+(bnexp.analysis.edges.coarse_points), then bisects its own brackets (bnexp.analysis.edges.next_points); a
+later one, with `sweep.lr.warm_start`, starts from the first seed's brackets once that seed's search is done
+(bnexp.analysis.edges.warm_points), and without it searches as the first seed does.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from bnexp.analysis.edges import next_points, warm_points
+from bnexp.analysis.edges import coarse_points, next_points, warm_points
 from bnexp.analysis.stability import StabilityRule
 from bnexp.sweep import liveness
 from bnexp.sweep.records import trial_records
-from bnexp.sweep.spec import LR_PARAM, grid_axes, lr_points, point_key, variants
+from bnexp.sweep.spec import LR_PARAM, grid_axes, lr_points, point_key, scans_outward, variants
 
 log = logging.getLogger("bnexp.sweep")
+SAID = {"coarse": "the coarse grid, outward", "bisect": "bisecting", "warm": "checking the first seed's edge"}
 
 
 def plan(study: Any, sw: DictConfig, rule: StabilityRule) -> int:
@@ -37,7 +39,7 @@ def plan(study: Any, sw: DictConfig, rule: StabilityRule) -> int:
             params = {**dict(variant), "seed": seed, LR_PARAM: lr}
             study.enqueue_trial(params, user_attrs={"key": key, "attempt": 0, "phase": phase})
             log.info("edge search: %s seed %d: %s at lr %g", " ".join(f"{k}={v}" for k, v in variant), seed,
-                     "bisecting" if phase == "bisect" else "checking the first seed's edge", lr)  # fmt: skip
+                     SAID[phase], lr)  # fmt: skip
             n += 1
     return n
 
@@ -48,19 +50,23 @@ def edge_points(
     """((variant, seed), lrs, phase) for every seed of every variant (module docstring)."""
     res, grid = float(sw.lr.resolution), lr_points(sw)
     seeds = [int(s) for s in sw.seeds]
+    outward = scans_outward(sw)
     out = []
     for v in variants(sw):
         variant = tuple(v.items())
         first = groups.get((variant, seeds[0]), [])
         first_done = (
             bool(first)
+            and not coarse_points(first, grid, rule, outward)
             and not next_points(first, rule, res)
             and not any(r.get("state") in ("WAITING", "RUNNING") for r in first)
         )
         for seed in seeds:
             recs = groups.get((variant, seed), [])
             if seed == seeds[0] or not sw.lr.warm_start:
-                out.append(((variant, seed), next_points(recs, rule, res) if recs else grid, "bisect"))
+                coarse = coarse_points(recs, grid, rule, outward)
+                out.append(((variant, seed), coarse, "coarse") if coarse else
+                           ((variant, seed), next_points(recs, rule, res), "bisect"))  # fmt: skip
             elif first_done or recs:  # a warm seed waits for the first seed's brackets
                 out.append(((variant, seed), warm_points(recs, first, grid, rule, res), "warm"))
     return out

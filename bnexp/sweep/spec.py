@@ -37,6 +37,7 @@ from bnexp.sweep.pruning import plan
 
 ACTIONS = ("all", "work", "create", "report", "plan")
 SEARCHES = ("grid", "edges")
+COARSE = ("outward", "all")
 SWEPT = ("optim.lr", "seed")  # what every study varies besides its grid
 LR_PARAM = "optim.lr"  # the Optuna param of a point's lr: named for the config key it sets
 
@@ -51,6 +52,10 @@ class LRRange:
     # edges: a seed after the first starts from the first seed's brackets (bnexp.analysis.edges.warm_points): the
     # same brackets as a search from scratch, in about a third of its trials; false: every seed from scratch
     warm_start: bool = True
+    # edges: outward: a seed searched from scratch trains its coarse grid from the middle out, each side until
+    # its first unstable point (bnexp.analysis.edges.coarse_points): the same coarse brackets without the points
+    # past them; all: the whole coarse grid at once (as a population, sweep.population > 1, always does)
+    coarse: str = "outward"
 
 
 @dataclass
@@ -193,6 +198,8 @@ def check(sw: DictConfig, cfg: DictConfig | None = None) -> None:
         raise ConfigError(f"sweep.lr.points={lr.points} must be >= 1 (e.g. sweep.lr.points=12)")
     if lr.search not in SEARCHES:
         raise ConfigError(f"sweep.lr.search={lr.search!r} is not allowed; choose one of: {', '.join(SEARCHES)}")
+    if lr.coarse not in COARSE:
+        raise ConfigError(f"sweep.lr.coarse={lr.coarse!r} is not allowed; choose one of: {', '.join(COARSE)}")
     if not (math.isfinite(lr.resolution) and lr.resolution > 0):
         raise ConfigError(f"sweep.lr.resolution={lr.resolution} must be a positive number of decades (e.g. 0.1)")
     if lr.search == "edges" and lr.points < 2:
@@ -372,10 +379,30 @@ def edge_trials_estimate(sw: DictConfig) -> dict[str, int]:
     }
 
 
+def scans_outward(sw: DictConfig) -> bool:
+    """Whether an edge search trains its coarse grids from the middle out (`sweep.lr.coarse=outward`; a
+    population trains a seed's coarse grid as one model, so there the whole grid at once)."""
+    return sw.lr.search == "edges" and sw.lr.get("coarse", "all") == "outward" and int(sw.get("population", 1)) == 1
+
+
+def worker_points(sw: DictConfig, design_size: int) -> int:
+    """The most points a study can have waiting at once, which caps its local workers: the design, or for an
+    edge search the coarse grids of its seeds searched from scratch (an outward search enqueues their middle
+    first and the rest as results come in)."""
+    if sw.lr.search != "edges":
+        return design_size
+    return max(design_size, len(variants(sw)) * (len(sw.seeds) - len(warm_seeds(sw))) * int(sw.lr.points))
+
+
 def design(sw: DictConfig) -> list[dict[str, Any]]:
     """Every point of the study enqueued when it is created: variant x seed x lr, less the seeds a warm-started
-    edge search plans itself (`warm_seeds`)."""
+    edge search plans itself (`warm_seeds`); an outward edge search enqueues the coarse grid's middle
+    (bnexp.analysis.edges.middle), and the search plans the rest."""
+    from bnexp.analysis.edges import middle
+
     lrs = lr_points(sw)
+    if scans_outward(sw):
+        lrs = middle(lrs)
     pts = []
     warm = set(warm_seeds(sw))
     for v in variants(sw):
@@ -413,6 +440,7 @@ def _lr_ident(lr: DictConfig) -> dict:
     """The lr node as it identifies a study: a grid study's as before the edge search existed (its hash stays)."""
     ident = OmegaConf.to_container(lr)
     ident.pop("warm_start", None)  # how the same brackets are found, not which: workers of either join the study
+    ident.pop("coarse", None)  # likewise
     if ident.get("search", "grid") == "grid":
         ident.pop("search", None)
         ident.pop("resolution", None)

@@ -67,6 +67,9 @@ def test_dry_run_estimates_an_edge_search_with_its_bisections():
     typical, low, high = map(int, m.groups())
     assert low <= 174 <= high and low <= typical <= high
     assert "what it finds decides" in r.stderr
-    warm = bnexp("sweep", "sweep=init_scale", "--dry-run")
+    warm = bnexp("sweep", "sweep=init_scale", "sweep.lr.coarse=all", "--dry-run")
     assert "the design holds 36 points (the first seed's coarse grid)" in warm.stderr
     assert len(warm.stdout.strip().splitlines()) == 36
+    outward = bnexp("sweep", "sweep=init_scale", "--dry-run")  # the defaults: 6 variants x their 2 middle points
+    assert "the design holds 12 points (the middle of the first seed's coarse grid; the rest" in outward.stderr
+    assert len(outward.stdout.strip().splitlines()) == 12

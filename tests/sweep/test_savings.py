@@ -119,6 +119,7 @@ def test_no_committed_trial_that_ended_stable_would_have_been_pruned():
         (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
         (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
         (["sweep.prune=maybe"], "choose one of: auto, true, false"),
+        (["sweep.lr.coarse=middle"], "choose one of: outward, all"),
         (["sweep.prune=false", "sweep.prune_after=700"], "nothing is pruned"),
         (["sweep.rule.last_k=2"], "trainer.val_subset=1000 scores all but the final one"),
         (["trainer.val_subset=0"], "trainer.val_subset=0 must be >= 1"),
@@ -148,10 +149,11 @@ def test_run_and_sweep_keep_glibc_from_returning_memory(tmp_path):
     assert run("user", MALLOC_TRIM_THRESHOLD_="1000000") == {}
 
 
-def test_a_warm_started_seed_ends_at_the_brackets_of_a_search_from_scratch(tmp_path):
-    """Two seeds' edge search through the real command, with and without sweep.lr.warm_start: the same
-    brackets per seed at the same resolution, in fewer trials (the oracle test in
-    tests/analysis/test_warm_start.py checks every pair of edges)."""
+def test_warm_started_seeds_and_an_outward_coarse_grid_end_at_the_brackets_of_a_search_from_scratch(tmp_path):
+    """Two seeds' edge search through the real command: from scratch (every seed the whole coarse grid, then
+    bisection), with the coarse grid trained outward alone, and with the defaults (outward, later seeds warm-
+    started): the same brackets per seed at the same resolution, each saving in fewer trials (the oracle tests
+    in tests/analysis/test_warm_start.py and test_coarse_outward.py check every pair of edges)."""
     common = [
         "sweep.grid.model.bn=[pre]",
         "sweep.seeds=[0,1]",
@@ -166,17 +168,22 @@ def test_a_warm_started_seed_ends_at_the_brackets_of_a_search_from_scratch(tmp_p
         "sweep.progress=false",
         *replace(TRAIN, "trainer.max_steps=30", "trainer.val_every=15"),
     ]
+    arms = {
+        "scratch": ["sweep.lr.warm_start=false", "sweep.lr.coarse=all"],
+        "outward": ["sweep.lr.warm_start=false"],
+        "defaults": [],
+    }
     got = {}
-    for warm in ("true", "false"):
-        out = tmp_path / warm
-        r = bnexp("sweep", "sweep=lr_stability", f"sweep.out_dir={out}", f"sweep.lr.warm_start={warm}", *common)
+    for arm, extra in arms.items():
+        out = tmp_path / arm
+        r = bnexp("sweep", "sweep=lr_stability", f"sweep.out_dir={out}", *extra, *common)
         assert r.returncode == 0, r.stderr[-2000:]
         (v,) = json.loads((out / "summary.json").read_text())["variants"]
         per = v["edges"]["per_seed"]
-        got[warm] = ({s: (e["low"], e["high"]) for s, e in per.items()}, v["edges"]["n_trials"])
-    assert got["true"][0] == got["false"][0]
-    assert all(lo and hi for lo, hi in got["true"][0].values())  # both seeds found a range to bracket
-    assert got["true"][1] < got["false"][1]
+        got[arm] = ({s: (e["low"], e["high"]) for s, e in per.items()}, v["edges"]["n_trials"])
+    assert got["outward"][0] == got["scratch"][0] == got["defaults"][0]
+    assert all(lo and hi for lo, hi in got["scratch"][0].values())  # both seeds found a range to bracket
+    assert got["defaults"][1] < got["outward"][1] < got["scratch"][1], got
 
 
 def test_a_point_already_pruned_is_not_trained_again(tmp_path):

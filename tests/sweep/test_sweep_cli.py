@@ -340,7 +340,7 @@ def test_the_console_script_completes_on_tab(tmp_path):
     r = subprocess.run([exe, "-sc", "query=bash"], env=child_env(COMP_LINE="bnexp-sweep sweep.lr."), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert set(r.stdout.split()) == {"sweep.lr.high=", "sweep.lr.low=", "sweep.lr.points=", "sweep.lr.search=",
-                                     "sweep.lr.resolution=", "sweep.lr.warm_start="}  # fmt: skip
+                                     "sweep.lr.resolution=", "sweep.lr.warm_start=", "sweep.lr.coarse="}  # fmt: skip
 
 
 def test_local_workers_share_the_study_and_split_the_cores(tmp_path):
