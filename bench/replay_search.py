@@ -25,7 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bnexp.analysis.edges import coarse_points, middle, next_points, seed_edges, warm_points  # noqa: E402
+from bnexp.analysis.edges import (  # noqa: E402
+    bracket_decades,
+    coarse_points,
+    middle,
+    next_points,
+    seed_edges,
+    warm_points,
+    wider,
+)
 from bnexp.analysis.stability import StabilityRule  # noqa: E402
 
 # the committed edge studies' searches (scripts/reference_studies.sh, bnexp/conf/sweep/*.yaml): lr 1e-5..1, 6 points
@@ -51,6 +59,25 @@ def replay(recorded: dict[str, dict], start: list[float], plan) -> tuple[list[di
         if not asked:
             return trials, None
     raise RuntimeError("the replayed search never ended")
+
+
+def relation(want: dict, have: dict, res: float) -> str:
+    """How the replayed brackets (`have`) sit to the recorded ones: "same"; "holds" where each replayed bracket
+    holds the recorded one and is within the resolution (a study from before bnexp.analysis.edges.WIDTH_TOL,
+    which bisected a bracket of exactly the resolution once more); else "differ"."""
+    pairs = [(want[s], have[s]) for s in ("low", "high")]
+    if all(w == h for w, h in pairs):
+        return "same"
+
+    def holds(w: list | None, h: list | None) -> bool:
+        if w == h:
+            return True
+        if w is None or h is None or None in w or None in h:
+            return False
+        lo, hi = sorted(h)
+        return lo <= min(w) and max(w) <= hi and not wider(bracket_decades(h), res)
+
+    return "holds" if all(holds(w, h) for w, h in pairs) else "differ"
 
 
 def records(d: Path) -> tuple[list[dict], StabilityRule, list[str]]:
@@ -100,6 +127,7 @@ def study(name: str, root: Path) -> dict:
             cost = {id(r): (r.get("cpu_s") if r.get("cpu_s") is not None else r.get("wall_s")) or 0.0 for r in recs}
             want = seed_edges(recs, rule)
             have = seed_edges(got, rule)
+            rel = "unrecorded" if missing is not None else relation(want, have, res)
             out.append(
                 {
                     "variant": "-".join(str(v) for v in variant),
@@ -112,7 +140,8 @@ def study(name: str, root: Path) -> dict:
                     "recorded_cpu_s": round(sum(cost.values()), 1),
                     "replayed_cpu_s": round(sum(cost[id(r)] for r in got), 1),
                     "replayed_whole_grid_cpu_s": round(sum(cost[id(r)] for r in grid_got), 1),
-                    "same_brackets": missing is None and (have["low"], have["high"]) == (want["low"], want["high"]),
+                    "same_brackets": rel == "same",
+                    "relation": rel,
                     "brackets": [want["low"], want["high"]],
                 }
             )
@@ -131,7 +160,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for s in res:
         for r in s["seeds"]:
-            same = "yes" if r["same_brackets"] else f"unrecorded lr {r['unrecorded']:g}" if r["unrecorded"] else "NO"
+            same = {"same": "yes", "holds": "holds it (finer recorded)", "differ": "NO"}.get(r["relation"]) or (
+                f"unrecorded lr {r['unrecorded']:g}"
+            )
             print(f"| {s['study']} | {r['variant']} | {r['seed']} | {r['search']} | {r['recorded']} | "
                   f"{r['replayed_whole_grid']} | {r['replayed']} | {r['recorded_cpu_s']:.0f} | "
                   f"{r['replayed_whole_grid_cpu_s']:.0f} | {r['replayed_cpu_s']:.0f} | {same} |")  # fmt: skip
@@ -139,11 +170,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rep = sum(r["replayed_cpu_s"] for r in s["seeds"])
         whole = sum(r["replayed_whole_grid_cpu_s"] for r in s["seeds"])
         n = sum(r["same_brackets"] for r in s["seeds"])
+        held = sum(r["relation"] == "holds" for r in s["seeds"])
         print(f"{s['study']}: {sum(r['recorded'] for r in s['seeds'])} trials recorded; replayed "
               f"{sum(r['replayed_whole_grid'] for r in s['seeds'])} with the whole grid ({whole:.0f} s of CPU), "
               f"{sum(r['replayed'] for r in s['seeds'])} outward ({rep:.0f} s: "
               f"{rep / whole if whole else math.nan:.2f}x); the same brackets as recorded for {n} of "
-              f"{len(s['seeds'])} seeds")  # fmt: skip
+              f"{len(s['seeds'])} seeds" + (f", {held} holding a finer recorded one" if held else ""))  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
     return res

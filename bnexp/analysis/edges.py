@@ -33,6 +33,15 @@ from bnexp.analysis.stability import stable_range as _width
 from bnexp.analysis.stability import state_of as _state
 
 LR_DIGITS = 6  # bisection points are rounded like a trial's lr (bnexp.sweep.spec.trial_cfg), so keys agree
+# a bracket within this many decades of the resolution is within it: rounding each end to 6 digits moves its
+# width by up to 4e-6 decades, which made a 0.25-decade bracket read 0.2500001 and be bisected once more
+# (0.125 decades at resolution 0.25 on some edges, 0.25 on others)
+WIDTH_TOL = 1e-5
+
+
+def wider(width: float | None, resolution: float) -> bool:
+    """Whether a bracket `width` decades wide is wider than the `resolution` (beyond the ends' rounding)."""
+    return width is not None and width > resolution + WIDTH_TOL
 
 
 def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
@@ -82,7 +91,7 @@ def next_points(trials: Sequence[dict], rule: StabilityRule, resolution: float) 
     out = []
     for side in ("low", "high"):
         width = bracket_decades(e[side])
-        if width is not None and width > resolution:
+        if wider(width, resolution):
             mid = midpoint(e[side])
             if _lr_key({"lr": mid}) not in have and mid not in e[side]:
                 out.append(mid)
@@ -146,7 +155,9 @@ def lattice(grid: Sequence[float], resolution: float) -> list[float]:
     decades, as `next_points` bisects. A closed edge found from scratch is a cell of its finest level."""
     pts = sorted({float(g) for g in grid})
     while True:
-        new = {midpoint([a, b]) for a, b in zip(pts, pts[1:], strict=False) if bracket_decades([a, b]) > resolution}
+        new = {
+            midpoint([a, b]) for a, b in zip(pts, pts[1:], strict=False) if wider(bracket_decades([a, b]), resolution)
+        }
         new -= set(pts)  # a cell too narrow to split at 6 digits
         if not new:
             return pts
@@ -213,7 +224,7 @@ def warm_points(
         i, j = (at.get(_lr_key({"lr": x})) if x is not None else None for x in own[side])
         if i is None or (own[side][1] is not None and j is None):  # off the lattice: bisect as from scratch
             width = bracket_decades(own[side])
-            out.append(midpoint(own[side]) if width is not None and width > resolution else None)
+            out.append(midpoint(own[side]) if wider(width, resolution) else None)
             continue
         rs = at.get(_lr_key({"lr": ref[side][0]})) if ref and ref[side] else None
         if rs is None:
