@@ -333,7 +333,9 @@ def _refuse_half_made(study: Any, sw: DictConfig, h: str) -> None:
     have = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
     n = len(have)
     # no mark (an older bnexp made it): adopted only if every point it holds is one of this spec's
-    if (making is not None and making != h) or (making is None and not have <= {p["key"] for p in design(sw)}):
+    whole = sw.copy()
+    whole.lr.coarse = "all"  # an older bnexp enqueued the whole coarse grid: its points are this spec's too
+    if (making is not None and making != h) or (making is None and not have <= {p["key"] for p in design(whole)}):
         raise ConfigError(
             f"study {study.study_name!r} was left half-made ({n} points enqueued, no recorded spec) by a "
             "command with a different spec; rerun that command to finish it, or use sweep.name=<new name> "
