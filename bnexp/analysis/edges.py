@@ -45,7 +45,10 @@ def wider(width: float | None, resolution: float) -> bool:
 
 
 def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
-    """One seed's brackets: {"best_lr", "low": [stable, unstable|None] | None, "high": ..., "n_trials"}."""
+    """One seed's brackets: {"best_lr", "low": [stable, unstable|None] | None, "high": ..., "n_trials",
+    "stable_past": {"low": [lr, ...], "high": [...]}}: the stable lrs it trained past an unstable one outside
+    its run (below its low bracket, above its high one), where an edge is a chaotic band: the brackets hold
+    the run around the best lr, and these say where stability came back."""
     complete = [r for r in trials if _state(r) in RESULT_STATES]  # a pruned trial: an unstable result
     w = _width(complete, rule)
     lrs = [p["lr"] for p in w["points"]]
@@ -60,6 +63,11 @@ def seed_edges(trials: Sequence[dict], rule: StabilityRule) -> dict[str, Any]:
     out["low"] = [lrs[lo], lrs[lo - 1] if lo > 0 else None]
     out["high"] = [lrs[hi], lrs[hi + 1] if hi + 1 < len(lrs) else None]
     out["stable_lr_min"], out["stable_lr_max"] = lrs[lo], lrs[hi]
+    # stable lrs past an unstable one, outside the run (a chaotic band rather than an edge): said, not counted
+    out["stable_past"] = {
+        "low": [lrs[i] for i in range(lo) if w["points"][i].get("stable")],
+        "high": [lrs[i] for i in range(hi + 1, len(lrs)) if w["points"][i].get("stable")],
+    }
     return out
 
 

@@ -346,7 +346,9 @@ def _seed_brackets(e: dict) -> str:
             parts.append(f"s{seed}: nothing stable")
             continue
         b = [f"[{x[0]:.3g}, {x[1]:.3g}]" if x[1] is not None else f"[{x[0]:.3g}, open]" for x in (s["low"], s["high"])]
-        parts.append(f"s{seed}: low {b[0]}, high {b[1]}")
+        past = [x for side in ("low", "high") for x in (s.get("stable_past") or {}).get(side) or []]
+        again = f", stable again at {', '.join(f'{x:.3g}' for x in sorted(past))}" if past else ""
+        parts.append(f"s{seed}: low {b[0]}, high {b[1]}{again}")
     return "; ".join(parts)
 
 
@@ -360,7 +362,8 @@ def _edges_section(summary: dict) -> list[str]:
         " range's first stable lr and the unstable lr below it, the high edge between its last stable lr and the"
         " unstable lr above it. An edge is the bracket's geometric midpoint; the width is log10(high / low)."
         " Across seeds: the median, and in brackets the range over seeds (their spread, not a confidence"
-        " interval). *Resolution* is the widest bracket: how exactly the edges are known.",
+        " interval). *Resolution* is the widest bracket: how exactly the edges are known. *Stable again at*:"
+        " a seed stable at an lr past an unstable one outside its range, where the edge is a chaotic band.",
         "",
         "| variant | low edge | high edge | width (decades) | resolution (decades) | trials | seeds stable"
         " | per seed |",

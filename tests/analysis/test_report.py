@@ -251,3 +251,21 @@ def test_a_second_axis_names_its_bn_no_bn_rows_and_retried_failures_are_told_apa
     rows = [r for r in md.splitlines() if r.startswith("| off-auto-d8-") and "population" in r]
     assert len(rows) == 2 and all("no BN: as population" in r for r in rows), rows  # not "not recorded"
     assert "not recorded" not in md
+
+
+def test_a_seed_stable_again_past_an_unstable_lr_is_said(tmp_path: Path) -> None:
+    """The bench study's pre seed 2 (depth 8, 800 steps, channels_last): stable at 0.1, not at 0.178, stable
+    again at 0.316. Its high bracket holds the run around its best lr, [0.1, 0.178]; the report and
+    summary.json say where stability came back: a chaotic band, not an edge."""
+    from bnexp.analysis.edges import seed_edges
+
+    lrs = [1e-3, 1e-2, 0.1, 0.177828, 0.316228, 0.562342]
+    trials = sweep([0.97, 0.97, 0.97, 0.77, 0.92, 0.45], lrs=lrs)
+    e = seed_edges(trials, RULE)
+    assert e["high"] == [0.1, 0.177828] and e["stable_past"] == {"low": [], "high": [0.316228]}
+    summary = write_report(tmp_path, "band", trials, RULE, ["echo"])
+    (v,) = summary["variants"]
+    assert v["edges"]["per_seed"]["0"]["stable_past"]["high"] == [0.316228]
+    assert "high [0.1, 0.178], stable again at 0.316" in (tmp_path / "report.md").read_text()
+    one_run = seed_edges(sweep([0.97, 0.97, 0.97, 0.77, 0.5, 0.45], lrs=lrs), RULE)
+    assert one_run["stable_past"] == {"low": [], "high": []}
