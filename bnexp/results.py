@@ -63,24 +63,29 @@ class Results:
         """One row per variant, seed and side (low, high): the bracket (`stable_lr`, `unstable_lr`: None where
         the edge is open, the range going on past the search), the `edge` (the bracket's midpoint; an open
         edge's stable end), the bracket's `resolution` in decades, the seed's `width` (the same on both of its
-        rows), `open`. A seed with nothing stable has one row, side None and width 0."""
+        rows), `open`, and `stable_past` (a tuple of the lrs stable again past an unstable one beyond this
+        bracket: the edge is a chaotic band; empty for older summaries). A seed with nothing stable has one row,
+        side None and width 0."""
         import pandas as pd
 
         from bnexp.analysis.edges import bracket_decades, estimate
 
-        cols = ["variant", "seed", "side", "stable_lr", "unstable_lr", "edge", "resolution", "width", "open"]
+        cols = ["variant", "seed", "side", "stable_lr", "unstable_lr", "edge", "resolution", "width", "open",
+                "stable_past"]  # fmt: skip
         rows = []
         for v in self.variants_list:
             extra = {"job": v["job"]} if "job" in v else {}
             for seed, e in ((v.get("edges") or {}).get("per_seed") or {}).items():
                 base = {**extra, "variant": v.get("label"), "seed": _seed(seed), "width": e.get("width")}
                 if not e.get("low"):
-                    rows.append({**base, "side": None, "open": False})
+                    rows.append({**base, "side": None, "open": False, "stable_past": ()})
                     continue
                 for side in ("low", "high"):
                     b = e[side]
+                    past = tuple((e.get("stable_past") or {}).get(side) or ())  # stable again past this bracket
                     rows.append({**base, "side": side, "stable_lr": b[0], "unstable_lr": b[1], "edge": estimate(b),
-                                 "resolution": bracket_decades(b), "open": b[1] is None})  # fmt: skip
+                                 "resolution": bracket_decades(b), "open": b[1] is None,
+                                 "stable_past": past})  # fmt: skip
         df = pd.DataFrame(rows, columns=[*(["job"] if any("job" in r for r in rows) else []), *cols])
         return df.astype({"seed": "Int64", "open": bool, "width": float, "resolution": float, "edge": float,
                           "stable_lr": float, "unstable_lr": float})  # fmt: skip

@@ -151,6 +151,7 @@ WARNED = {
     "grace-vs-heartbeat": (["sweep.heartbeat=30", "sweep.grace=40"], "sweep.grace=40 < 2 x sweep.heartbeat=30"),
     "grace-without-heartbeat": (["sweep.heartbeat=0", "sweep.grace=100"], "with sweep.heartbeat=0"),
     "edge-resolution-with-grid-search": (["sweep.lr.resolution=0.05"], "with sweep.lr.search=grid it is unused"),
+    "edge-coarse-with-grid-search": (["sweep.lr.coarse=all"], "sweep.lr.coarse=all is the edge search's"),
     "population-vs-lr-points": (["sweep.population=8"], "sweep.population=8 > sweep.lr.points=2"),
     "val-every-vs-max-steps": (["trainer.val_every=100"], "trainer.val_every=100 > trainer.max_steps=12"),
     "log-every-vs-max-steps": (["trainer.log_every=100"], "trainer.log_every=100 > trainer.max_steps=12"),

@@ -99,6 +99,7 @@ def test_load_edges_one_row_per_variant_seed_and_side_with_honest_dtypes():
         "resolution",
         "width",
         "open",
+        "stable_past",
     ]
     pre = e[e["variant"] == "pre-auto-d19"]
     assert len(pre) == 3 * 2 and set(pre["side"]) == {"low", "high"} and not pre["open"].any()
@@ -108,6 +109,10 @@ def test_load_edges_one_row_per_variant_seed_and_side_with_honest_dtypes():
     for v in r.variants_list:  # the summary's width is the median of the seeds' widths in .edges
         seeds = e[e["variant"] == v["label"]].drop_duplicates("seed")["width"]
         assert seeds.median() == pytest.approx(v["width"])
+    assert all(p == () for p in pre["stable_past"])
+    band = bnexp_pkg.load(REFERENCE / "edges_d19_cl").edges  # pre seed 2: high [0.01, 0.0133], stable again at 0.042
+    row = band[(band["variant"] == "pre-auto-d19") & (band["seed"] == 2) & (band["side"] == "high")]
+    assert row["stable_past"].iloc[0] == (0.0421697,)
     assert isinstance(r.variants_list, list) and len(r.variants_list) == len(r.variants)  # a property, as the rest
     assert {"width", "width_low", "width_high", "stable_span"} <= set(r.variants.columns)
     assert not {"stable_decades", "stable_decades_ci"} & set(r.variants.columns)

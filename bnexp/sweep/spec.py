@@ -263,6 +263,9 @@ def check_combinations(sw: DictConfig, cfg: DictConfig | None = None) -> None:
     elif lr.search == "grid" and lr.resolution != LRRange.resolution:
         warn(f"sweep.lr.resolution={lr.resolution:g} is the edge search's; with sweep.lr.search=grid it is unused "
              "(sweep.lr.search=edges bisects to it)")  # fmt: skip
+    if lr.search == "grid" and lr.coarse != LRRange.coarse:
+        warn(f"sweep.lr.coarse={lr.coarse} is the edge search's; with sweep.lr.search=grid it is unused (a grid "
+             "trains every point)")  # fmt: skip
     if sw.population > 1 and lr.points > 1 and sw.population > lr.points and lr.search == "grid":
         warn(f"sweep.population={sw.population} > sweep.lr.points={lr.points}: a population holds the lrs of one "
              f"variant and seed, so at most {lr.points}; sweep.population={lr.points} says what runs")  # fmt: skip
