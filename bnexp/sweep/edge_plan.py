@@ -83,7 +83,7 @@ def seed_groups(study: Any, sw: DictConfig) -> dict[tuple, list[dict]]:
         ua = t.user_attrs
         if "key" not in ua or ua.get("returned") or ua.get("duplicate"):
             continue
-        fp = t.params or liveness.fixed_params(study, t) or {}
+        fp = {**(liveness.fixed_params(study, t) or {}), **t.params}  # killed mid-suggest: some params only
         group = groups.setdefault((tuple((k, fp.get(k)) for k in axes), fp.get("seed")), [])
         if t.state in (TrialState.WAITING, TrialState.RUNNING):
             group.append({"state": t.state.name, "lr": fp.get(LR_PARAM), "key": ua["key"]})

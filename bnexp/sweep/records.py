@@ -39,7 +39,9 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         ua = t.user_attrs
         if "key" not in ua or ua.get("returned") or ua.get("duplicate") or t.state.name in ("WAITING", "RUNNING"):
             continue
-        fp = t.params or t.system_attrs.get("fixed_params", {})
+        # the point's fixed params under whatever it had suggested: a worker killed between its suggest calls
+        # leaves some params (the variant) without the others (seed, lr), which only the fixed params hold
+        fp = {**(t.system_attrs.get("fixed_params") or {}), **t.params}
         # early_acc: the pruner's running record of each validation's better view (bnexp.sweep.pruning), which
         # val_history holds in full
         row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR)}

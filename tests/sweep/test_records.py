@@ -65,3 +65,23 @@ def test_a_trial_stopped_before_it_finished_joins_its_own_variant() -> None:
         ("FAIL", "pre", "auto", 8, "0.1"),
         ("FAIL", "pre", "auto", 8, "0.1"),
     ]
+
+
+def test_a_trial_killed_between_its_suggest_calls_keeps_its_lr_and_seed(tmp_path) -> None:
+    """kill -9 after a worker suggested a point's variant but before its seed and lr (test_edges' killed edge
+    search hit this once in CI): the failed attempt's record and the edge planner take the missing params from
+    the point's fixed params, not an empty lr."""
+    from helpers.sweeps import parts, sweep_args
+    from optuna.trial import TrialState
+
+    from bnexp.sweep.edge_plan import seed_groups
+    from bnexp.sweep.records import trial_records
+
+    p = parts(sweep_args(tmp_path / "s", points=1, extra=["sweep.grid.model.bn=[pre]"]))
+    t = p.study.ask()  # the enqueued point, RUNNING, nothing suggested yet
+    t.suggest_categorical("model.bn", ["pre"])  # the variant only: then the kill
+    p.study.tell(t, state=TrialState.FAIL)  # as the rerun fails a stale trial
+    (rec,) = [r for r in trial_records(p.study) if r["state"] == "FAIL"]
+    assert rec["lr"] == 1e-4 and rec["seed"] == 0 and rec["bn"] == "pre"
+    groups = seed_groups(p.study, p.sw)
+    assert list(groups) == [((("model.bn", "pre"),), 0)]
