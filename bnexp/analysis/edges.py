@@ -118,7 +118,7 @@ def coarse_points(
     stretch of the grid, so each bracket is a grid cell whose unstable end is the stable run's neighbour, as
     with the whole grid. Under the assumption every edge search makes (a seed's stable lrs are one unbroken
     run containing a coarse point) it ends at the coarse brackets the whole grid gives, and then bisects them
-    alike (tests/analysis/test_warm_start.py checks every pair of edges); the points past an unstable one are
+    alike (tests/analysis/test_coarse_outward.py checks every pair of edges); the points past an unstable one are
     never trained. Where the stable lrs are not one run (a stable island past an unstable point, as a chaotic
     edge gives), the whole grid may take an island whose value is higher as the run; outward keeps the run
     that holds the middle of the grid.
@@ -225,8 +225,8 @@ def warm_points(
             return coarse
     if own["low"] is None:  # none of its own points stable: the reference range's middle, then from scratch
         ends = [at.get(_lr_key({"lr": ref[s][0]})) for s in ("low", "high")] if ref and ref["low"] else [None]
-        middle = [pts[(ends[0] + ends[1]) // 2]] if None not in ends else []
-        return fresh(middle) or fresh(grid)
+        between = [pts[(ends[0] + ends[1]) // 2]] if None not in ends else []
+        return fresh(between) or fresh(grid)
     out: list[float | None] = []
     for side, d in (("low", -1), ("high", 1)):  # d: outward, in lattice index
         i, j = (at.get(_lr_key({"lr": x})) if x is not None else None for x in own[side])

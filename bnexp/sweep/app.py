@@ -41,7 +41,15 @@ from bnexp.cli import (
     stopping,
 )
 from bnexp.core.alloc import keep_memory
-from bnexp.sweep.spec import StudyConfig, register_configs
+from bnexp.sweep.spec import (
+    StudyConfig,
+    edge_trials_estimate,
+    register_configs,
+    scans_outward,
+    variants,
+    warm_seeds,
+    worker_points,
+)
 
 log = logging.getLogger("bnexp.sweep")
 register_configs()
@@ -212,7 +220,6 @@ def _compile_mode(study: Any, sw: DictConfig, base: DictConfig, n: int, threads:
     from optuna.trial import TrialState
 
     from bnexp.core.compiled import cluster_workers, sweep_mode
-    from bnexp.sweep.spec import edge_trials_estimate, variants
 
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     if sw.lr.search == "edges":  # an edge search enqueues as it goes: its estimate, less what is done
@@ -232,8 +239,6 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
     from bnexp.sweep.worker import Worker, install_signal_handlers  # torch and Lightning: to train only
 
     check_hardware(base)  # a GPU asked for on a CPU node: one line now, not a failed trial per point
-    from bnexp.sweep.spec import worker_points
-
     n, threads, gpus = local.plan(sw, base, worker_points(sw, n_points))
     if base.trainer.compile == "auto":  # decided once for all the workers: each compiles once, then reuses
         mode = _compile_mode(study, sw, base, n, threads, gpus)
@@ -244,8 +249,6 @@ def _work(study: Any, name: str, sw: DictConfig, base: DictConfig, out_dir: Path
     others = local.start(n, threads, gpus, task, out_dir, name, url) if n > 1 else []
     if n > 1:
         local.pin_this_worker(threads)
-    from bnexp.sweep.spec import edge_trials_estimate
-
     # an edge search plans as it goes: its bar counts towards the estimate --dry-run gives
     bar = Progress(study, sw, edge_trials_estimate(sw)["typical"] if sw.lr.search == "edges" else n_points, rule)
     try:
@@ -275,8 +278,6 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
     check_writable_dir(out_dir, "sweep.out_dir")  # as the real command would refuse it, before it says anything
     n_var = len({json.dumps(p["variant"], sort_keys=True) for p in pts})
     seeds = list(sw.seeds)
-    from bnexp.sweep.spec import worker_points
-
     workers, _, _ = local.plan(sw, base, worker_points(sw, len(pts)))
     n_trials = len(pts)
     lines = [
@@ -287,8 +288,6 @@ def _plan_header(sw: DictConfig, base: DictConfig, name: str, pts: list, url: st
         f"workers here: {workers} (sweep.jobs={sw.jobs})",
     ]
     if sw.lr.search == "edges":
-        from bnexp.sweep.spec import edge_trials_estimate, scans_outward, warm_seeds
-
         e = edge_trials_estimate(sw)
         n_trials = e["typical"]
         planned = "the first seed's coarse grid" if warm_seeds(sw) else "every seed's coarse grid"
@@ -340,7 +339,7 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
 
     from bnexp.sweep import liveness
     from bnexp.sweep.records import build_report, print_summary
-    from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg, variants
+    from bnexp.sweep.spec import design, resolve, spec_hash, training_cfg, trial_cfg
     from bnexp.sweep.storage import (
         check_study_name,
         load_study,

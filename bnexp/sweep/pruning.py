@@ -65,11 +65,14 @@ def prune_setting(value: Any) -> str:
     return v
 
 
+def earliest_step(max_steps: int) -> int:
+    """The earliest step a trial may be pruned at: at or after 3/4 of the run and after step LATE_DEPARTURE."""
+    return max(math.ceil(AFTER_FRACTION * max_steps), LATE_DEPARTURE + 1)
+
+
 def earliest_after(max_steps: int, val_every: int) -> int:
-    """The first validation step a trial may be pruned at: at or after 3/4 of the run and after step
-    LATE_DEPARTURE (the pruner only judges at validations)."""
-    step = max(math.ceil(AFTER_FRACTION * max_steps), LATE_DEPARTURE + 1)
-    return math.ceil(step / val_every) * val_every
+    """The first validation at or after `earliest_step` (the pruner only judges at validations)."""
+    return math.ceil(earliest_step(max_steps) / val_every) * val_every
 
 
 def default_after(max_steps: int, val_every: int) -> int | None:
@@ -122,13 +125,12 @@ def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
             f"sweep.prune_after={after} is after trainer.max_steps={max_steps}: nothing would be pruned; "
             f"use sweep.prune_after<={max_steps} or sweep.prune=false"
         )
-    earliest = earliest_after(max_steps, val_every)
+    earliest = earliest_step(max_steps)  # the pruner judges at the first validation at or after `after`
     if after < earliest:
         raise ConfigError(
             f"sweep.prune_after={after} of trainer.max_steps={max_steps} is earlier than step {earliest} (3/4 of the "
             f"run, after step {LATE_DEPARTURE}): committed trials still at chance at step {LATE_DEPARTURE} went on "
-            f"to train "
-            f"(docs/sweeps.md, pruning); use sweep.prune_after>={earliest}, or sweep.prune=false"
+            f"to train (docs/sweeps.md, pruning); use sweep.prune_after>={earliest}, or sweep.prune=false"
         )
     return after
 

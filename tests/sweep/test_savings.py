@@ -114,7 +114,7 @@ def test_no_committed_trial_that_ended_stable_would_have_been_pruned():
     [
         (["sweep.prune_after=900"], "after trainer.max_steps=800"),
         (["sweep.prune_after=300"], "earlier than step 600"),
-        (["sweep.prune_after=500", "trainer.max_steps=600"], "earlier than step 600"),
+        (["sweep.prune_after=500", "trainer.max_steps=600"], "earlier than step 501"),
         (["sweep.prune=true", "trainer.max_steps=400"], "use trainer.max_steps>600"),
         (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
         (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
