@@ -18,8 +18,12 @@ against the old one: same, touch (an end shared), overlap, or apart by so many d
 float rounding, the conv layout, can move a bracket at a chaotic edge by a cell). Writes the table to stdout
 and JSON to <out-dir>/bench_study.json.
 
-800 steps by default, the studies' own length: a trial may be pruned only after step 500 (bnexp.sweep.pruning),
-so a study of 600 steps or fewer prunes nothing and measures every other saving alone.
+--floor also times each variant's optimizer steps alone (bench/bench_step.py's plain loop, one thread, the layout
+a sweep trains in) and prices the new arm's trials at that: each trial's steps trained times its variant's step.
+That is what the new arm would cost if its trials did nothing but train (no evaluation, no setup, no process
+start): a floor for any search that trains the same trials, against which the goal can be set.
+
+800 steps by default, the studies' own length.
 """
 
 from __future__ import annotations
@@ -92,6 +96,27 @@ def run_arm(name: str, a: argparse.Namespace, root: Path) -> dict:
     }
 
 
+def floor(a: argparse.Namespace, out: Path) -> dict:
+    """The new arm's trials priced at their optimizer steps alone (module docstring)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_step import plain_steps
+
+    from bnexp.core.data import load_mnist, make_splits
+
+    torch.set_num_threads(1)
+    splits = make_splits(load_mnist(os.environ.get("BNEXP_DATA_DIR")), None, None, None)
+    per = {bn: plain_steps(splits, bn, a.depth, 200, 20, "cpu", "none") for bn in a.bn.split(",")}
+    trials = [json.loads(p.read_text()) for p in out.glob("trials/*/*/metrics.json")]
+    steps = {bn: sum(int(m["step"]) for m in trials if m["bn"] == bn) for bn in per}
+    return {
+        "step_ms": {bn: 1000 * t for bn, t in per.items()},
+        "steps": sum(steps.values()),
+        "cpu_s": sum(steps[bn] * per[bn] for bn in per),
+    }
+
+
 def relation(a: list | None, b: list | None) -> str:
     """How bracket `b` sits to bracket `a` ([stable_lr, unstable_lr]; None: no bracket; an unstable end None:
     open): "same", "touch" (they share an end), "overlap", or "apart D" (D decades between their nearest
@@ -119,6 +144,7 @@ def main() -> None:
     ap.add_argument("--jobs", default="auto")
     ap.add_argument("--arms", default="old,new")
     ap.add_argument("--out-dir", default=str(REPO / "outputs" / "bench_study"))
+    ap.add_argument("--floor", action="store_true", help="price the new arm's trials at their steps alone")
     ap.add_argument("extra", nargs="*", help="more overrides for both arms (e.g. logger=none)")
     a = ap.parse_args()
     root = Path(a.out_dir)
@@ -136,6 +162,10 @@ def main() -> None:
             for s, lo_hi_o in seeds.items()
             for k, side in enumerate(("low", "high"))
         }
+    if a.floor and "new" in res:
+        out["floor"] = floor(a, root / "new")
+        if "old" in res:
+            out["floor"]["ratio"] = out["floor"]["cpu_s"] / res["old"]["cpu_s"]
     print("| arm | trials | pruned | CPU, summed (s) | of it kernel (s) | trials' own CPU (s) | wall (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in res.items():
@@ -146,6 +176,11 @@ def main() -> None:
               f"the same brackets for every seed: {out['same_brackets']}")  # fmt: skip
         for where, rel in out["relations"].items():
             print(f"  new against old, {where}: {rel}")
+    if "floor" in out:
+        f = out["floor"]
+        print(f"floor: the new arm's {f['steps']} steps alone, at "
+              + ", ".join(f"{bn} {ms:.1f} ms" for bn, ms in f["step_ms"].items())
+              + f" a step: {f['cpu_s']:.0f} s" + (f" ({f['ratio']:.2f}x old)" if "ratio" in f else ""))  # fmt: skip
     for name, r in res.items():
         for label, seeds in r["brackets"].items():
             for s, (lo, hi) in seeds.items():

@@ -272,7 +272,7 @@ def _rule_lines(summary: dict, rule: StabilityRule) -> list[str]:
         " trained (so about one bracket less than the width); an unstable lr between stable ones is a *hole*,"
         " counted and named, and the span that ignores holes is given apart, labelled as such. Diverged trials"
         " are COMPLETE results that"
-        " are never stable; so are PRUNED trials, stopped at chance late in training by the sweep's pruner"
+        " are never stable; so are PRUNED trials, stopped early by the sweep's pruner as unable to end stable"
         " (sweep.prune; counted per variant); FAIL trials (attempts) are counted apart, with how many a later"
         " attempt of the same point completed.",
         "",

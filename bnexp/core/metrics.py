@@ -159,6 +159,7 @@ class RunRecord:
     diverged_step: int | None = None
     stop_step: int | None = None  # steps trained when it stopped early; None: it trains to the run's end
     pruned_step: int | None = None  # the validation step at which the sweep's pruner stopped it (sweep.prune)
+    pruned_silent_steps: int | None = None  # then: steps in a row with no gradient at its first layer
 
     @property
     def diverged(self) -> bool:

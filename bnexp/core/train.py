@@ -456,6 +456,7 @@ def train(
         memory_format=module.memory_format,
         cpu_s=time.process_time() - cpu0,  # this process's CPU time (all its threads): wall_s on a shared machine
         pruned_step=module.record.pruned_step,
+        pruned_silent_steps=module.record.pruned_silent_steps,
         malloc=applied(),  # what bnexp.core.alloc set ({}: glibc's defaults)
         val_subset=cfg.trainer.val_subset,
         skipped=skipped(cfg, pruned),

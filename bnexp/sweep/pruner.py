@@ -8,34 +8,56 @@ from typing import Any
 import optuna
 
 from bnexp.record import VAL_ACC
-from bnexp.sweep.pruning import CHANCE_ACC, EARLY_ATTR, better_view
+from bnexp.sweep.pruning import CHANCE_ACC, EARLY_ATTR, SILENT_ATTR, better_view
 
 
-class ChancePruner(optuna.pruners.BasePruner):
-    """Prune a trial at a validation at or after `after` steps where it is at chance in both views (module
-    docstring). Reads the trial's `early_acc` user attr, which the sweep worker writes at each validation."""
+def _at(attr: dict, step: int) -> Any:
+    return attr[str(step)] if str(step) in attr else attr.get(step)
 
-    def __init__(self, after: int, chance: float = CHANCE_ACC) -> None:
-        self.after, self.chance = int(after), float(chance)
+
+class SilentPruner(optuna.pruners.BasePruner):
+    """Prune a trial at a validation where it is at chance in both views and has had no gradient at its first
+    layer for the last `silent` steps (bnexp.sweep.pruning). Reads the trial's `early_acc` and `silent_steps`
+    user attrs, which the sweep worker's callback writes at each validation."""
+
+    def __init__(self, silent: int, chance: float = CHANCE_ACC) -> None:
+        self.silent, self.chance = int(silent), float(chance)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         early = trial.user_attrs.get(EARLY_ATTR) or {}
         if not early:
             return False
         step = max(int(s) for s in early)
-        acc = early[str(step)] if str(step) in early else early.get(step)
-        return step >= self.after and acc is not None and acc < self.chance
+        acc = _at(early, step)
+        quiet = _at(trial.user_attrs.get(SILENT_ATTR) or {}, step)
+        return acc is not None and acc < self.chance and quiet is not None and quiet >= self.silent
 
 
 def callback(trial: Any) -> Any:
-    """A Lightning callback for one sweep trial: at each validation during fit, report val/acc (the trial's
-    intermediate value: optuna-dashboard's curve), record the better view in `early_acc`, and ask the study's
-    pruner; a trial to prune has its `record.pruned_step` set and stops (train() then skips the evaluations
-    after it)."""
+    """A Lightning callback for one sweep trial: at every step of a net without BN, count the steps in a row in
+    which no gradient reached the first layer (a tensor on the trial's device: nothing waits for it); at each
+    validation during fit, report val/acc (the trial's intermediate value: optuna-dashboard's curve), record the
+    better view in `early_acc` and that count in `silent_steps`, and ask the study's pruner; a trial to prune
+    has its `record.pruned_step` set and stops (train() then skips the evaluations after it)."""
     import lightning as L
+    import torch
 
     class PruneOnValidation(L.Callback):
         finished_elsewhere = False  # another worker failed the trial as stale: its result is kept at the end
+        silent: torch.Tensor | None = None  # steps in a row with an all-zero gradient at the first layer
+        batch_dependent: bool | None = None  # the net has BN layers: a layer's output depends on the batch
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            if self.batch_dependent is None:
+                from bnexp.core.lit import has_bn
+
+                self.batch_dependent = has_bn(pl_module)
+            if self.batch_dependent:  # with BN, silence comes and goes with the batch: not judged (pruning.py)
+                return
+            first = next(pl_module.parameters())
+            n = self.silent if self.silent is not None else torch.zeros((), dtype=torch.int64, device=first.device)
+            # no gradient tensor at all is not a zero gradient: not judged, the count starts again
+            self.silent = (n + 1) * (first.grad == 0).all() if first.grad is not None else torch.zeros_like(n)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.record.val_history:
@@ -50,6 +72,10 @@ def callback(trial: Any) -> Any:
                 early = dict(trial.user_attrs.get(EARLY_ATTR) or {})
                 early[str(step)] = better_view(h)
                 trial.set_user_attr(EARLY_ATTR, early)
+                if self.silent is not None:
+                    quiet = dict(trial.user_attrs.get(SILENT_ATTR) or {})
+                    quiet[str(step)] = int(self.silent)
+                    trial.set_user_attr(SILENT_ATTR, quiet)
                 prune = step < trainer.max_steps and trial.should_prune()
             except optuna.exceptions.UpdateFinishedTrialError:
                 # failed as stale while it trained (a long pause): training goes on, the worker records the
@@ -58,6 +84,8 @@ def callback(trial: Any) -> Any:
                 return
             if prune:
                 pl_module.record.pruned_step = step
+                if self.silent is not None:
+                    pl_module.record.pruned_silent_steps = int(self.silent)
                 trainer.should_stop = True
 
     return PruneOnValidation()

@@ -1,30 +1,39 @@
-"""Stopping hopeless trials early: a trial still at chance late in training is pruned (`sweep.prune`).
+"""Stopping hopeless trials early: a trial at chance whose net has gone *silent* is pruned (`sweep.prune`).
 
 The rule and its checks (pure: no torch, no Optuna); the Optuna pruner and the training callback that apply
 it are bnexp.sweep.pruner's.
 
-The rule, from the committed studies' curves (docs/results/*/curves.csv, 570 finished trials of 800 steps;
-`python bench/prune_evidence.py` recomputes every figure below):
-
 * A trial is *at chance* at a validation when both views score below `CHANCE_ACC` (0.2): the population
   statistics (inference mode) and the batch statistics. MNIST's chance is 0.10-0.11; a subset validation of
-  1000 images (trainer.val_subset) has a standard error under 0.01 there.
-* Judged by the better view, not the population statistics alone: BN's running averages lag (momentum
-  0.01), so early on the population view reads chance while the batch view shows the net training.
-* Late starters exist, and when they leave chance is a matter of steps, not of the run's share: a run of
-  T steps is the first T steps of a longer one (a constant lr, the same batches). Of the committed trials
-  that left chance, the latest was still at chance at step 500 (and went on to 0.26); of those that ended
-  stable, step 400 (BN off, depth 4, seed 2, lr 0.001: 0.11 at step 400, 0.91 at 500), and a BN-off seed at
-  depth 8 goes from chance at step 350 to 0.92 at 500 (docs/results/no_bn_seeds: seed 5). So a trial is
-  pruned only at a validation at or after three quarters of `trainer.max_steps` *and* after step
-  `LATE_DEPARTURE` (500): 600 of 800, and nothing in a run of 600 steps or fewer. A share alone is not
-  enough: in a run of 500 steps, 3/4 is step 400, where the depth-4 late starter was at chance one
-  validation before it ended stable (`python bench/prune_evidence.py --prefixes` judges every committed
-  curve cut at every validation step as a run of that length: 0 false stops under this rule, 1 under the
-  share alone). Earlier is refused (`check`).
-* A collapsed trial (a learning rate past the upper edge: trained, then fell back to chance) is at chance
-  too and is pruned by the same test. None of the committed trials at chance at step 600 or later ended
-  above 0.2.
+  1000 images (trainer.val_subset) has a standard error under 0.01 there. Judged by the better view: BN's
+  running averages lag (momentum 0.01), so early on the population view reads chance while the batch view
+  shows the net training.
+* A trial is *silent* when no gradient has reached its first layer (all exactly zero) at any of the last
+  `silent_window` steps (100 with Adam). No gradient at the first layer means some layer's output was zero
+  for every image of the batch (a dead ReLU layer): every parameter up to it gets an exact zero gradient, so
+  that part of the net stops changing, and every layer after it sees the same input for every image, so the
+  net gives every image the same answer. Nothing moves the frozen parameters but the optimizer's memory of
+  earlier gradients, and after 100 silent steps Adam's first moment (beta1 0.9) is 0.9**100 = 3e-5 of what
+  it was; SGD's momentum gets the window that decays it as far. Weight decay moves every parameter, so with
+  it silence is not judged.
+* Silence is judged in a net without BN only. With BN a layer's output depends on the batch (its
+  statistics), so a layer dead on every batch so far can come alive on the next: BN pre at lr 1 and 3.16
+  falls silent for 100-280 steps at a time, and in 5 of the 7 such trials a gradient reached the first layer
+  again (none of them left chance, but the argument above does not hold for them).
+* A trial at chance *and* silent is pruned, at any validation before its last. One at chance but not silent
+  is a possible late starter and is never pruned: its gradients are small but flowing (BN off at lr 1e-5 to
+  1e-3, or at depth 19), and late starters leave chance late. In the committed studies the latest was at
+  step 500 (BN off, depth 4, seed 2, lr 0.001: 0.11 at step 400, 0.91 at 500); on a held-out seed it was step
+  600 (BN off, depth 8, seed 5, lr 0.00178, channels_last: 0.09 at step 600, 0.90 at 700, 0.96 at 800), which
+  a rule that pruned at chance from step 600 of 800 stopped (bench/bench_study.py --seeds 3,4,5). So no step
+  is late enough to prune a trial for being at chance alone, and `sweep.prune_after` (that rule's first step)
+  is refused.
+* The evidence (`python bench/silent_evidence.py`, docs/results/silent_evidence/runs.csv): 89 trials trained
+  to their end with each step's silence kept. BN off: 46 of 65 fell silent, all at lr 0.00316 and up, at
+  steps 103-146; in the 31849 steps they trained after, none had a gradient at its first layer again, none
+  scored above 0.117 at a validation, and all ended at chance (at most 0.113). The rule prunes each of them at
+  step 200. On the late starters' ground (BN off, depth 8, lr 1e-5 to 0.00178, seeds 0-2 and 5) none fell
+  silent, the two late starters included (0.971 and 0.961 at step 800).
 
 Only a rule that cannot be met at chance can be decided this way: the threshold rule with a threshold
 above `CHANCE_ACC`. A relative rule (stable = near the variant's best, which may itself be chance) or a
@@ -32,11 +41,11 @@ threshold at or below chance turns pruning off under `sweep.prune=auto` and is r
 `sweep.prune=true`. A pruned trial is recorded PRUNED in Optuna (optuna-dashboard and `optuna trials` show
 it so) with its curve and user attrs; the report counts it per variant and judges it unstable at its lr.
 
-Why a pruner of our own (bnexp.sweep.pruner.ChancePruner): Optuna's MedianPruner, PercentilePruner and
-ThresholdPruner read one intermediate value (here val/acc, the population view, which reads chance early
-for a healthy BN net); ThresholdPruner(lower=0.2, n_warmup_steps=600) is the nearest fit, but it has no
-second view. This one reads the better view, which the worker keeps in the trial's `early_acc` user attr,
-through the same interface (`BasePruner.prune`, `trial.report`, `trial.should_prune`).
+Why a pruner of our own (bnexp.sweep.pruner.SilentPruner): Optuna's MedianPruner, PercentilePruner and
+ThresholdPruner read one intermediate value (here val/acc, the population view); silence is not a value a
+learning curve holds. This one reads the better view and the silent steps, which the worker keeps in the
+trial's `early_acc` and `silent_steps` user attrs, through the same interface (`BasePruner.prune`,
+`trial.report`, `trial.should_prune`).
 """
 
 from __future__ import annotations
@@ -49,9 +58,10 @@ from bnexp.cli import ConfigError
 from bnexp.record import VAL_ACC, VAL_ACC_BATCH
 
 CHANCE_ACC = 0.2  # both views below this at a validation: at chance (MNIST's chance is 0.10-0.11)
-AFTER_FRACTION = 0.75  # the earliest step a trial may be pruned at, as a fraction of trainer.max_steps
-LATE_DEPARTURE = 500  # and after this step: the latest a committed trial was at chance before it left chance
+SILENT_WINDOW = 100  # steps in a row with no gradient at the first layer before a trial is silent (Adam)
+ADAM_BETA1 = 0.9  # torch.optim.Adam's default, which bnexp.core.lit.build_optimizer keeps
 EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
+SILENT_ATTR = "silent_steps"  # user attr: {step: steps in a row up to it with no gradient at the first layer}
 PRUNE_VALUES = ("auto", "true", "false")
 
 
@@ -65,35 +75,44 @@ def prune_setting(value: Any) -> str:
     return v
 
 
-def earliest_step(max_steps: int) -> int:
-    """The earliest step a trial may be pruned at: at or after 3/4 of the run and after step LATE_DEPARTURE."""
-    return max(math.ceil(AFTER_FRACTION * max_steps), LATE_DEPARTURE + 1)
+def silent_window(optim: Any) -> int | None:
+    """Steps in a row with no gradient at the first layer after which the silent part of the net stays as it
+    is (module docstring), for the optimizer `optim` (cfg.optim); None where silence cannot be judged (weight
+    decay moves every parameter; SGD with momentum 1 never forgets a gradient)."""
+    if float(optim.get("weight_decay", 0.0) or 0.0) != 0.0:
+        return None
+    if optim.name != "sgd":
+        return SILENT_WINDOW
+    momentum = float(optim.get("momentum", 0.0) or 0.0)
+    if momentum <= 0.0:
+        return SILENT_WINDOW
+    if momentum >= 1.0:
+        return None
+    # as far as Adam's first moment decays over SILENT_WINDOW steps
+    return max(SILENT_WINDOW, math.ceil(SILENT_WINDOW * math.log(ADAM_BETA1) / math.log(momentum)))
 
 
-def earliest_after(max_steps: int, val_every: int) -> int:
-    """The first validation at or after `earliest_step` (the pruner only judges at validations)."""
-    return math.ceil(earliest_step(max_steps) / val_every) * val_every
+def first_validation(step: int, val_every: int) -> int:
+    """The first validation at or after `step`."""
+    return math.ceil(step / val_every) * val_every
 
 
-def default_after(max_steps: int, val_every: int) -> int | None:
-    """`earliest_after`, or None where it is not before the last step (a run too short to prune)."""
-    step = earliest_after(max_steps, val_every)
-    return step if step < max_steps else None
-
-
-def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
-    """The step from which a trial may be pruned, or None (no pruning): checks `sweep.prune` and
-    `sweep.prune_after` against the training and the rule, each refusal one ConfigError naming the fix."""
+def plan(sw: Any, cfg: Any, rule: StabilityRule) -> int | None:
+    """The silent window the pruner judges (`silent_window`), or None (no pruning): checks `sweep.prune` and
+    `sweep.prune_after` against the training (cfg.trainer, cfg.optim) and the rule, each refusal one
+    ConfigError naming the fix."""
     mode = prune_setting(sw.get("prune", "auto"))
     after = sw.get("prune_after")
-    max_steps, val_every = int(trainer.max_steps), int(trainer.val_every)
+    if after is not None:
+        raise ConfigError(
+            f"sweep.prune_after={after}: a trial is no longer pruned for being at chance from a step on (a held-out "
+            "late starter was at chance at step 600 of 800 and ended stable; docs/sweeps.md, pruning), only when "
+            "it has gone silent as well; drop sweep.prune_after"
+        )
     if mode == "false":
-        if after is not None:
-            raise ConfigError(f"sweep.prune_after={after} with sweep.prune=false: nothing is pruned; drop one of them")
         return None
-    decidable = rule.mode == "threshold" and rule.threshold > CHANCE_ACC
-    if not decidable:
-        if mode == "true" or after is not None:
+    if not (rule.mode == "threshold" and rule.threshold > CHANCE_ACC):
+        if mode == "true":
             why = (
                 "a relative rule judges against the variant's best, which may itself be chance"
                 if rule.mode != "threshold"
@@ -102,37 +121,27 @@ def plan(sw: Any, trainer: Any, rule: StabilityRule) -> int | None:
             raise ConfigError(f"sweep.prune cannot decide this rule: {why}; set sweep.prune=false (or auto)")
         return None
     if sw.get("population", 1) > 1:
-        if mode == "true" or after is not None:
+        if mode == "true":
             raise ConfigError(
                 f"sweep.prune=true with sweep.population={sw.population}: a population trains its members as one "
                 "model and is not pruned member by member; set sweep.prune=false or sweep.population=1"
             )
         return None
-    if after is None:
-        step = default_after(max_steps, val_every)
-        if step is None and mode == "true":
-            raise ConfigError(
-                f"sweep.prune=true with trainer.max_steps={max_steps}: a trial may be pruned only at a validation "
-                f"after step {LATE_DEPARTURE} (committed trials were at chance that late and went on to train) and "
-                f"before its last, and this run has none; use trainer.max_steps>"
-                f"{earliest_after(max_steps, val_every)}, or sweep.prune=auto"
-            )
-        return step
-    if isinstance(after, bool) or not isinstance(after, int):
-        raise ConfigError(f"sweep.prune_after={after!r} must be a whole number of steps (e.g. sweep.prune_after=600)")
-    if after > max_steps:
-        raise ConfigError(
-            f"sweep.prune_after={after} is after trainer.max_steps={max_steps}: nothing would be pruned; "
-            f"use sweep.prune_after<={max_steps} or sweep.prune=false"
+    window = silent_window(cfg.optim)
+    t = cfg.trainer
+    if window is not None and first_validation(window, int(t.val_every)) < int(t.max_steps):
+        return window
+    if mode == "true":
+        why = (
+            f"no validation before the last comes {window} steps in; use trainer.max_steps>"
+            f"{first_validation(window, int(t.val_every))}"
+            if window is not None
+            else "optim.weight_decay moves every parameter; set optim.weight_decay=0"
+            if float(cfg.optim.get("weight_decay") or 0.0) != 0.0
+            else "optim.momentum=1 never forgets a gradient; use optim.momentum<1"
         )
-    earliest = earliest_step(max_steps)  # the pruner judges at the first validation at or after `after`
-    if after < earliest:
-        raise ConfigError(
-            f"sweep.prune_after={after} of trainer.max_steps={max_steps} is earlier than step {earliest} (3/4 of the "
-            f"run, after step {LATE_DEPARTURE}): committed trials still at chance at step {LATE_DEPARTURE} went on "
-            f"to train (docs/sweeps.md, pruning); use sweep.prune_after>={earliest}, or sweep.prune=false"
-        )
-    return after
+        raise ConfigError(f"sweep.prune=true cannot judge a silent trial here: {why}, or sweep.prune=auto")
+    return None
 
 
 def better_view(entry: dict) -> float | None:

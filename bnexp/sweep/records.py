@@ -18,7 +18,7 @@ from bnexp.analysis.stability import StabilityRule
 from bnexp.names import axis_name, variant_keys
 from bnexp.record import TrialRecord
 from bnexp.sweep import liveness
-from bnexp.sweep.pruning import EARLY_ATTR
+from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR
 from bnexp.sweep.spec import LR_PARAM, grid_axes
 
 
@@ -42,9 +42,10 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         # the point's fixed params under whatever it had suggested: a worker killed between its suggest calls
         # leaves some params (the variant) without the others (seed, lr), which only the fixed params hold
         fp = {**(t.system_attrs.get("fixed_params") or {}), **t.params}
-        # early_acc: the pruner's running record of each validation's better view (bnexp.sweep.pruning), which
-        # val_history holds in full
-        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR)}
+        # early_acc, silent_steps: the pruner's running record of each validation's better view (which
+        # val_history holds in full) and of its first layer's silence (bnexp.sweep.pruning; metrics.json keeps it
+        # where it pruned)
+        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR, SILENT_ATTR)}
         row.update(number=t.number, state=t.state.name, lr=fp.get(LR_PARAM, fp.get("lr")), seed=fp.get("seed"))
         out.append(TrialRecord.from_row(row).row())
     # a trial that died before it finished (kill -9, OOM, a stop) has no variant fields: take them from a

@@ -68,10 +68,11 @@ class SweepConfig:
     storage: Optional[str] = None  # None: $BNEXP_STORAGE, else sqlite:///<out_dir>/study.db; journal:///path
     out_dir: str = "outputs/sweeps/${sweep.name}"  # = hydra.run.dir: stable, so a rerun finds its study
     population: int = 1  # K > 1: train K lrs of one variant as one model (bnexp.population)
-    # stop a trial still at chance late in training, recorded PRUNED (bnexp.sweep.pruning): auto (where it cannot
-    # change a verdict: a threshold rule above chance) | true | false
+    # stop a trial at chance whose first layer gets no gradient (it cannot learn), recorded PRUNED
+    # (bnexp.sweep.pruning): auto (where it cannot change a verdict: a threshold rule above chance) | true | false
     prune: Any = "auto"
-    # the first step it may prune at; null: 3/4 of trainer.max_steps and after step 500 (600 of 800)
+    # refused when set: the first step of the former rule (at chance from a step on), which a held-out late
+    # starter showed can change a verdict; kept in the schema so that the refusal names why
     prune_after: Optional[int] = None
     heartbeat: int = 10  # seconds between heartbeats; 0 disables stale-trial detection
     grace: int = 40  # a RUNNING trial without a heartbeat for this long is failed and its point retried
@@ -331,7 +332,7 @@ def check_savings(sw: DictConfig, cfg: DictConfig) -> None:
             f"{t.val_subset} scores all but the final one on {t.val_subset} images; set trainer.val_subset=null "
             "(or sweep.rule.last_k=1)"
         )
-    plan(sw, t, rule)
+    plan(sw, cfg, rule)
 
 
 # ---- the design ----------------------------------------------------------------------------------

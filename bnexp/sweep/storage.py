@@ -249,8 +249,8 @@ def make_storage(url: str, heartbeat: int = 0, grace: int = 0, retries: int = 0)
 
 def _sampler() -> Any:
     """Every point is enqueued with fixed params, so the sampler draws nothing; Optuna's default (TPE) would
-    still be built and warn. A stability study must see every point: no pruner either (Optuna's default
-    MedianPruner only acts when asked, and bnexp never asks)."""
+    still be built and warn. A stability study must see every point; the one pruner (bnexp.sweep.pruner, set by
+    the worker) stops only trials that cannot end stable."""
     import optuna
 
     return optuna.samplers.RandomSampler(seed=0)

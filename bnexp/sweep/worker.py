@@ -115,11 +115,15 @@ class Worker:
         self.interrupted = False
         self._said_waiting = False
         self.current: list[Any] = []
-        self.prune_after = plan_pruning(sw, base.trainer, self.rule)  # None: no pruning (bnexp.sweep.pruning)
-        if self.prune_after is not None:
-            from bnexp.sweep.pruner import ChancePruner
+        self.pruning = plan_pruning(sw, base, self.rule)  # the silent window; None: no pruning (bnexp.sweep.pruning)
+        if self.pruning is not None:
+            from bnexp.sweep.pruner import SilentPruner
 
-            study.pruner = ChancePruner(self.prune_after)  # what trial.should_prune() asks
+            study.pruner = SilentPruner(self.pruning)  # what trial.should_prune() asks
+            log.info(
+                "pruning (sweep.prune): a trial at chance with no gradient at its first layer for %d steps in a row",
+                self.pruning,
+            )
 
     # ---- one point ---------------------------------------------------------------------------------
     def _point(self, trial: Any) -> tuple[DictConfig, list[str], Path]:
@@ -328,7 +332,7 @@ class Worker:
             raise
 
         callbacks = [StopCallback(self)]
-        if self.prune_after is not None:
+        if self.pruning is not None:
             from bnexp.sweep.pruner import callback
 
             callbacks.append(callback(trial))

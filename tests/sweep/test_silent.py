@@ -1,0 +1,118 @@
+"""Silent trials (bnexp.sweep.pruning): what the rule reads and counts, on real Optuna trials, a real net's
+gradients and the committed evidence (bench/silent_evidence.py). The sweep through the real command:
+tests/sweep/test_savings.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+import torch
+from helpers.env import REPO
+from omegaconf import OmegaConf
+
+from bnexp.core.net import DeepConvNet
+from bnexp.sweep.pruner import SilentPruner, callback
+from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR, SILENT_WINDOW, silent_window
+
+EVIDENCE = REPO / "docs" / "results" / "silent_evidence" / "runs.csv"
+
+
+@pytest.mark.parametrize(
+    "optim, window",
+    [
+        ({"name": "adam", "weight_decay": 0.0}, 100),
+        ({"name": "adam", "weight_decay": 1e-4}, None),  # decay moves the frozen parameters
+        ({"name": "sgd", "momentum": 0.0, "weight_decay": 0.0}, 100),
+        ({"name": "sgd", "momentum": 0.9, "weight_decay": 0.0}, 100),  # as Adam's beta1
+        ({"name": "sgd", "momentum": 0.99, "weight_decay": 0.0}, 1049),  # 0.99**1049 <= 0.9**100
+        ({"name": "sgd", "momentum": 1.0, "weight_decay": 0.0}, None),
+    ],
+)
+def test_the_window_is_as_long_as_the_optimizer_remembers(optim, window):
+    assert silent_window(OmegaConf.create(optim)) == window
+    if window and optim.get("momentum"):
+        assert optim["momentum"] ** window <= 0.9**SILENT_WINDOW * (1 + 1e-9)
+
+
+def frozen(early: dict, silent: dict | None) -> optuna.trial.FrozenTrial:
+    attrs = {EARLY_ATTR: {str(k): v for k, v in early.items()}}
+    if silent is not None:
+        attrs[SILENT_ATTR] = {str(k): v for k, v in silent.items()}
+    return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=attrs)
+
+
+def test_the_pruner_stops_a_trial_only_at_chance_and_silent_past_its_window():
+    p, study = SilentPruner(silent=100), None
+    assert p.prune(study, frozen({100: 0.11, 200: 0.1}, {100: 96, 200: 196}))
+    assert not p.prune(study, frozen({100: 0.11}, {100: 96}))  # not yet 100 steps
+    assert not p.prune(study, frozen({100: 0.11, 200: 0.1}, {100: 96, 200: 99}))  # a gradient came 99 steps ago
+    assert not p.prune(study, frozen({100: 0.11, 200: 0.5}, {100: 96, 200: 196}))  # silent, but not at chance
+    assert not p.prune(study, frozen({100: 0.11, 200: 0.1}, None))  # no count: not judged
+    assert not p.prune(study, frozen({600: 0.1, 700: 0.1}, {600: 0, 700: 0}))  # at chance, not silent: never
+    assert not p.prune(study, frozen({}, None))
+
+
+def test_the_callback_counts_steps_in_a_row_without_a_gradient_at_the_first_layer():
+    """A real net's backward: a batch of zeros through a net whose first layer's output is all zero (its
+    bias pushed far below zero: a dead layer) leaves the first layer's gradient exactly zero, a batch of
+    images does not (here the first layer is alive)."""
+    torch.manual_seed(0)
+    net = DeepConvNet(depth=2, bn="off")
+    cb = callback(trial=None)
+
+    def step(dead: bool) -> int:
+        net.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            net.features[0].layer.bias.fill_(-100.0 if dead else 0.1)
+        net(torch.rand(8, 1, 28, 28)).sum().backward()
+        cb.on_before_optimizer_step(None, net, None)
+        return int(cb.silent)
+
+    assert next(net.parameters()) is net.features[0].layer.weight  # what "the first layer" is
+    assert [step(True), step(True), step(True)] == [1, 2, 3]
+    assert [step(False), step(True)] == [0, 1]  # one step with a gradient starts the count again
+
+    bn = DeepConvNet(depth=2, bn="pre")  # with BN, silence comes and goes with the batch: not counted
+    bn(torch.rand(8, 1, 28, 28)).sum().backward()
+    with_bn = callback(trial=None)
+    with_bn.on_before_optimizer_step(None, bn, None)
+    assert with_bn.silent is None
+
+
+def test_no_trial_that_fell_silent_trained_again():
+    """The committed evidence: trials trained to their end past the step where they fell silent. Without BN,
+    the rule with its window prunes each of them at the first validation at chance from there; none of them
+    ever had a gradient at the first layer again, and all ended at chance. The late starters' ground (BN off at
+    lr 1e-5 to 0.00178, depth 8, with the seed that trains there) never falls silent. With BN, silence comes
+    and goes (the reason it is not judged there)."""
+    rows = list(csv.DictReader(EVIDENCE.open()))
+    pruned = []
+    for r in (r for r in rows if r["bn"] == "off"):
+        runs = json.loads(r["silent_runs"])
+        vals = {int(k): v for k, v in json.loads(r["validations"]).items()}
+        # the rule on the very steps trained: at a validation v before the last, at chance, silent for the
+        # last SILENT_WINDOW steps up to v
+        at = next(
+            (
+                v
+                for v in sorted(vals)
+                if v < int(r["steps"])
+                and vals[v] is not None
+                and vals[v] < 0.2
+                and any(first <= v - SILENT_WINDOW + 1 and v <= last for first, last in runs)
+            ),
+            None,
+        )
+        if at is not None:
+            pruned.append(r)
+            assert r["revived"] == "False", r
+            assert max(v for s, v in vals.items() if s >= at) < 0.2, r
+            assert float(r["val_acc"]) < 0.2 and float(r["val_acc_batchstats"]) < 0.2, r
+    assert len(rows) >= 80 and len(pruned) >= 40
+    late = [r for r in rows if r["bn"] == "off" and float(r["lr"]) < 0.002]
+    assert len(late) >= 10 and all(r["silent_at"] == "" for r in late)
+    assert sum(float(r["val_acc"]) > 0.9 for r in late) >= 2  # the late starters are among them
+    assert any(r["revived"] == "True" for r in rows if r["bn"] != "off")
