@@ -29,11 +29,11 @@ it are bnexp.sweep.pruner's.
   is late enough to prune a trial for being at chance alone, and `sweep.prune_after` (that rule's first step)
   is refused.
 * The evidence (`python bench/silent_evidence.py`, docs/results/silent_evidence/runs.csv): 89 trials trained
-  to their end with each step's silence kept. BN off: 46 of 65 fell silent, all at lr 0.00316 and up, at
-  steps 103-146; in the 31849 steps they trained after, none had a gradient at its first layer again, none
-  scored above 0.117 at a validation, and all ended at chance (at most 0.113). The rule prunes each of them at
-  step 200. On the late starters' ground (BN off, depth 8, lr 1e-5 to 0.00178, seeds 0-2 and 5) none fell
-  silent, the two late starters included (0.971 and 0.961 at step 800).
+  to their end with each step's silence kept. BN off: 46 of 65 fell silent, all at lr 0.00316 and up, 100
+  steps in a row by step 146; in the 31849 steps they trained after, none had a gradient at its first layer
+  again, none scored above 0.117 at a validation, and all ended at chance (at most 0.113). The rule prunes
+  each of them at step 200. On the late starters' ground (BN off, depth 8, lr 1e-5 to 0.00178, seeds 0-2 and
+  5) none fell silent, the two late starters included (0.971 and 0.961 at step 800).
 
 Only a rule that cannot be met at chance can be decided this way: the threshold rule with a threshold
 above `CHANCE_ACC`. A relative rule (stable = near the variant's best, which may itself be chance) or a
