@@ -244,7 +244,7 @@ def train_population(
                           resumed_from_step=module.resumed_from_step, population=K, compile=module.compile_mode,
                           compile_new_graphs=new_graphs, memory_format=module.memory_format,
                           cpu_s=time.process_time() - cpu0,
-                          recal_s=None, **NO_RECAL, pruned_step=None, malloc=applied(),
+                          recal_s=None, **NO_RECAL, pruned_step=None, pruned_silent_steps=None, malloc=applied(),
                           val_subset=c.trainer.val_subset, skipped=skipped(c, False))  # fmt: skip
         finish_run(out, met, loggers[k] if loggers else False, summarize)
         results.append(met)

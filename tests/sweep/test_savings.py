@@ -83,8 +83,9 @@ def test_a_silent_trial_is_pruned_recorded_and_counted_and_one_only_at_chance_is
     assert alive["pruned_step"] is None and alive["step"] == 240 and alive["val/acc"] < 0.2
     assert any("pruner" in s for s in dead["skipped"])
     trials = _trials(tmp_path / "p")
-    quiet = {(t.params["model.bn"], t.params["optim.lr"]): t.user_attrs["silent_steps"] for t in trials}
+    quiet = {(t.params["model.bn"], t.params["optim.lr"]): t.user_attrs.get("silent_steps") for t in trials}
     assert quiet[("off", 0.1)]["80"] >= 70 and quiet[("off", 0.01)] == {"80": 0, "160": 0, "240": 0}
+    assert quiet[("pre", 0.01)] is None and quiet[("pre", 0.1)] is None  # with BN, silence is not judged
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     off, pre = s["variants"]
     assert (off["n_pruned"], off["n_trials"], off["n_stable"]) == (1, 2, 0) and pre["n_pruned"] == 0
