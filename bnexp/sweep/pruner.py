@@ -45,19 +45,20 @@ def callback(trial: Any) -> Any:
     class PruneOnValidation(L.Callback):
         finished_elsewhere = False  # another worker failed the trial as stale: its result is kept at the end
         silent: torch.Tensor | None = None  # steps in a row with an all-zero gradient at the first layer
-        batch_dependent: bool | None = None  # the net has BN layers: a layer's output depends on the batch
+        first: Any = None  # the first layer's weight, found once per trial; False: a net with BN, not judged
 
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-            if self.batch_dependent is None:
+            if self.first is None:
                 from bnexp.core.lit import has_bn
 
-                self.batch_dependent = has_bn(pl_module)
-            if self.batch_dependent:  # with BN, silence comes and goes with the batch: not judged (pruning.py)
+                # with BN, silence comes and goes with the batch's statistics: not judged (bnexp.sweep.pruning)
+                self.first = False if has_bn(pl_module) else next(pl_module.parameters())
+                if self.first is not False:
+                    self.silent = torch.zeros((), dtype=torch.int64, device=self.first.device)
+            if self.first is False:
                 return
-            first = next(pl_module.parameters())
-            n = self.silent if self.silent is not None else torch.zeros((), dtype=torch.int64, device=first.device)
-            # no gradient tensor at all is not a zero gradient: not judged, the count starts again
-            self.silent = (n + 1) * (first.grad == 0).all() if first.grad is not None else torch.zeros_like(n)
+            g = self.first.grad  # no gradient tensor at all is not a zero gradient: the count starts again
+            self.silent = (self.silent + 1) * (g == 0).all() if g is not None else torch.zeros_like(self.silent)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.record.val_history:
