@@ -3,6 +3,7 @@ as a sweep composes them, with every step's answer to "did any gradient reach th
 
     python bench/silent_evidence.py                  # the default grid, 2 processes, into docs/results/silent_evidence
     python bench/silent_evidence.py --jobs 1 --bn off --depths 4 --lrs 0.1 --seeds 0   # one trial
+    python bench/silent_evidence.py --committed      # the committed studies' trials the rule could stop
 
 A trial is *silent* from the step at which it has had no gradient at its first layer (all exactly zero) for
 `bnexp.sweep.pruning.SILENT_WINDOW` steps in a row. The rule prunes it at the first validation from there at
@@ -16,6 +17,17 @@ late starters' ground (BN off at lr 1e-5 to 1e-3, depth 8, and seed 5 at lr 0.00
 that leave chance at steps 400 and 650), and BN pre and post far past their upper edges (lr 0.3 to 3).
 Resumable: rows are appended to runs.csv as trials finish, and a rerun trains only the missing ones. One
 thread per process, as a sweep worker.
+
+--committed replays the committed studies' trials that the rule could have stopped: every trial without BN of
+the studies in COMMITTED whose committed curve is at chance (both views) at a validation before its last, the
+17 that nevertheless ended stable among them (the late starters: a stop there is a false stop). Each is
+trained again under its own overrides, in the arithmetic it ran in (contiguous, not compiled, one thread),
+with each step's silence kept, and the rule applied to its committed curve: it is stopped at the first
+validation at which that curve is at chance and the last SILENT_WINDOW steps were silent (`pruned_at`), else
+trained to its end (its val/acc beside the committed one shows the replay is the same training). Rows go
+to committed.csv: a test counts the false stops (tests/sweep/test_silent.py) and docs/sweeps.md gives the
+steps each study would have saved. Only the final validation is run (the at-chance test reads the committed
+curve; evaluation does not change a training).
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+COMMITTED = ("depth_ablation", "edges_depth", "init_scale", "edges_d19", "lr_stability_d19")  # the studies whose
+# trials ran unpruned as bnexp trained them then; bn_momentum has no trial without BN, and edges_d19_cl, _fast
+# and _silent are edges_d19's points again (the first two pruned by the rule this one replaced, the last by this)
+CFIELDS = ["study", "number", "depth", "lr", "seed", "overrides", "steps", "chance_at", "committed_val_acc",
+           "committed_stable", "committed_wall_s", "pruned_at", "trained", "silent_runs", "val_acc",
+           "cpu_s"]  # fmt: skip
 FIELDS = ["bn", "depth", "lr", "seed", "steps", "silent_runs", "silent_at", "revived", "validations", "val_acc",
           "val_acc_batchstats", "cpu_s"]  # fmt: skip
 
@@ -104,6 +122,104 @@ def one(point: tuple[str, int, float, int], steps: int) -> dict:
     }
 
 
+def committed(results: Path) -> list[dict]:
+    """The committed trials without BN whose curve is at chance in both views at a validation before its last."""
+    import pandas as pd
+
+    from bnexp.sweep.pruning import CHANCE_ACC
+
+    out = []
+    for study in COMMITTED:
+        c = pd.read_csv(results / study / "curves.csv")
+        t = pd.read_csv(results / study / "trials.csv")
+        for _, r in t[(t.bn == "off") & (t.state == "COMPLETE")].iterrows():
+            cc = c[c.number == r.number]
+            last = int(cc.step.max())
+            chance = cc[(cc.step < last) & (cc["val/acc"] < CHANCE_ACC) & (cc["val/acc_batchstats"] < CHANCE_ACC)]
+            if len(chance):
+                out.append({
+                    "study": study, "number": int(r.number), "depth": int(r.depth), "lr": float(r.lr),
+                    "seed": int(r.seed), "overrides": r.overrides, "steps": last,
+                    "chance_at": json.dumps(sorted(int(s) for s in chance.step)),
+                    "committed_val_acc": float(r["val/acc"]),
+                    "committed_stable": bool(r.stable), "committed_wall_s": round(float(r.wall_s), 1),
+                })  # fmt: skip
+    return out
+
+
+def replay(item: dict) -> dict:
+    import lightning as L
+    import torch
+    from omegaconf import OmegaConf
+
+    from bnexp.conf import compose
+    from bnexp.core.alloc import keep_memory
+    from bnexp.core.config import Config
+    from bnexp.core.train import quiet_lightning, train
+    from bnexp.sweep.pruning import silent_window
+
+    torch.set_num_threads(1)
+    keep_memory()
+    quiet_lightning()
+    drop = ("trainer.val_subset=", "trainer.test=", "trainer.compile=", "trainer.memory_format=")
+    over = [o for o in item["overrides"].split() if not o.startswith(drop)]
+    over += [f"trainer.max_steps={item['steps']}", f"trainer.val_every={item['steps']}", "trainer.test=false",
+             "trainer.compile=none", "trainer.memory_format=contiguous", "trainer.progress_bar=false",
+             "logger=none"]  # fmt: skip
+    cfg = compose(over)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
+    window = silent_window(cfg.optim)
+    chance = set(json.loads(item["chance_at"]))
+    flags: list[bool] = []
+    pruned: list[int] = []
+
+    class Listen(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+            g = next(pl_module.parameters()).grad
+            flags.append(g is None or bool((g == 0).all()))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            step = len(flags)
+            if window and step in chance and len(flags) >= window and all(flags[-window:]):
+                pruned.append(step)
+                trainer.should_stop = True
+
+    with tempfile.TemporaryDirectory() as out:
+        m = train(cfg, output_dir=out, callbacks=[Listen()])
+    return {
+        **item,
+        "pruned_at": pruned[0] if pruned else None,
+        "trained": len(flags),
+        "silent_runs": json.dumps(runs_of(flags)),
+        "val_acc": None if pruned else m.get("val/acc"),
+        "cpu_s": round(m["cpu_s"], 1),
+    }
+
+
+def main_committed(a: argparse.Namespace) -> None:
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "committed.csv"
+    ident = lambda r: (r["study"], int(r["number"]))  # noqa: E731
+    done = {ident(r) for r in csv.DictReader(path.open())} if path.is_file() else set()
+    items = committed(REPO / "docs" / "results")
+    todo = [i for i in items if ident(i) not in done]
+    todo.sort(key=lambda i: not i["committed_stable"])  # the false-stop candidates first
+    print(f"silent_evidence --committed: {len(done)} done, {len(todo)} to train", file=sys.stderr, flush=True)
+    new = not path.is_file()
+    with path.open("a", newline="") as f, cf.ProcessPoolExecutor(a.jobs) as pool:
+        w = csv.DictWriter(f, CFIELDS)
+        if new:
+            w.writeheader()
+        for fut in cf.as_completed([pool.submit(replay, i) for i in todo]):
+            row = fut.result()
+            w.writerow(row)
+            f.flush()
+            print(f"  {row['study']} #{row['number']} d{row['depth']} lr {row['lr']:g} seed {row['seed']}: "
+                  f"pruned at {row['pruned_at']}, committed {row['committed_val_acc']:.3f} replay {row['val_acc']}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+
 def key(row: dict) -> tuple:
     return (row["bn"], int(row["depth"]), float(row["lr"]), int(row["seed"]))
 
@@ -117,7 +233,10 @@ def main() -> None:
     ap.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[8])
     ap.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[0.1])
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+    ap.add_argument("--committed", action="store_true", help="replay the committed trials the rule could stop")
     a = ap.parse_args()
+    if a.committed:
+        return main_committed(a)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"

@@ -34,6 +34,10 @@ it are bnexp.sweep.pruner's.
   again, none scored above 0.117 at a validation, and all ended at chance (at most 0.113). The rule prunes
   each of them at step 200. On the late starters' ground (BN off, depth 8, lr 1e-5 to 0.00178, seeds 0-2 and
   5) none fell silent, the two late starters included (0.971 and 0.961 at step 800).
+* 0 false stops over the committed curves (`python bench/silent_evidence.py --committed`,
+  docs/results/silent_evidence/committed.csv): every committed trial without BN at chance at a validation
+  before its last, 170, replayed in its own arithmetic. The 17 that ended stable (late starters) never had a
+  silent step; the 77 the rule stops (all at step 200) stayed at chance to their committed end.
 
 Only a rule that cannot be met at chance can be decided this way: the threshold rule with a threshold
 above `CHANCE_ACC`. A relative rule (stable = near the variant's best, which may itself be chance) or a

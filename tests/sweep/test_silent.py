@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import optuna
 import pytest
@@ -17,7 +18,10 @@ from bnexp.core.net import DeepConvNet
 from bnexp.sweep.pruner import SilentPruner, callback
 from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR, SILENT_WINDOW, silent_window
 
-EVIDENCE = REPO / "docs" / "results" / "silent_evidence" / "runs.csv"
+RESULTS = REPO / "docs" / "results"
+sys.path.insert(0, str(REPO / "bench"))
+EVIDENCE = RESULTS / "silent_evidence" / "runs.csv"
+COMMITTED = RESULTS / "silent_evidence" / "committed.csv"  # bench/silent_evidence.py --committed
 
 
 @pytest.mark.parametrize(
@@ -82,6 +86,14 @@ def test_the_callback_counts_steps_in_a_row_without_a_gradient_at_the_first_laye
     assert with_bn.silent is None
 
 
+def rule_on(runs: list[list[int]], chance: list[int], last: int) -> int | None:
+    """The rule on the very steps trained: the first validation v before the `last` step at which the trial is
+    at chance (`chance`: those validations) and silent for the SILENT_WINDOW steps up to v (`runs`: [first,
+    last] step of each run of silent steps)."""
+    ok = (v for v in sorted(chance) if v < last and any(a <= v - SILENT_WINDOW + 1 and v <= b for a, b in runs))
+    return next(ok, None)
+
+
 def test_no_trial_that_fell_silent_trained_again():
     """The committed evidence: trials trained to their end past the step where they fell silent. Without BN,
     the rule with its window prunes each of them at the first validation at chance from there; none of them
@@ -91,21 +103,9 @@ def test_no_trial_that_fell_silent_trained_again():
     rows = list(csv.DictReader(EVIDENCE.open()))
     pruned = []
     for r in (r for r in rows if r["bn"] == "off"):
-        runs = json.loads(r["silent_runs"])
         vals = {int(k): v for k, v in json.loads(r["validations"]).items()}
-        # the rule on the very steps trained: at a validation v before the last, at chance, silent for the
-        # last SILENT_WINDOW steps up to v
-        at = next(
-            (
-                v
-                for v in sorted(vals)
-                if v < int(r["steps"])
-                and vals[v] is not None
-                and vals[v] < 0.2
-                and any(first <= v - SILENT_WINDOW + 1 and v <= last for first, last in runs)
-            ),
-            None,
-        )
+        chance = [v for v in vals if vals[v] is not None and vals[v] < 0.2]
+        at = rule_on(json.loads(r["silent_runs"]), chance, int(r["steps"]))
         if at is not None:
             pruned.append(r)
             assert r["revived"] == "False", r
@@ -116,3 +116,31 @@ def test_no_trial_that_fell_silent_trained_again():
     assert len(late) >= 10 and all(r["silent_at"] == "" for r in late)
     assert sum(float(r["val_acc"]) > 0.9 for r in late) >= 2  # the late starters are among them
     assert any(r["revived"] == "True" for r in rows if r["bn"] != "off")
+
+
+def test_the_rule_stops_no_committed_trial_that_ended_stable():
+    """0 false stops over the committed curves. The rule can stop only a trial without BN at chance at a
+    validation before its last; bench/silent_evidence.py --committed replayed every such trial of the
+    committed studies (the set is read from their curves here, so a study added later must be replayed too),
+    with each step's silence kept. None of the 17 that ended stable (the late starters) is stopped, each
+    replay of them ends stable again (the same training), the replay's recorded stop is the rule's on its
+    silence, and every trial it stops stayed at chance in its committed curve to the end."""
+    from silent_evidence import committed
+
+    rows = {(r["study"], int(r["number"])): r for r in csv.DictReader(COMMITTED.open())}
+    want = committed(REPO / "docs" / "results")
+    assert {(i["study"], i["number"]) for i in want} <= rows.keys()
+    late = [r for r in rows.values() if r["committed_stable"] == "True"]
+    assert len(late) >= 17
+    assert [r for r in late if r["pruned_at"]] == []  # the false stops
+    assert all(float(r["val_acc"]) >= 0.9 for r in late), late
+    curves = {}
+    for r in rows.values():
+        chance = json.loads(r["chance_at"])
+        at = rule_on(json.loads(r["silent_runs"]), chance, int(r["steps"]))
+        assert at == (int(r["pruned_at"]) if r["pruned_at"] else None), r
+        if at is not None:
+            study = curves.setdefault(r["study"], list(csv.DictReader((RESULTS / r["study"] / "curves.csv").open())))
+            later = [c for c in study if c["number"] == r["number"] and int(c["step"]) >= at]
+            assert later and all(float(c["val/acc"]) < 0.2 for c in later), r
+    assert sum(bool(r["pruned_at"]) for r in rows.values()) >= 50
