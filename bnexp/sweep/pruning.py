@@ -15,7 +15,9 @@ it are bnexp.sweep.pruner's.
   net gives every image the same answer. Nothing moves the frozen parameters but the optimizer's memory of
   earlier gradients, and after 100 silent steps Adam's first moment (beta1 0.9) is 0.9**100 = 3e-5 of what
   it was; SGD's momentum gets the window that decays it as far. Weight decay moves every parameter, so with
-  it silence is not judged.
+  it silence is not judged; nor in float16 or float8 precision (`UNDERFLOWS`), where a gradient too small for
+  the format is an exact zero in a layer that is alive (float32 and bfloat16 share an exponent range wide
+  enough: a live first layer's gradients measured here are 1e-10 and up).
 * Silence is judged in a net without BN only. With BN a layer's output depends on the batch (its
   statistics), so a layer dead on every batch so far can come alive on the next: BN pre at lr 1 and 3.16
   falls silent for 100-280 steps at a time, and in 5 of the 7 such trials a gradient reached the first layer
@@ -67,6 +69,9 @@ ADAM_BETA1 = 0.9  # torch.optim.Adam's default, which bnexp.core.lit.build_optim
 EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
 SILENT_ATTR = "silent_steps"  # user attr: {step: steps in a row up to it with no gradient at the first layer}
 PRUNE_VALUES = ("auto", "true", "false")
+# precisions whose gradients underflow where float32's do not (float16's smallest is 6e-8, float8's larger):
+# there a first layer without a gradient may be alive; bfloat16 has float32's exponent range
+UNDERFLOWS = ("16-mixed", "16", "16-true", "transformer-engine", "transformer-engine-float16")
 
 
 def prune_setting(value: Any) -> str:
@@ -131,8 +136,17 @@ def plan(sw: Any, cfg: Any, rule: StabilityRule) -> int | None:
                 "model and is not pruned member by member; set sweep.prune=false or sweep.population=1"
             )
         return None
-    window = silent_window(cfg.optim)
     t = cfg.trainer
+    if str(t.precision) in UNDERFLOWS:
+        if mode == "true":
+            raise ConfigError(
+                f"sweep.prune=true cannot judge a silent trial in trainer.precision={t.precision}: a gradient too "
+                "small for its 16- or 8-bit floats underflows to an exact zero, so a first layer without a gradient "
+                "need not be dead (without BN at depth 19 the first layer's gradients start at 1e-10 to 1e-7); use "
+                "trainer.precision=bf16-mixed or 32-true, or sweep.prune=auto"
+            )
+        return None
+    window = silent_window(cfg.optim)
     if window is not None and first_validation(window, int(t.val_every)) < int(t.max_steps):
         return window
     if mode == "true":

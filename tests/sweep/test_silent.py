@@ -41,6 +41,23 @@ def test_the_window_is_as_long_as_the_optimizer_remembers(optim, window):
         assert optim["momentum"] ** window <= 0.9**SILENT_WINDOW * (1 + 1e-9)
 
 
+@pytest.mark.parametrize(
+    "precision, window",
+    [("32-true", 100), ("64-true", 100), ("bf16-mixed", 100), ("bf16-true", 100), ("16-mixed", None),
+     ("16", None), ("16-true", None), ("transformer-engine", None), ("transformer-engine-float16", None)],
+)  # fmt: skip
+def test_silence_is_not_judged_where_a_live_gradient_can_underflow_to_zero(precision, window):
+    """float16 and float8 flush a live first layer's smallest gradients (1e-10 at depth 19) to exact zeros:
+    sweep.prune=auto does not prune there (=true is refused: tests/sweep/test_savings.py)."""
+    from helpers.env import compose_cfg
+
+    from bnexp.analysis.stability import StabilityRule
+    from bnexp.sweep.pruning import plan
+
+    cfg = compose_cfg([f"trainer.precision={precision}"], "study")
+    assert plan(cfg.sweep, cfg, StabilityRule()) == window
+
+
 def frozen(early: dict, silent: dict | None) -> optuna.trial.FrozenTrial:
     attrs = {EARLY_ATTR: {str(k): v for k, v in early.items()}}
     if silent is not None:
