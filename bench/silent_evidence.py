@@ -4,13 +4,15 @@ as a sweep composes them, with every step's answer to "did any gradient reach th
     python bench/silent_evidence.py                  # the default grid, 2 processes, into docs/results/silent_evidence
     python bench/silent_evidence.py --jobs 1 --bn off --depths 4 --lrs 0.1 --seeds 0   # one trial
     python bench/silent_evidence.py --committed      # the committed studies' trials the rule could stop
+    python bench/silent_evidence.py --out-dir docs/results/silent_evidence/sgd --bn off --depths 8,19 \
+        --lrs 0.1,0.316,1 --seeds 0,1,2 optim=sgd optim.momentum=0.9   # SGD: its window, from its momentum
 
-A trial is *silent* from the step at which it has had no gradient at its first layer (all exactly zero) for
-`bnexp.sweep.pruning.SILENT_WINDOW` steps in a row. The rule prunes it at the first validation from there at
-which it is at chance in both views. The question this answers: does a trial that fell silent ever train
-again? Each row keeps the trial's silent stretches (`silent_runs`: [first, last] step of each run of silent
-steps, 1-based, as the optimizer counts them), its validations (step: better view) and its final val/acc in
-both views, so a test can apply the rule with any window to the very steps trained.
+A trial is *silent* from the step at which it has had no gradient at its first layer (all exactly zero) for its
+optimizer's window of steps in a row (`bnexp.sweep.pruning.silent_window`: 100 with Adam). The rule prunes it at
+the first validation from there at which it is at chance in both views. The question this answers: does a trial
+that fell silent ever train again? Each row keeps the trial's silent stretches (`silent_runs`: [first, last]
+step of each run of silent steps, 1-based, as the optimizer counts them), its validations (step: better view)
+and its final val/acc in both views, so a test can apply the rule with any window to the very steps trained.
 
 The default grid covers where silence was seen (BN off from lr 0.003 up, at depths 4, 8 and 19, 3 seeds), the
 late starters' ground (BN off at lr 1e-5 to 1e-3, depth 8, and seed 5 at lr 0.001 and 0.00178: late starters
@@ -75,7 +77,7 @@ def runs_of(flags: list[bool]) -> list[list[int]]:
     return out
 
 
-def one(point: tuple[str, int, float, int], steps: int) -> dict:
+def one(point: tuple[str, int, float, int], steps: int, extra: tuple[str, ...] = ()) -> dict:
     import lightning as L
     import torch
     from omegaconf import OmegaConf
@@ -84,14 +86,14 @@ def one(point: tuple[str, int, float, int], steps: int) -> dict:
     from bnexp.core.alloc import keep_memory
     from bnexp.core.config import Config
     from bnexp.core.train import quiet_lightning, train
-    from bnexp.sweep.pruning import SILENT_WINDOW, better_view
+    from bnexp.sweep.pruning import better_view, silent_window
 
     torch.set_num_threads(1)
     keep_memory()  # as bnexp.run and a sweep worker do
     quiet_lightning()
     bn, depth, lr, seed = point
     over = [f"model.bn={bn}", f"model.depth={depth}", f"optim.lr={lr}", f"seed={seed}", f"trainer.max_steps={steps}",
-            "trainer.progress_bar=false", "logger=none", "trainer.compile=none"]  # fmt: skip
+            "trainer.progress_bar=false", "logger=none", "trainer.compile=none", *extra]  # fmt: skip
     cfg = compose(over, "study")
     cfg = type(cfg)({k: cfg[k] for k in cfg if k != "sweep"})  # bnexp.run's keys: the study's trainer defaults
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
@@ -105,7 +107,8 @@ def one(point: tuple[str, int, float, int], steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         m = train(cfg, output_dir=out, callbacks=[Listen()])
     runs = runs_of(flags)
-    at = next((first + SILENT_WINDOW - 1 for first, last in runs if last - first + 1 >= SILENT_WINDOW), None)
+    window = silent_window(cfg.optim)  # the optimizer's (SGD's from its momentum)
+    at = next((first + window - 1 for first, last in runs if last - first + 1 >= window), None)
     return {
         "bn": bn,
         "depth": depth,
@@ -234,6 +237,9 @@ def main() -> None:
     ap.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[0.1])
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     ap.add_argument("--committed", action="store_true", help="replay the committed trials the rule could stop")
+    ap.add_argument(
+        "extra", nargs="*", help="overrides for every trial of the grid (e.g. optim=sgd optim.momentum=0.9)"
+    )
     a = ap.parse_args()
     if a.committed:
         return main_committed(a)
@@ -248,7 +254,7 @@ def main() -> None:
         w = csv.DictWriter(f, FIELDS)
         if new:
             w.writeheader()
-        futures = {pool.submit(one, p, a.steps): p for p in todo}
+        futures = {pool.submit(one, p, a.steps, tuple(a.extra)): p for p in todo}
         for fut in cf.as_completed(futures):
             row = fut.result()
             w.writerow(row)

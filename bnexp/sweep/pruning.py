@@ -35,7 +35,8 @@ it are bnexp.sweep.pruner's.
   steps in a row by step 146; in the 31849 steps they trained after, none had a gradient at its first layer
   again, none scored above 0.117 at a validation, and all ended at chance (at most 0.113). The rule prunes
   each of them at step 200. On the late starters' ground (BN off, depth 8, lr 1e-5 to 0.00178, seeds 0-2 and
-  5) none fell silent, the two late starters included (0.971 and 0.961 at step 800).
+  5) none fell silent, the two late starters included (0.971 and 0.961 at step 800). With SGD (momentum 0.9,
+  its window 100; docs/results/silent_evidence/sgd): 6 of 24 fell silent (lr 1 and 3.16), none trained again.
 * 0 false stops over the committed curves (`python bench/silent_evidence.py --committed`,
   docs/results/silent_evidence/committed.csv): every committed trial without BN at chance at a validation
   before its last, 170, replayed in its own arithmetic. The 17 that ended stable (late starters) never had a

@@ -103,12 +103,28 @@ def test_the_callback_counts_steps_in_a_row_without_a_gradient_at_the_first_laye
     assert with_bn.silent is None
 
 
-def rule_on(runs: list[list[int]], chance: list[int], last: int) -> int | None:
+def rule_on(runs: list[list[int]], chance: list[int], last: int, window: int = SILENT_WINDOW) -> int | None:
     """The rule on the very steps trained: the first validation v before the `last` step at which the trial is
-    at chance (`chance`: those validations) and silent for the SILENT_WINDOW steps up to v (`runs`: [first,
-    last] step of each run of silent steps)."""
-    ok = (v for v in sorted(chance) if v < last and any(a <= v - SILENT_WINDOW + 1 and v <= b for a, b in runs))
+    at chance (`chance`: those validations) and silent for the `window` steps up to v (`runs`: [first, last]
+    step of each run of silent steps)."""
+    ok = (v for v in sorted(chance) if v < last and any(a <= v - window + 1 and v <= b for a, b in runs))
     return next(ok, None)
+
+
+def pruned_stay_at_chance(rows: list[dict], window: int) -> list[dict]:
+    """The evidence rows without BN the rule prunes, each checked: it never had a gradient at its first layer
+    again, and it scored at chance at every validation from there and at its end."""
+    pruned = []
+    for r in (r for r in rows if r["bn"] == "off"):
+        vals = {int(k): v for k, v in json.loads(r["validations"]).items()}
+        chance = [v for v in vals if vals[v] is not None and vals[v] < 0.2]
+        at = rule_on(json.loads(r["silent_runs"]), chance, int(r["steps"]), window)
+        if at is not None:
+            pruned.append(r)
+            assert r["revived"] == "False", r
+            assert max(v for s, v in vals.items() if s >= at) < 0.2, r
+            assert float(r["val_acc"]) < 0.2 and float(r["val_acc_batchstats"]) < 0.2, r
+    return pruned
 
 
 def test_no_trial_that_fell_silent_trained_again():
@@ -118,21 +134,24 @@ def test_no_trial_that_fell_silent_trained_again():
     lr 1e-5 to 0.00178, depth 8, with the seed that trains there) never falls silent. With BN, silence comes
     and goes (the reason it is not judged there)."""
     rows = list(csv.DictReader(EVIDENCE.open()))
-    pruned = []
-    for r in (r for r in rows if r["bn"] == "off"):
-        vals = {int(k): v for k, v in json.loads(r["validations"]).items()}
-        chance = [v for v in vals if vals[v] is not None and vals[v] < 0.2]
-        at = rule_on(json.loads(r["silent_runs"]), chance, int(r["steps"]))
-        if at is not None:
-            pruned.append(r)
-            assert r["revived"] == "False", r
-            assert max(v for s, v in vals.items() if s >= at) < 0.2, r
-            assert float(r["val_acc"]) < 0.2 and float(r["val_acc_batchstats"]) < 0.2, r
+    pruned = pruned_stay_at_chance(rows, SILENT_WINDOW)
     assert len(rows) >= 80 and len(pruned) >= 40
     late = [r for r in rows if r["bn"] == "off" and float(r["lr"]) < 0.002]
     assert len(late) >= 10 and all(r["silent_at"] == "" for r in late)
     assert sum(float(r["val_acc"]) > 0.9 for r in late) >= 2  # the late starters are among them
     assert any(r["revived"] == "True" for r in rows if r["bn"] != "off")
+
+
+def test_sgd_trials_that_fell_silent_did_not_train_again():
+    """SGD gets the window that decays its momentum as far as Adam's (100 steps at momentum 0.9): the
+    evidence (bench/silent_evidence.py ... optim=sgd optim.momentum=0.9, BN off at depths 8 and 19, lr 0.01 to
+    3.16, 2 seeds) has trials that fell silent (at lr 1 and 3.16), and none of them trained again."""
+    from helpers.env import compose_cfg
+
+    rows = list(csv.DictReader((RESULTS / "silent_evidence" / "sgd" / "runs.csv").open()))
+    window = silent_window(compose_cfg(["optim=sgd", "optim.momentum=0.9"]).optim)
+    assert window == SILENT_WINDOW and len(rows) >= 20
+    assert len(pruned_stay_at_chance(rows, window)) >= 4
 
 
 def test_the_rule_stops_no_committed_trial_that_ended_stable():
