@@ -107,7 +107,7 @@ def one(point: tuple[str, int, float, int], steps: int, extra: tuple[str, ...] =
     with tempfile.TemporaryDirectory() as out:
         m = train(cfg, output_dir=out, callbacks=[Listen()])
     runs = runs_of(flags)
-    window = silent_window(cfg.optim)  # the optimizer's (SGD's from its momentum)
+    window = silent_window(cfg.optim, int(cfg.data.batch_size))  # the optimizer's (SGD's from its momentum)
     at = next((first + window - 1 for first, last in runs if last - first + 1 >= window), None)
     return {
         "bn": bn,
@@ -171,7 +171,7 @@ def replay(item: dict) -> dict:
              "logger=none"]  # fmt: skip
     cfg = compose(over)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
-    window = silent_window(cfg.optim)
+    window = silent_window(cfg.optim, int(cfg.data.batch_size))
     chance = set(json.loads(item["chance_at"]))
     flags: list[bool] = []
     pruned: list[int] = []

@@ -9,15 +9,16 @@ it are bnexp.sweep.pruner's.
   running averages lag (momentum 0.01), so early on the population view reads chance while the batch view
   shows the net training.
 * A trial is *silent* when no gradient has reached its first layer (all exactly zero) at any of the last
-  `silent_window` steps (100 with Adam). No gradient at the first layer means some layer's output was zero
-  for every image of the batch (a dead ReLU layer): every parameter up to it gets an exact zero gradient, so
-  that part of the net stops changing, and every layer after it sees the same input for every image, so the
-  net gives every image the same answer. Nothing moves the frozen parameters but the optimizer's memory of
-  earlier gradients, and after 100 silent steps Adam's first moment (beta1 0.9) is 0.9**100 = 3e-5 of what
-  it was; SGD's momentum gets the window that decays it as far. Weight decay moves every parameter, so with
-  it silence is not judged; nor in float16 or float8 precision (`UNDERFLOWS`), where a gradient too small for
-  the format is an exact zero in a layer that is alive (float32 and bfloat16 share an exponent range wide
-  enough: a live first layer's gradients measured here are 1e-10 and up).
+  `silent_window` steps (100 with Adam, of 64 images; smaller batches need as many images). No gradient at the
+  first layer means some layer's output was zero for every image of the batch (a dead ReLU layer): every
+  parameter up to it gets an exact zero gradient, so that part of the net stops changing, and every layer after
+  it sees the same input for every image, so the net gives every image the same answer. Nothing moves the frozen
+  parameters but the optimizer's memory of earlier gradients, and after 100 silent steps Adam's first moment
+  (beta1 0.9) is 0.9**100 = 3e-5 of what it was; SGD's momentum gets the window that decays it as far. Weight
+  decay moves every parameter, so with it silence is not judged; nor in float16 or float8 precision
+  (`UNDERFLOWS`), where a gradient too small for the format is an exact zero in a layer that is alive (float32
+  and bfloat16 share an exponent range wide enough: a live first layer's gradients measured here are 1e-10 and
+  up).
 * Silence is judged in a net without BN only. With BN a layer's output depends on the batch (its
   statistics), so a layer dead on every batch so far can come alive on the next: BN pre at lr 1 and 3.16
   falls silent for 100-280 steps at a time, and in 5 of the 7 such trials a gradient reached the first layer
@@ -66,6 +67,7 @@ from bnexp.record import VAL_ACC, VAL_ACC_BATCH
 
 CHANCE_ACC = 0.2  # both views below this at a validation: at chance (MNIST's chance is 0.10-0.11)
 SILENT_WINDOW = 100  # steps in a row with no gradient at the first layer before a trial is silent (Adam)
+SILENT_BATCH = 64  # ... of this many images each (the seed's batch, the evidence's): a smaller batch, more steps
 ADAM_BETA1 = 0.9  # torch.optim.Adam's default, which bnexp.core.lit.build_optimizer keeps
 EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
 SILENT_ATTR = "silent_steps"  # user attr: {step: steps in a row up to it with no gradient at the first layer}
@@ -85,21 +87,25 @@ def prune_setting(value: Any) -> str:
     return v
 
 
-def silent_window(optim: Any) -> int | None:
+def silent_window(optim: Any, batch_size: int = SILENT_BATCH) -> int | None:
     """Steps in a row with no gradient at the first layer after which the silent part of the net stays as it
-    is (module docstring), for the optimizer `optim` (cfg.optim); None where silence cannot be judged (weight
-    decay moves every parameter; SGD with momentum 1 never forgets a gradient)."""
+    is (module docstring), for the optimizer `optim` (cfg.optim) and batches of `batch_size` images; None where
+    silence cannot be judged (weight decay moves every parameter; SGD with momentum 1 never forgets a gradient).
+    At least `SILENT_WINDOW` steps of `SILENT_BATCH` images' worth: a batch with no gradient says its images
+    found the net dead, so a smaller batch needs more steps to say it of as many images (the evidence is for
+    batches of 64: 6400 images)."""
     if float(optim.get("weight_decay", 0.0) or 0.0) != 0.0:
         return None
+    images = max(SILENT_WINDOW, math.ceil(SILENT_WINDOW * SILENT_BATCH / max(1, int(batch_size))))
     if optim.name != "sgd":
-        return SILENT_WINDOW
+        return images
     momentum = float(optim.get("momentum", 0.0) or 0.0)
     if momentum <= 0.0:
-        return SILENT_WINDOW
+        return images
     if momentum >= 1.0:
         return None
     # as far as Adam's first moment decays over SILENT_WINDOW steps
-    return max(SILENT_WINDOW, math.ceil(SILENT_WINDOW * math.log(ADAM_BETA1) / math.log(momentum)))
+    return max(images, math.ceil(SILENT_WINDOW * math.log(ADAM_BETA1) / math.log(momentum)))
 
 
 def first_validation(step: int, val_every: int) -> int:
@@ -147,13 +153,13 @@ def plan(sw: Any, cfg: Any, rule: StabilityRule) -> int | None:
                 "trainer.precision=bf16-mixed or 32-true, or sweep.prune=auto"
             )
         return None
-    window = silent_window(cfg.optim)
+    window = silent_window(cfg.optim, int(cfg.data.batch_size))
     if window is not None and first_validation(window, int(t.val_every)) < int(t.max_steps):
         return window
     if mode == "true":
         why = (
-            f"no validation before the last comes {window} steps in; use trainer.max_steps>"
-            f"{first_validation(window, int(t.val_every))}"
+            f"no validation before the last comes {window} steps (of data.batch_size={cfg.data.batch_size} images)"
+            f" in; use trainer.max_steps>{first_validation(window, int(t.val_every))}"
             if window is not None
             else "optim.weight_decay moves every parameter; set optim.weight_decay=0"
             if float(cfg.optim.get("weight_decay") or 0.0) != 0.0

@@ -103,7 +103,8 @@ def test_a_silent_trial_is_pruned_recorded_and_counted_and_one_only_at_chance_is
     [
         (["sweep.prune_after=700"], "drop sweep.prune_after"),
         (["sweep.prune=true", "optim.weight_decay=1e-4"], "optim.weight_decay moves every parameter"),
-        (["sweep.prune=true", "trainer.max_steps=100"], "no validation before the last comes 100 steps in"),
+        (["sweep.prune=true", "trainer.max_steps=100"], "no validation before the last comes 100 steps (of"),
+        (["sweep.prune=true", "data.batch_size=8"], "comes 800 steps (of data.batch_size=8 images) in"),
         (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
         (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
         (["sweep.prune=true", "trainer.precision=16-true"], "cannot judge a silent trial in trainer.precision=16"),

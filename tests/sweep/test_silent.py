@@ -42,6 +42,19 @@ def test_the_window_is_as_long_as_the_optimizer_remembers(optim, window):
 
 
 @pytest.mark.parametrize(
+    "optim, batch, window",
+    [({"name": "adam"}, 64, 100), ({"name": "adam"}, 128, 100), ({"name": "adam"}, 32, 200),
+     ({"name": "adam"}, 16, 400), ({"name": "adam"}, 1, 6400), ({"name": "adam"}, 50, 128),
+     ({"name": "sgd", "momentum": 0.99}, 16, 1049), ({"name": "sgd", "momentum": 0.9}, 8, 800)],
+)  # fmt: skip
+def test_the_window_holds_as_many_images_with_smaller_batches(optim, batch, window):
+    """A batch with no gradient at the first layer says its images found the net dead: the evidence's 100
+    steps of 64 images are 6400 images, and a smaller batch needs as many; a larger one still needs the
+    optimizer's 100 steps."""
+    assert silent_window(OmegaConf.create({"weight_decay": 0.0, **optim}), batch) == window
+
+
+@pytest.mark.parametrize(
     "precision, window",
     [("32-true", 100), ("64-true", 100), ("bf16-mixed", 100), ("bf16-true", 100), ("16-mixed", None),
      ("16", None), ("16-true", None), ("transformer-engine", None), ("transformer-engine-float16", None)],
