@@ -14,6 +14,7 @@ retried later. An exception raised from a signal handler would land wherever the
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -452,6 +453,7 @@ class Worker:
         )
 
     def loop(self, progress: Any = None, max_trials: int | None = None) -> dict[str, int]:
+        gc.freeze()  # what the process holds by now (modules, the data) lives as long as it: collections skip it
         counts: dict[str, int] = {}
         done = 0
         sw = self.sw
@@ -475,6 +477,11 @@ class Worker:
                 states = self._fail_unfinished(group, INTERRUPTED)
             finally:
                 self.current = []
+                # a trial's Trainer, module and data copies hold each other in reference cycles, which only
+                # Python's cyclic collector frees: left to its own pace it let a depth-19 worker grow by about
+                # 200 MB a trial (313 -> 2018 MB over 5 trials); collected here it stays flat at 950 MB, for
+                # 0.15 s a trial (tests/sweep/test_worker_memory.py)
+                gc.collect()
             for s in states:
                 counts[s] = counts.get(s, 0) + 1
             done += len(states)
