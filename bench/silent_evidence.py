@@ -37,11 +37,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import csv
+import functools
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -209,18 +211,25 @@ def main_committed(a: argparse.Namespace) -> None:
     todo = [i for i in items if ident(i) not in done]
     todo.sort(key=lambda i: not i["committed_stable"])  # the false-stop candidates first
     print(f"silent_evidence --committed: {len(done)} done, {len(todo)} to train", file=sys.stderr, flush=True)
+    append(path, CFIELDS, a.jobs, replay, todo, lambda _, row: (
+        f"{row['study']} #{row['number']} d{row['depth']} lr {row['lr']:g} seed {row['seed']}: pruned at "
+        f"{row['pruned_at']}, committed {row['committed_val_acc']:.3f} replay {row['val_acc']}"))  # fmt: skip
+
+
+def append(path: Path, fields: list[str], jobs: int, fn: Any, todo: list, say: Any) -> None:
+    """Train `fn(item)` for each item of `todo` in `jobs` processes, appending each row to the CSV at `path`
+    as it lands (a rerun goes on from there), with a line to stderr (`say(item, row)`)."""
     new = not path.is_file()
-    with path.open("a", newline="") as f, cf.ProcessPoolExecutor(a.jobs) as pool:
-        w = csv.DictWriter(f, CFIELDS)
+    with path.open("a", newline="") as f, cf.ProcessPoolExecutor(jobs) as pool:
+        w = csv.DictWriter(f, fields)
         if new:
             w.writeheader()
-        for fut in cf.as_completed([pool.submit(replay, i) for i in todo]):
+        futures = {pool.submit(fn, item): item for item in todo}
+        for fut in cf.as_completed(futures):
             row = fut.result()
             w.writerow(row)
             f.flush()
-            print(f"  {row['study']} #{row['number']} d{row['depth']} lr {row['lr']:g} seed {row['seed']}: "
-                  f"pruned at {row['pruned_at']}, committed {row['committed_val_acc']:.3f} replay {row['val_acc']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"  {say(futures[fut], row)}", file=sys.stderr, flush=True)
 
 
 def key(row: dict) -> tuple:
@@ -249,18 +258,9 @@ def main() -> None:
     done = {key(r) for r in csv.DictReader(path.open())} if path.is_file() else set()
     todo = [p for p in grid(a) if key(dict(zip(("bn", "depth", "lr", "seed"), p, strict=True))) not in done]
     print(f"silent_evidence: {len(done)} done, {len(todo)} to train", file=sys.stderr, flush=True)
-    new = not path.is_file()
-    with path.open("a", newline="") as f, cf.ProcessPoolExecutor(a.jobs) as pool:
-        w = csv.DictWriter(f, FIELDS)
-        if new:
-            w.writeheader()
-        futures = {pool.submit(one, p, a.steps, tuple(a.extra)): p for p in todo}
-        for fut in cf.as_completed(futures):
-            row = fut.result()
-            w.writerow(row)
-            f.flush()
-            print(f"  {futures[fut]}: silent from {row['silent_at']}, revived {row['revived']}, "
-                  f"val/acc {row['val_acc']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    train_one = functools.partial(one, steps=a.steps, extra=tuple(a.extra))
+    append(path, FIELDS, a.jobs, train_one, todo, lambda p, row: (
+        f"{p}: silent from {row['silent_at']}, revived {row['revived']}, val/acc {row['val_acc']:.3f}"))  # fmt: skip
 
 
 if __name__ == "__main__":
