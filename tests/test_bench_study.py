@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers.env import REPO, TINY, replace
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -37,6 +38,7 @@ def metrics(arm) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(arm.glob("trials/*/*/metrics.json"))]
 
 
+@pytest.mark.slow  # two tiny sweeps twice over (95 s in one process): the default suite's budget
 def test_bench_study_runs_every_saving_off_against_the_defaults_and_rereads_a_finished_arm(tmp_path):
     r = run(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
