@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from bnexp.record import VAL_ACC
-from bnexp.sweep.pruning import CHANCE_ACC, EARLY_ATTR, SILENT_ATTR, better_view
+from bnexp.sweep.pruning import CHANCE_ACC, EARLY_ATTR, SILENT_ATTR, WINDOW_ATTR, better_view
 
 
 def _at(attr: dict, step: int) -> Any:
@@ -18,10 +18,11 @@ def _at(attr: dict, step: int) -> Any:
 class SilentPruner(optuna.pruners.BasePruner):
     """Prune a trial at a validation where it is at chance in both views and has had no gradient at its first
     layer for the last `silent` steps (bnexp.sweep.pruning). Reads the trial's `early_acc` and `silent_steps`
-    user attrs, which the sweep worker's callback writes at each validation."""
+    user attrs, which the sweep worker's callback writes at each validation, and the trial's own window
+    (`silent_window`, from its config: a grid may vary the optimizer or the batch), else `silent`."""
 
-    def __init__(self, silent: int, chance: float = CHANCE_ACC) -> None:
-        self.silent, self.chance = int(silent), float(chance)
+    def __init__(self, silent: int | None = None, chance: float = CHANCE_ACC) -> None:
+        self.silent, self.chance = silent, float(chance)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         early = trial.user_attrs.get(EARLY_ATTR) or {}
@@ -30,15 +31,19 @@ class SilentPruner(optuna.pruners.BasePruner):
         step = max(int(s) for s in early)
         acc = _at(early, step)
         quiet = _at(trial.user_attrs.get(SILENT_ATTR) or {}, step)
-        return acc is not None and acc < self.chance and quiet is not None and quiet >= self.silent
+        window = trial.user_attrs.get(WINDOW_ATTR, self.silent)
+        return acc is not None and acc < self.chance and None not in (quiet, window) and quiet >= window
 
 
-def callback(trial: Any) -> Any:
+def callback(trial: Any, window: int | None = None) -> Any:
     """A Lightning callback for one sweep trial: at every step of a net without BN, count the steps in a row in
     which no gradient reached the first layer (a tensor on the trial's device: nothing waits for it); at each
     validation during fit, report val/acc (the trial's intermediate value: optuna-dashboard's curve), record the
     better view in `early_acc` and that count in `silent_steps`, and ask the study's pruner; a trial to prune
-    has its `record.pruned_step` set and stops (train() then skips the evaluations after it)."""
+    has its `record.pruned_step` set and stops (train() then skips the evaluations after it). `window`: the
+    trial's own silent window, kept in its `silent_window` user attr for the pruner."""
+    if trial is not None and window is not None:
+        trial.set_user_attr(WINDOW_ATTR, int(window))
     import lightning as L
     import torch
 

@@ -71,6 +71,7 @@ SILENT_BATCH = 64  # ... of this many images each (the seed's batch, the evidenc
 ADAM_BETA1 = 0.9  # torch.optim.Adam's default, which bnexp.core.lit.build_optimizer keeps
 EARLY_ATTR = "early_acc"  # user attr: {step: the better view's accuracy} at each validation so far
 SILENT_ATTR = "silent_steps"  # user attr: {step: steps in a row up to it with no gradient at the first layer}
+WINDOW_ATTR = "silent_window"  # user attr: the trial's own window (`silent_window` of its optimizer and batch)
 PRUNE_VALUES = ("auto", "true", "false")
 # precisions whose gradients underflow where float32's do not (float16's smallest is 6e-8, float8's larger):
 # there a first layer without a gradient may be alive; bfloat16 has float32's exponent range

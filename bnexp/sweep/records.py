@@ -18,7 +18,7 @@ from bnexp.analysis.stability import StabilityRule
 from bnexp.names import axis_name, variant_keys
 from bnexp.record import TrialRecord
 from bnexp.sweep import liveness
-from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR
+from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR, WINDOW_ATTR
 from bnexp.sweep.spec import LR_PARAM, grid_axes
 
 
@@ -45,7 +45,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         # early_acc, silent_steps: the pruner's running record of each validation's better view (which
         # val_history holds in full) and of its first layer's silence (bnexp.sweep.pruning; metrics.json keeps it
         # where it pruned)
-        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR, SILENT_ATTR)}
+        row = {k: v for k, v in ua.items() if k not in ("attempt", "trial_dir", EARLY_ATTR, SILENT_ATTR, WINDOW_ATTR)}
         row.update(number=t.number, state=t.state.name, lr=fp.get(LR_PARAM, fp.get("lr")), seed=fp.get("seed"))
         out.append(TrialRecord.from_row(row).row())
     # a trial that died before it finished (kill -9, OOM, a stop) has no variant fields: take them from a

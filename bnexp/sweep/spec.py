@@ -333,6 +333,16 @@ def check_savings(sw: DictConfig, cfg: DictConfig) -> None:
             "(or sweep.rule.last_k=1)"
         )
     plan(sw, cfg, rule)
+    # and each variant's own training: a grid may vary the optimizer, the batch or the precision it rests on
+    for variant in variants(sw):
+        c = cfg.copy()
+        for k, v in variant.items():
+            OmegaConf.update(c, k, v, merge=False)
+        try:
+            plan(sw, c, rule)
+        except ConfigError as e:
+            where = " ".join(f"{k}={v}" for k, v in variant.items())
+            raise ConfigError(f"in the grid's variant {where}: {e}") from None
 
 
 # ---- the design ----------------------------------------------------------------------------------

@@ -333,10 +333,13 @@ class Worker:
             raise
 
         callbacks = [StopCallback(self)]
-        if self.pruning is not None:
+        # the trial's own window: a grid may vary what it rests on (the optimizer, the batch, the precision);
+        # a variant where silence cannot be judged is not pruned (sweep.prune=true refused it at the spec)
+        window = plan_pruning(self.sw, cfg, self.rule) if self.pruning is not None else None
+        if window is not None:
             from bnexp.sweep.pruner import callback
 
-            callbacks.append(callback(trial))
+            callbacks.append(callback(trial, window))
 
         def fit() -> list[dict]:
             return [train(cfg, output_dir=out, callbacks=callbacks, summarize=self._summarize)]

@@ -93,9 +93,16 @@ def test_a_silent_trial_is_pruned_recorded_and_counted_and_one_only_at_chance_is
     assert "PRUNED" in (tmp_path / "p" / "trials.csv").read_text()
     sweep(tmp_path / "off", "sweep.prune=false", bn="off", lrs=(1e-1,), train=PRUNE)
     assert [x.state.name for x in _trials(tmp_path / "off")] == ["COMPLETE"]
-    # weight decay moves the silent layers: silence is not judged
+    # weight decay moves the silent layers: silence is not judged, also where a grid varies it (each trial's
+    # own window, not the study's base config's)
     sweep(tmp_path / "wd", "optim.weight_decay=1e-4", bn="off", lrs=(1e-1,), train=PRUNE)
     assert [x.state.name for x in _trials(tmp_path / "wd")] == ["COMPLETE"]
+    sweep(tmp_path / "g", "+sweep.grid.optim.weight_decay=[0.0,0.0001]", bn="off", lrs=(1e-1,), train=PRUNE)
+    grid = {
+        t.params["optim.weight_decay"]: (t.state.name, t.user_attrs.get("silent_window"))
+        for t in _trials(tmp_path / "g")
+    }
+    assert grid == {0.0: ("PRUNED", 100), 0.0001: ("COMPLETE", None)}
 
 
 @pytest.mark.parametrize(
@@ -105,6 +112,12 @@ def test_a_silent_trial_is_pruned_recorded_and_counted_and_one_only_at_chance_is
         (["sweep.prune=true", "optim.weight_decay=1e-4"], "optim.weight_decay moves every parameter"),
         (["sweep.prune=true", "trainer.max_steps=100"], "no validation before the last comes 100 steps (of"),
         (["sweep.prune=true", "data.batch_size=8"], "comes 800 steps (of data.batch_size=8 images) in"),
+        (
+            ["sweep.prune=true", "+sweep.grid.optim.weight_decay=[0.0,0.0001]"],
+            "variant model.bn=off optim.weight_decay",
+        ),
+        (["sweep.prune=true", "+sweep.grid.data.batch_size=[8,64]"], "data.batch_size=8: sweep.prune=true cannot"),
+        (["sweep.prune=true", "+sweep.grid.trainer.precision=[32-true,16-true]"], "precision=16-true: sweep.prune"),
         (["sweep.prune=true", "sweep.rule.mode=relative"], "relative rule"),
         (["sweep.prune=true", "sweep.rule.threshold=0.1"], "is met at chance"),
         (["sweep.prune=true", "trainer.precision=16-true"], "cannot judge a silent trial in trainer.precision=16"),

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from bnexp.core.net import DeepConvNet
 from bnexp.sweep.pruner import SilentPruner, callback
-from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR, SILENT_WINDOW, silent_window
+from bnexp.sweep.pruning import EARLY_ATTR, SILENT_ATTR, SILENT_WINDOW, WINDOW_ATTR, silent_window
 
 RESULTS = REPO / "docs" / "results"
 sys.path.insert(0, str(REPO / "bench"))
@@ -87,6 +87,16 @@ def test_the_pruner_stops_a_trial_only_at_chance_and_silent_past_its_window():
     assert not p.prune(study, frozen({100: 0.11, 200: 0.1}, None))  # no count: not judged
     assert not p.prune(study, frozen({600: 0.1, 700: 0.1}, {600: 0, 700: 0}))  # at chance, not silent: never
     assert not p.prune(study, frozen({}, None))
+
+    # a trial's own window (its user attr, set from its config: a grid may vary the batch) comes first
+    own = frozen({100: 0.11, 200: 0.1}, {100: 96, 200: 196})
+    own.set_user_attr(WINDOW_ATTR, 400)
+    assert not p.prune(study, own) and not SilentPruner().prune(study, frozen({200: 0.1}, {200: 196}))
+    own.set_user_attr(SILENT_ATTR, {"100": 96, "200": 196, "400": 396})
+    own.set_user_attr(EARLY_ATTR, {"100": 0.11, "200": 0.1, "400": 0.1})
+    assert not p.prune(study, own)
+    own.set_user_attr(SILENT_ATTR, {"100": 96, "200": 196, "400": 400})
+    assert p.prune(study, own)
 
 
 def test_the_callback_counts_steps_in_a_row_without_a_gradient_at_the_first_layer():
